@@ -1,0 +1,60 @@
+"""lcstack: Sentinel-2 land cover maps at any scale.
+
+Discover scenes through STAC, load them lazily with odc-stac, composite them per season into Zarr,
+train a hierarchical classifier from labelled points and classify block by block with Dask.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import accessor as _accessor  # noqa: E402,F401  (registers ds.landcover)
+from .errors import (  # noqa: E402
+    InputFileNotFoundError,
+    InvalidInputError,
+    LcstackError,
+    LcstackWarning,
+    ModelMismatchError,
+    NoCloudMaskWarning,
+    NoScenesFoundError,
+    RegistryError,
+    SkippedPointsWarning,
+    StorageError,
+)
+from .features import stack_features  # noqa: E402
+from .grid import aoi_geobox, tile_geoboxes  # noqa: E402
+from .inputs import (  # noqa: E402
+    RunConfig,
+    Season,
+    load_config,
+    read_lc_labels,
+    read_points,
+    read_seasons,
+    read_sl_labels,
+)
+from .store import Storage  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "LcstackError",
+    "InvalidInputError",
+    "InputFileNotFoundError",
+    "NoScenesFoundError",
+    "StorageError",
+    "RegistryError",
+    "ModelMismatchError",
+    "LcstackWarning",
+    "NoCloudMaskWarning",
+    "SkippedPointsWarning",
+    "RunConfig",
+    "Season",
+    "load_config",
+    "read_points",
+    "read_seasons",
+    "read_lc_labels",
+    "read_sl_labels",
+    "aoi_geobox",
+    "tile_geoboxes",
+    "stack_features",
+    "Storage",
+]

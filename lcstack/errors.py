@@ -1,0 +1,73 @@
+"""Exception and warning hierarchy of lcstack.
+
+Every error lcstack raises on purpose derives from :class:`LcstackError`, and
+also from the matching built-in exception so that callers who catch
+``ValueError`` or ``FileNotFoundError`` keep working. A message says what was
+wrong, where (file, line, key, item id) and what to do about it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "LcstackError",
+    "InvalidInputError",
+    "InputFileNotFoundError",
+    "NoScenesFoundError",
+    "StorageError",
+    "RegistryError",
+    "ModelMismatchError",
+    "MissingDependencyError",
+    "LcstackWarning",
+    "NoCloudMaskWarning",
+    "SkippedPointsWarning",
+]
+
+
+class LcstackError(Exception):
+    """Base class of every error raised by lcstack."""
+
+
+class InvalidInputError(LcstackError, ValueError):
+    """An input file, config value or argument is malformed."""
+
+
+class InputFileNotFoundError(LcstackError, FileNotFoundError):
+    """An input file named in the config or on the command line does not exist."""
+
+
+class NoScenesFoundError(LcstackError, LookupError):
+    """Discovery found no usable scene for a season."""
+
+
+class StorageError(LcstackError, OSError):
+    """Object storage (local folder or fsspec URL) is unreachable or refuses access."""
+
+
+class RegistryError(LcstackError, RuntimeError):
+    """The asset registry (MongoDB or embedded) is unreachable or inconsistent."""
+
+
+class ModelMismatchError(LcstackError, ValueError):
+    """A model does not fit the features it is asked to classify."""
+
+
+class MissingDependencyError(LcstackError, ImportError):
+    """An optional dependency is not installed."""
+
+    def __init__(self, package: str, extra: str, purpose: str) -> None:
+        super().__init__(
+            f"{purpose} needs the optional package {package!r}, which is not installed. "
+            f"Install it with: pip install 'lcstack[{extra}]'"
+        )
+
+
+class LcstackWarning(UserWarning):
+    """Base class of every warning issued by lcstack."""
+
+
+class NoCloudMaskWarning(LcstackWarning):
+    """Scenes have no scene-classification (SCL) asset, so no cloud mask is applied."""
+
+
+class SkippedPointsWarning(LcstackWarning):
+    """Some labelled points were left out (outside the area or on nodata)."""

@@ -1,0 +1,554 @@
+"""Readers and validators for the input files users of LandCoverPy already have.
+
+* ``dataset.csv``: labelled points (``latitude``, ``longitude``, ``category``, optional ``subcategory``),
+  ``;`` or ``,`` separated;
+* ``seasons.json``: ``{"spring": {"start": "2021-03-01", "end": "2021-04-30"}, ...}`` or a list of dates
+  per season;
+* ``lc_labels.json``: level-1 class codes (``>= 1``; 0 is nodata);
+* ``sl_labels.json``: level-2 class codes (``>= 2``; 0 is nodata, 1 is "unclassified");
+* the run configuration (YAML), see :class:`RunConfig`.
+
+Every reader validates once at the boundary and raises :class:`~lcstack.errors.InvalidInputError` (or
+:class:`~lcstack.errors.InputFileNotFoundError`) with the file, the line or key, and what to do.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import difflib
+import io
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import InputFileNotFoundError, InvalidInputError
+
+__all__ = [
+    "Season",
+    "read_points",
+    "read_seasons",
+    "read_lc_labels",
+    "read_sl_labels",
+    "validate_points_labels",
+    "MaskConfig",
+    "ModelConfig",
+    "DaskConfig",
+    "RunConfig",
+    "load_config",
+]
+
+logger = logging.getLogger(__name__)
+
+_MAX_REPORTED = 10
+
+
+def _problems(path: os.PathLike | str, problems: Sequence[str], hint: str) -> InvalidInputError:
+    shown = list(problems[:_MAX_REPORTED])
+    more = len(problems) - len(shown)
+    text = "\n  - ".join(shown)
+    tail = f"\n  ... and {more} more" if more > 0 else ""
+    return InvalidInputError(f"{path}: {len(problems)} problem(s):\n  - {text}{tail}\n{hint}")
+
+
+def _require_file(path: os.PathLike | str, what: str) -> Path:
+    p = Path(path)
+    if not p.is_file():
+        raise InputFileNotFoundError(
+            f"{what} file not found: {p}. Check the path (relative paths in a config file are resolved "
+            "against the config file's folder)."
+        )
+    return p
+
+
+def _read_json(path: Path) -> Any:
+    text = path.read_text(encoding="utf-8-sig")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise InvalidInputError(
+            f"{path}, line {err.lineno}, column {err.colno}: not valid JSON ({err.msg}). Fix the syntax there."
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------- points
+_POINT_COLUMNS = ("latitude", "longitude", "category")
+
+
+def _sniff_separator(path: Path, header: str) -> str:
+    counts = {sep: header.count(sep) for sep in (";", ",", "\t")}
+    sep, n = max(counts.items(), key=lambda kv: kv[1])
+    if n == 0:
+        raise InvalidInputError(
+            f"{path}, line 1: cannot find a column separator in the header {header.strip()!r}. "
+            "Separate the columns latitude, longitude, category[, subcategory] with ';' or ','."
+        )
+    return sep
+
+
+def read_points(path: os.PathLike | str) -> pd.DataFrame:
+    """Read a ``dataset.csv`` of labelled points.
+
+    Parameters
+    ----------
+    path
+        CSV file with the columns ``latitude``, ``longitude``, ``category`` and optionally
+        ``subcategory`` (names are case-insensitive). The separator (``;``, ``,`` or tab) is detected.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``latitude``, ``longitude`` (float64), ``category``, ``subcategory`` (str or ``None``) and
+        ``line`` (the 1-based line number in the file, header = line 1), plus any extra columns as read.
+
+    Raises
+    ------
+    InvalidInputError
+        A column is missing, a coordinate is not a number or out of range, or a category is empty.
+    """
+    p = _require_file(path, "Points")
+    text = p.read_text(encoding="utf-8-sig")
+    lines = text.splitlines()
+    if not lines or not lines[0].strip():
+        raise InvalidInputError(
+            f"{p}: the file is empty. It needs a header line 'latitude;longitude;category;subcategory' "
+            "and one line per labelled point."
+        )
+    sep = _sniff_separator(p, lines[0])
+    reader = csv.reader(io.StringIO(text), delimiter=sep)
+    header = [h.strip() for h in next(reader)]
+    lower = [h.lower() for h in header]
+    missing = [c for c in _POINT_COLUMNS if c not in lower]
+    if missing:
+        raise InvalidInputError(
+            f"{p}, line 1: missing column(s) {', '.join(missing)} (found: {', '.join(header)}; "
+            f"separator {sep!r}). The header must name latitude, longitude, category and optionally "
+            "subcategory."
+        )
+    rows: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for lineno, raw in enumerate(reader, start=2):
+        if not raw or all(not c.strip() for c in raw):
+            continue
+        if len(raw) != len(header):
+            problems.append(f"line {lineno}: {len(raw)} fields, the header has {len(header)}")
+            continue
+        rec = {lower[i]: raw[i].strip() for i in range(len(header))}
+        row: dict[str, Any] = {"line": lineno}
+        for name, lim in (("latitude", 90.0), ("longitude", 180.0)):
+            try:
+                value = float(rec[name])
+            except ValueError:
+                problems.append(f"line {lineno}, column {name}: {rec[name]!r} is not a number")
+                continue
+            if not math.isfinite(value) or abs(value) > lim:
+                problems.append(
+                    f"line {lineno}, column {name}: {rec[name]} is outside ±{lim:g} "
+                    "(are latitude and longitude swapped, or is the point in projected coordinates?)"
+                )
+            row[name] = value
+        if not rec["category"]:
+            problems.append(f"line {lineno}, column category: empty")
+        row["category"] = rec["category"]
+        sub = rec.get("subcategory", "")
+        row["subcategory"] = sub if sub and sub.lower() not in ("nan", "none", "null") else None
+        for k, v in rec.items():
+            if k not in row and k not in _POINT_COLUMNS and k != "subcategory":
+                row[k] = v
+        rows.append(row)
+    if problems:
+        raise _problems(p, problems, "Fix these lines and run again.")
+    if not rows:
+        raise InvalidInputError(f"{p}: no labelled points after the header. Add one point per line.")
+    df = pd.DataFrame(rows)
+    cols = ["latitude", "longitude", "category", "subcategory", "line"]
+    df = df[cols + [c for c in df.columns if c not in cols]]
+    sub = df["subcategory"].astype(object)
+    df["subcategory"] = sub.where(sub.notna(), None)
+    logger.debug("read %d points from %s (separator %r)", len(df), p, sep)
+    return df
+
+
+def validate_points_labels(
+    points: pd.DataFrame,
+    lc_labels: Mapping[str, int],
+    sl_labels: Mapping[str, int] | None,
+    *,
+    source: os.PathLike | str = "points",
+    lc_source: os.PathLike | str = "lc_labels.json",
+    sl_source: os.PathLike | str = "sl_labels.json",
+) -> None:
+    """Check that every category (and subcategory) of the points has a code in the label files.
+
+    Raises
+    ------
+    InvalidInputError
+        Naming the lines whose category or subcategory is unknown and the label file to extend.
+    """
+    problems: list[str] = []
+    for name, group in points.groupby("category", sort=True):
+        if name not in lc_labels:
+            lines = ", ".join(str(v) for v in group["line"].head(5))
+            close = difflib.get_close_matches(str(name), list(lc_labels), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"category {name!r} on line(s) {lines} is not in {lc_source}{hint}")
+    subs = points.dropna(subset=["subcategory"])
+    if len(subs) and sl_labels is None:
+        problems.append(
+            f"{len(subs)} point(s) have a subcategory (first on line {subs['line'].iloc[0]}) but no "
+            "sl_labels file is configured; add `sl_labels:` to the config"
+        )
+    elif len(subs):
+        assert sl_labels is not None
+        for name, group in subs.groupby("subcategory", sort=True):
+            if name not in sl_labels:
+                lines = ", ".join(str(v) for v in group["line"].head(5))
+                close = difflib.get_close_matches(str(name), list(sl_labels), n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                problems.append(f"subcategory {name!r} on line(s) {lines} is not in {sl_source}{hint}")
+    if problems:
+        raise _problems(
+            source, problems, "Add the missing names to the label file, or correct the points file."
+        )
+
+
+# -------------------------------------------------------------------------------------------- seasons
+@dataclass(frozen=True)
+class Season:
+    """A named season: a date range (``start``..``end`` inclusive) or an explicit list of dates."""
+
+    name: str
+    start: dt.date
+    end: dt.date
+    dates: tuple[dt.date, ...] | None = None
+
+    @property
+    def datetime_range(self) -> str:
+        """The season as a STAC ``datetime`` interval covering whole days."""
+        return f"{self.start.isoformat()}T00:00:00Z/{self.end.isoformat()}T23:59:59Z"
+
+
+def _parse_date(value: Any, path: Path, where: str) -> dt.date:
+    if not isinstance(value, str):
+        raise InvalidInputError(
+            f"{path}, {where}: {value!r} is not a date string. Write dates as \"YYYY-MM-DD\"."
+        )
+    text = value.strip()
+    if len(text) > 10 and text[10] in "T ":
+        text = text[:10]
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise InvalidInputError(
+            f"{path}, {where}: cannot parse {value!r} as a date. Write dates as \"YYYY-MM-DD\"."
+        ) from None
+
+
+def read_seasons(path: os.PathLike | str) -> dict[str, Season]:
+    """Read a ``seasons.json`` file.
+
+    Each season is either ``{"start": "YYYY-MM-DD", "end": "YYYY-MM-DD"}`` or a list of dates
+    ``["YYYY-MM-DD", ...]`` (the scenes of exactly those days).
+    """
+    p = _require_file(path, "Seasons")
+    data = _read_json(p)
+    if not isinstance(data, dict) or not data:
+        raise InvalidInputError(
+            f"{p}: expected a JSON object of seasons, e.g. "
+            '{"spring": {"start": "2021-03-01", "end": "2021-05-31"}}.'
+        )
+    seasons: dict[str, Season] = {}
+    for name, spec in data.items():
+        if not isinstance(name, str) or not name.strip() or not name.replace("-", "").replace("_", "").isalnum():
+            raise InvalidInputError(
+                f"{p}, season {name!r}: season names must be non-empty and use letters, digits, '-' or '_' "
+                "(they become feature and folder names)."
+            )
+        if isinstance(spec, dict):
+            unknown = set(spec) - {"start", "end"}
+            if unknown or not {"start", "end"} <= set(spec):
+                raise InvalidInputError(
+                    f"{p}, season {name!r}: expected keys 'start' and 'end', got {sorted(spec)}."
+                )
+            start = _parse_date(spec["start"], p, f"season {name!r}, key 'start'")
+            end = _parse_date(spec["end"], p, f"season {name!r}, key 'end'")
+            if end < start:
+                raise InvalidInputError(
+                    f"{p}, season {name!r}: end {end} is before start {start}. Swap them or fix the dates."
+                )
+            seasons[name] = Season(name, start, end)
+        elif isinstance(spec, list):
+            if not spec:
+                raise InvalidInputError(f"{p}, season {name!r}: the list of dates is empty.")
+            dates = tuple(
+                sorted({_parse_date(v, p, f"season {name!r}, item {i}") for i, v in enumerate(spec)})
+            )
+            seasons[name] = Season(name, dates[0], dates[-1], dates)
+        else:
+            raise InvalidInputError(
+                f"{p}, season {name!r}: expected {{'start': ..., 'end': ...}} or a list of dates, "
+                f"got {type(spec).__name__}."
+            )
+    return seasons
+
+
+# --------------------------------------------------------------------------------------------- labels
+def _read_labels(path: os.PathLike | str, *, minimum: int, what: str, reserved: str) -> dict[str, int]:
+    p = _require_file(path, what)
+    data = _read_json(p)
+    if not isinstance(data, dict) or not data:
+        raise InvalidInputError(f'{p}: expected a JSON object of label names to codes, e.g. {{"forest": 2}}.')
+    seen: dict[int, str] = {}
+    out: dict[str, int] = {}
+    for name, code in data.items():
+        if isinstance(code, bool) or not isinstance(code, int):
+            raise InvalidInputError(f"{p}, key {name!r}: code {code!r} is not an integer.")
+        if code < minimum or code > 255:
+            raise InvalidInputError(
+                f"{p}, key {name!r}: code {code} is not allowed; codes must be {minimum}..255 "
+                f"({reserved}). Renumber this label."
+            )
+        if code in seen:
+            raise InvalidInputError(
+                f"{p}, key {name!r}: code {code} is already used by {seen[code]!r}. Give each label its own code."
+            )
+        seen[code] = name
+        out[name] = code
+    return out
+
+
+def read_lc_labels(path: os.PathLike | str) -> dict[str, int]:
+    """Read ``lc_labels.json`` (level-1 codes ``>= 1``; 0 is reserved for nodata)."""
+    return _read_labels(path, minimum=1, what="Level-1 labels", reserved="0 is reserved for nodata")
+
+
+def read_sl_labels(path: os.PathLike | str) -> dict[str, int]:
+    """Read ``sl_labels.json`` (level-2 codes ``>= 2``; 0 is nodata and 1 is unclassified)."""
+    return _read_labels(
+        path, minimum=2, what="Level-2 labels", reserved="0 is reserved for nodata and 1 for unclassified"
+    )
+
+
+# --------------------------------------------------------------------------------------------- config
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MaskConfig(_Strict):
+    """Cloud masking from the scene classification layer (SCL)."""
+
+    classes: tuple[int, ...] = (3, 8, 9, 10, 11)
+    dilation_m: float = Field(0.0, ge=0)
+
+
+class ModelConfig(_Strict):
+    """Training options."""
+
+    estimator: Literal["random_forest", "extra_trees", "hist_gradient_boosting"] = "random_forest"
+    params: dict[str, Any] = Field(default_factory=dict)
+    test_size: float = Field(0.25, gt=0, lt=1)
+    block_size: float | None = Field(None, gt=0)
+    random_state: int = 0
+
+
+class DaskConfig(_Strict):
+    """Where computations run (a LocalCluster when no address is given)."""
+
+    scheduler: str | None = None
+    n_workers: int | None = Field(None, ge=1)
+    threads_per_worker: int | None = Field(None, ge=1)
+    memory_limit: str | None = None
+    processes: bool = True
+
+
+class AoiBox(_Strict):
+    """A bounding box in a given CRS."""
+
+    bbox: tuple[float, float, float, float]
+    crs: str = "EPSG:4326"
+
+
+class RunConfig(_Strict):
+    """A validated run configuration; relative paths are already resolved against the config's folder."""
+
+    stac: str
+    collection: str = "sentinel-2-l2a"
+    dem_collection: str | None = None
+    seasons: Path
+    points: Path
+    lc_labels: Path
+    sl_labels: Path | None = None
+    aoi: tuple[float, float, float, float] | AoiBox | Path | None = None
+    crs: str | None = None
+    resolution: float = Field(10.0, gt=0)
+    bands: tuple[str, ...] | None = None
+    indices: tuple[str, ...] | None = None
+    storage: str = "lcstack-data"
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    layout: dict[str, str] = Field(default_factory=dict)
+    registry: str | None = None
+    max_cloud_cover: float = Field(60.0, ge=0, le=100)
+    max_scenes_per_season: int = Field(5, ge=1)
+    min_valid_fraction: float = Field(0.0, ge=0, le=1)
+    tile_size: int = Field(4096, ge=64)
+    chunk_size: int | None = Field(None, ge=64)
+    loader: Literal["odc", "stackstac"] = "odc"
+    mask: MaskConfig = Field(default_factory=MaskConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    dask: DaskConfig = Field(default_factory=DaskConfig)
+    source: Path | None = None
+
+    @field_validator("aoi", mode="before")
+    @classmethod
+    def _aoi(cls, v: Any) -> Any:
+        if isinstance(v, list | tuple):
+            if len(v) != 4:
+                raise ValueError("a bbox needs 4 numbers [lon_min, lat_min, lon_max, lat_max]")
+            lon0, lat0, lon1, lat1 = (float(x) for x in v)
+            if not (lon0 < lon1 and lat0 < lat1 and -180 <= lon0 and lon1 <= 180 and -90 <= lat0 and lat1 <= 90):
+                raise ValueError(
+                    f"bbox {list(v)} is not [lon_min, lat_min, lon_max, lat_max] in degrees with min < max"
+                )
+        return v
+
+    @property
+    def folder(self) -> Path:
+        """The folder relative paths were resolved against."""
+        return self.source.parent if self.source else Path.cwd()
+
+    def read_seasons(self) -> dict[str, Season]:
+        """Read the seasons file."""
+        return read_seasons(self.seasons)
+
+    def read_lc_labels(self) -> dict[str, int]:
+        """Read the level-1 label file."""
+        return read_lc_labels(self.lc_labels)
+
+    def read_sl_labels(self) -> dict[str, int] | None:
+        """Read the level-2 label file, if configured."""
+        return read_sl_labels(self.sl_labels) if self.sl_labels else None
+
+    def read_points(self, *, validate: bool = True) -> pd.DataFrame:
+        """Read the points, checking their names against the label files."""
+        pts = read_points(self.points)
+        if validate:
+            validate_points_labels(
+                pts,
+                self.read_lc_labels(),
+                self.read_sl_labels(),
+                source=self.points,
+                lc_source=self.lc_labels,
+                sl_source=self.sl_labels or "sl_labels.json",
+            )
+        return pts
+
+
+_PATH_KEYS = ("seasons", "points", "lc_labels", "sl_labels")
+
+
+def _is_url(value: str) -> bool:
+    return "://" in value
+
+
+def _key_lines(text: str) -> dict[str, int]:
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+
+
+def load_config(path: os.PathLike | str, **overrides: Any) -> RunConfig:
+    """Read and validate a run configuration (YAML).
+
+    Relative paths (input files, a local ``stac`` catalog, a local ``storage`` folder, an AOI GeoJSON)
+    are resolved against the config file's folder. ``overrides`` replace keys of the file.
+
+    Raises
+    ------
+    InvalidInputError
+        Unknown key, wrong type or value, with the file, line and key.
+    InputFileNotFoundError
+        The config file or an input file it names does not exist.
+    """
+    p = _require_file(path, "Config")
+    text = p.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise InvalidInputError(f"{p}{where}: not valid YAML ({getattr(err, 'problem', err)}).") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise InvalidInputError(f"{p}: expected a mapping of keys (stac, collection, seasons, ...).")
+    raw = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
+    lines = _key_lines(text)
+    known = set(RunConfig.model_fields) - {"source"}
+    for key in raw:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            where = f", line {lines[key]}" if key in lines else ""
+            raise InvalidInputError(
+                f"{p}{where}: unknown key {key!r}.{hint} Valid keys: {', '.join(sorted(known))}."
+            )
+    base = p.resolve().parent
+    for key in ("stac", "seasons", "points", "lc_labels"):
+        if key not in raw:
+            raise InvalidInputError(f"{p}: missing required key {key!r}.")
+    resolved = dict(raw)
+    for key in _PATH_KEYS:
+        if resolved.get(key) is not None:
+            resolved[key] = (base / os.path.expanduser(str(resolved[key]))).resolve()
+    stac = str(resolved["stac"])
+    if not _is_url(stac):
+        resolved["stac"] = str((base / os.path.expanduser(stac)).resolve())
+    storage = str(resolved.get("storage", "lcstack-data"))
+    if not _is_url(storage):
+        resolved["storage"] = str((base / os.path.expanduser(storage)).resolve())
+    reg = resolved.get("registry")
+    if reg and not _is_url(str(reg)):
+        resolved["registry"] = str((base / os.path.expanduser(str(reg))).resolve())
+    if isinstance(resolved.get("aoi"), str):
+        resolved["aoi"] = (base / resolved["aoi"]).resolve()
+    resolved["source"] = p.resolve()
+    try:
+        cfg = RunConfig.model_validate(resolved)
+    except ValidationError as err:
+        msgs = []
+        for e in err.errors():
+            key = str(e["loc"][0]) if e["loc"] else "?"
+            loc = ".".join(str(x) for x in e["loc"])
+            where = f"line {lines[key]}, " if key in lines else ""
+            msgs.append(f"{where}key {loc!r}: {e['msg']}")
+        raise _problems(p, msgs, "Fix these keys and run again.") from None
+    for key in _PATH_KEYS:
+        value = getattr(cfg, key)
+        if value is not None and not Path(value).is_file():
+            where = f", line {lines[key]}" if key in lines else ""
+            raise InputFileNotFoundError(
+                f"{p}{where}: key {key!r} names {value}, which does not exist. Fix the path "
+                "(relative paths are resolved against the config file's folder)."
+            )
+    if isinstance(cfg.aoi, Path) and not cfg.aoi.is_file():
+        raise InputFileNotFoundError(f"{p}: key 'aoi' names {cfg.aoi}, which does not exist.")
+    if not _is_url(cfg.stac) and not Path(cfg.stac).exists():
+        where = f", line {lines['stac']}" if "stac" in lines else ""
+        raise InputFileNotFoundError(
+            f"{p}{where}: key 'stac' names {cfg.stac}, which does not exist. Give a STAC API URL "
+            "(https://...) or the path of a static catalog.json."
+        )
+    return cfg
