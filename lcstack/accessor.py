@@ -1,0 +1,111 @@
+"""The ``.landcover`` accessor: thin, stateless shims over lcstack's public functions.
+
+A fitted model never lives on the accessor (xarray makes a new accessor object for every derived
+object); pass it, or the path of a model artefact, to :meth:`LandcoverAccessor.classify`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from .errors import InvalidInputError
+
+__all__ = ["LandcoverAccessor", "LandcoverArrayAccessor"]
+
+
+def _features_of(ds: xr.Dataset) -> xr.DataArray:
+    from .features import stack_features
+
+    if "features" in ds:
+        return ds["features"]
+    if "composite" in ds:
+        seasons = [str(s) for s in np.atleast_1d(ds["season"].values)]
+        per = {s: ds.sel(season=[s]) for s in seasons}
+        terrain = ds[["terrain"]] if "terrain" in ds else None
+        return stack_features(per, terrain)
+    raise InvalidInputError(
+        "this Dataset has neither a `features` nor a `composite` variable; open the composites with "
+        "lcstack (Workflow.features) or build the cube with lcstack.features.stack_features."
+    )
+
+
+@xr.register_dataset_accessor("landcover")
+class LandcoverAccessor:
+    """``ds.landcover``: spectral indices, seasonal composites and classification of a Dataset."""
+
+    def __init__(self, ds: xr.Dataset) -> None:
+        self._ds = ds
+
+    def indices(self, names: Sequence[str] | None = None) -> xr.Dataset:
+        """Spectral indices of a Dataset of reflectance bands (``red``, ``nir``, ...)."""
+        from .indices import compute_indices
+
+        return compute_indices(self._ds, names)
+
+    def composite(
+        self,
+        seasons: Mapping[str, Any],
+        *,
+        mask_classes: Sequence[int] = (3, 8, 9, 10, 11),
+        dilation_m: float = 0.0,
+        indices: Sequence[str] | None = None,
+    ) -> xr.Dataset:
+        """Median composite per season of a ``time`` series of reflectance bands (and ``scl``).
+
+        ``seasons`` maps names to :class:`lcstack.inputs.Season` objects (or anything with ``start``
+        and ``end`` dates). Returns the lcstack composite layout (``composite`` with dims
+        ``season, band, y, x`` and ``valid_count``); lazy when the input is.
+        """
+        from .composite import cloud_mask, median_composite
+        from .indices import DEFAULT_INDICES, compute_indices
+
+        ds = self._ds
+        if "time" not in ds.dims:
+            raise InvalidInputError("composite() needs a Dataset with a `time` dimension of scenes.")
+        out = []
+        for name, season in seasons.items():
+            start, end = np.datetime64(str(season.start)), np.datetime64(str(season.end)) + np.timedelta64(1, "D")
+            sub = ds.sel(time=(ds.time >= start) & (ds.time < end))
+            if sub.sizes["time"] == 0:
+                raise InvalidInputError(f"season {name!r}: no scene between {season.start} and {season.end}.")
+            invalid = None
+            if "scl" in sub:
+                res = abs(float(sub.x[1] - sub.x[0])) if sub.sizes.get("x", 0) > 1 else 10.0
+                invalid = cloud_mask(sub["scl"], classes=mask_classes, dilation_m=dilation_m, resolution=res)
+                sub = sub.drop_vars("scl")
+            med = median_composite(sub, invalid)
+            count = med["valid_count"] if "valid_count" in med else None
+            bands = med.drop_vars("valid_count") if count is not None else med
+            idx = compute_indices(bands, list(indices) if indices is not None else list(DEFAULT_INDICES))
+            stacked = xr.merge([bands, idx]).to_dataarray("band").astype("float32")
+            part = xr.Dataset({"composite": stacked})
+            if count is not None:
+                part["valid_count"] = count
+            out.append(part.expand_dims(season=[name]))
+        return xr.concat(out, dim="season")
+
+    def classify(self, model: Any, **kwargs: Any) -> xr.Dataset:
+        """Level-1 and level-2 class maps (lazy ``level1``/``level2`` uint8) from a model or artefact path."""
+        from .classify import classify
+
+        return classify(_features_of(self._ds), model, **kwargs)
+
+
+@xr.register_dataarray_accessor("landcover")
+class LandcoverArrayAccessor:
+    """``features.landcover``: classification of a ``(feature, y, x)`` cube."""
+
+    def __init__(self, da: xr.DataArray) -> None:
+        self._da = da
+
+    def classify(self, model: Any, **kwargs: Any) -> xr.Dataset:
+        """Level-1 and level-2 class maps (lazy) from a model or a model artefact path."""
+        from .classify import classify
+
+        if "feature" not in self._da.dims:
+            raise InvalidInputError("classify() needs a DataArray with a `feature` dimension.")
+        return classify(self._da, model, **kwargs)

@@ -1,0 +1,546 @@
+"""Classify a feature cube into level-1 / level-2 land cover maps, block by block.
+
+The core is :func:`predict_block`, a NumPy function over one ``(feature, y, x)`` block. :func:`classify`
+wraps it in :func:`dask.array.map_blocks` with an explicit ``meta``, so building the result computes nothing.
+
+The model never travels inside the task graph on the scalable route: when ``model`` is an artefact folder
+(local path or fsspec URL written by :func:`lcstack.model.save_model`), the graph carries only a small
+:class:`ModelRef` (URL + content token). Each worker process loads the model the first time a block needs
+it and keeps it in a module-level cache guarded by a :class:`threading.Lock`, so the threads of a process
+share one loaded model and every process loads it exactly once (see :func:`model_cache_info`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import xarray as xr
+
+from lcstack.errors import InputFileNotFoundError, InvalidInputError, ModelMismatchError
+
+__all__ = [
+    "ModelRef",
+    "predict_block",
+    "classify",
+    "write_maps_zarr",
+    "model_cache_info",
+    "clear_model_cache",
+    "flag_attrs",
+]
+
+logger = logging.getLogger(__name__)
+
+NODATA = 0
+UNCLASSIFIED = 1
+METADATA_FILE = "metadata.json"
+_MAX_CACHED_MODELS = 4
+
+
+# ----------------------------------------------------------------------------------------------------
+# NumPy core
+# ----------------------------------------------------------------------------------------------------
+
+
+def _as_codes(pred: Any, what: str) -> np.ndarray:
+    arr = np.asarray(pred)
+    if arr.dtype.kind not in "iub":
+        if arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+            arr = arr.astype(np.int64)
+        elif arr.size == 0:
+            return arr.astype(np.uint8)
+        else:
+            raise ModelMismatchError(
+                f"The model predicts {what} labels of dtype {arr.dtype}, not integer class codes. "
+                "Train it on the integer codes of lc_labels.json / sl_labels.json."
+            )
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) > 255):
+        raise ModelMismatchError(
+            f"The model predicts {what} codes in [{int(arr.min())}, {int(arr.max())}], outside 0..255, "
+            "so they do not fit a uint8 class map. Use label codes between 1 and 255."
+        )
+    return arr.astype(np.uint8, copy=False)
+
+
+def _predict_rows(model: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if hasattr(model, "predict_levels"):
+        level1, level2 = model.predict_levels(rows)
+        return _as_codes(level1, "level-1"), _as_codes(level2, "level-2")
+    level1 = _as_codes(model.predict(rows), "level-1")
+    return level1, np.full(level1.shape, UNCLASSIFIED, dtype=np.uint8)
+
+
+def predict_block(X: np.ndarray, model: Any) -> np.ndarray:
+    """Predict level-1 and level-2 class codes for one ``(feature, y, x)`` block.
+
+    Parameters
+    ----------
+    X : numpy.ndarray
+        Features, shape ``(n_features, ny, nx)``, in the order the model was trained on.
+    model : estimator
+        Fitted estimator with ``predict_levels(X) -> (level1, level2)``; an estimator with only ``predict``
+        gives level 2 = 1 (unclassified) everywhere.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8, shape ``(2, ny, nx)``: level-1 codes then level-2 codes. Pixels with any NaN or infinite
+        feature are 0 (nodata) in both levels and are never passed to the model.
+
+    """
+    X = np.asarray(X)
+    if X.ndim != 3:
+        raise InvalidInputError(f"predict_block expects a (feature, y, x) block, got shape {X.shape}.")
+    n_features, ny, nx = X.shape
+    n_expected = getattr(model, "n_features_in_", None)
+    if n_expected is not None and int(n_expected) != n_features:
+        raise ModelMismatchError(
+            f"The block has {n_features} features but the model was trained on {n_expected}. "
+            "Classify the feature cube the model was trained on."
+        )
+    flat = X.reshape(n_features, ny * nx)
+    valid = np.isfinite(flat).all(axis=0)
+    out = np.zeros((2, ny * nx), dtype=np.uint8)
+    n_valid = int(valid.sum())
+    if n_valid:
+        # One gather of the valid pixels straight into C-contiguous (n_pixels, n_features) float32 rows.
+        rows = np.ascontiguousarray(flat[:, valid].T, dtype=np.float32)
+        level1, level2 = _predict_rows(model, rows)
+        if level1.shape != (n_valid,) or level2.shape != (n_valid,):
+            raise ModelMismatchError(
+                f"The model returned predictions of shapes {level1.shape} and {level2.shape} for {n_valid} "
+                "pixels; predict_levels must return two 1-D arrays, one code per pixel."
+            )
+        out[0, valid] = level1
+        out[1, valid] = level2
+    return out.reshape(2, ny, nx)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Per-process model cache
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model artefact folder as it travels in a task graph: a URL and a content token, never the model.
+
+    ``token`` changes when the artefact changes (hash of ``metadata.json`` and of the folder listing), so a
+    retrained model in the same folder is reloaded and gets new dask keys.
+    """
+
+    url: str
+    token: str
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __dask_tokenize__(self) -> tuple[str, str, str]:
+        return ("lcstack.ModelRef", self.url, self.token)
+
+
+_CACHE: OrderedDict[tuple[str, str], tuple[Any, dict[str, Any]]] = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+_LOADS: dict[tuple[str, str], int] = {}
+
+
+def model_cache_info() -> dict[str, Any]:
+    """Return what this process's model cache holds and how often it loaded a model.
+
+    Returns
+    -------
+    dict
+        ``pid``, ``loads`` (total number of model loads in this process), ``loads_by_model``
+        (``"url@token" -> count``) and ``cached`` (list of ``"url@token"`` keys currently held).
+        Call it on every worker with ``client.run(model_cache_info)``.
+
+    """
+    with _CACHE_LOCK:
+        return {
+            "pid": os.getpid(),
+            "loads": sum(_LOADS.values()),
+            "loads_by_model": {f"{u}@{t}": n for (u, t), n in _LOADS.items()},
+            "cached": [f"{u}@{t}" for u, t in _CACHE],
+        }
+
+
+def clear_model_cache() -> None:
+    """Drop every cached model and reset the load counters of this process."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+        _LOADS.clear()
+
+
+def _is_remote_url(url: str) -> bool:
+    return "://" in url and not url.startswith("file://")
+
+
+def _options_for(url: str, storage_options: Mapping[str, Any] | None, storage: Any = None) -> dict[str, Any]:
+    """Return the fsspec options for ``url``: none for a local path (S3 options must not reach it)."""
+    if not _is_remote_url(url):
+        return {}
+    if storage_options is None and storage is not None:
+        storage_options = getattr(storage, "storage_options", None)
+    return dict(storage_options or {})
+
+
+def _url_to_fs(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
+    import fsspec.core
+
+    return fsspec.core.url_to_fs(url, **_options_for(url, storage_options))
+
+
+def _is_local(fs: Any) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in ("file", "local")
+
+
+def _read_model_metadata(url: str, storage_options: Mapping[str, Any] | None) -> tuple[dict[str, Any], str]:
+    """Read ``metadata.json`` of an artefact folder and compute the folder's content token."""
+    fs, root = _url_to_fs(url, storage_options)
+    meta_path = (
+        posixpath.join(root.rstrip("/"), METADATA_FILE)
+        if not _is_local(fs)
+        else os.path.join(root, METADATA_FILE)
+    )
+    try:
+        raw = fs.cat_file(meta_path)
+    except FileNotFoundError as exc:
+        raise InputFileNotFoundError(
+            f"Model folder {url!r} has no {METADATA_FILE}: it is not a model artefact, or its save was "
+            "interrupted. Pass the folder written by lcstack.model.save_model (argument `model`)."
+        ) from exc
+    h = hashlib.sha256(raw)
+    try:
+        listing = fs.ls(root, detail=True)
+    except (FileNotFoundError, NotImplementedError):  # pragma: no cover - exotic filesystems
+        listing = []
+    for entry in sorted(listing, key=lambda e: str(e.get("name"))):
+        stamp = entry.get("mtime") or entry.get("LastModified") or entry.get("ETag") or entry.get("created")
+        h.update(f"{posixpath.basename(str(entry.get('name')))}|{entry.get('size')}|{stamp}".encode())
+    try:
+        metadata = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"{meta_path} is not valid JSON ({exc}). Re-save the model.") from exc
+    return metadata, h.hexdigest()[:20]
+
+
+def _load_artefact(ref: ModelRef) -> tuple[Any, dict[str, Any]]:
+    from lcstack.model import load_model
+
+    return load_model(ref.url, storage_options=dict(ref.storage_options) or None)
+
+
+def get_model(ref: ModelRef) -> tuple[Any, dict[str, Any]]:
+    """Return ``(model, metadata)`` for ``ref``, loading it at most once per process.
+
+    Threads of one process block on the lock while the first one loads, then share the same object;
+    scikit-learn estimators are safe to ``predict`` from several threads.
+    """
+    key = (ref.url, ref.token)
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None:
+            _CACHE.move_to_end(key)
+            return hit
+        logger.info("Loading model %s (token %s) in process %d", ref.url, ref.token, os.getpid())
+        loaded = _load_artefact(ref)
+        _CACHE[key] = loaded
+        _LOADS[key] = _LOADS.get(key, 0) + 1
+        while len(_CACHE) > _MAX_CACHED_MODELS:
+            _CACHE.popitem(last=False)
+        return loaded
+
+
+def _predict_chunk(block: np.ndarray, model: Any) -> np.ndarray:
+    if isinstance(model, ModelRef):
+        model = get_model(model)[0]
+    return predict_block(block, model)
+
+
+# ----------------------------------------------------------------------------------------------------
+# xarray / dask layer
+# ----------------------------------------------------------------------------------------------------
+
+
+def _flag_name(name: str) -> str:
+    return "_".join(str(name).split())
+
+
+def flag_attrs(labels: Mapping[str, int], *, long_name: str, extra: Mapping[int, str] | None = None) -> dict:
+    """CF flag attributes for a uint8 class map.
+
+    Parameters
+    ----------
+    labels : mapping
+        Class name -> code.
+    long_name : str
+        Value of the ``long_name`` attribute.
+    extra : mapping, optional
+        Reserved codes -> names (e.g. ``{0: "nodata", 1: "unclassified"}``); ``{0: "nodata"}`` by default.
+
+    Returns
+    -------
+    dict
+        ``long_name``, ``flag_values`` (uint8 array), ``flag_meanings`` (space separated, spaces in names
+        replaced by underscores), ``_FillValue`` and ``nodata`` (0).
+
+    """
+    codes: dict[int, str] = dict(extra if extra is not None else {NODATA: "nodata"})
+    for name, code in labels.items():
+        code = int(code)
+        if not 0 <= code <= 255:
+            raise InvalidInputError(f"Label {name!r} has code {code}, outside 0..255; use codes 1..255.")
+        if code in codes:
+            raise InvalidInputError(
+                f"Label {name!r} uses code {code}, which is already taken by {codes[code]!r}. "
+                "Give every class its own code (0 is nodata, 1 is unclassified at level 2)."
+            )
+        codes[code] = str(name)
+    values = sorted(codes)
+    return {
+        "long_name": long_name,
+        "flag_values": np.array(values, dtype=np.uint8),
+        "flag_meanings": " ".join(_flag_name(codes[v]) for v in values),
+        "_FillValue": np.uint8(NODATA),
+        "nodata": NODATA,
+    }
+
+
+def _check_features(
+    features: xr.DataArray, expected: Sequence[str] | None, n_expected: int | None, source: str
+) -> xr.DataArray:
+    """Return ``features`` in the model's feature order, or raise :class:`ModelMismatchError`."""
+    have = [str(f) for f in features["feature"].values] if "feature" in features.coords else None
+    if expected is None:
+        if n_expected is not None and n_expected != features.sizes["feature"]:
+            raise ModelMismatchError(
+                f"The feature cube has {features.sizes['feature']} features but the model ({source}) was "
+                f"trained on {n_expected}. Classify the cube built from the composites it was trained on."
+            )
+        return features
+    expected = [str(f) for f in expected]
+    if have is None:
+        raise InvalidInputError(
+            "The feature cube has no `feature` coordinate, so its bands cannot be matched to the model's "
+            "features. Build it with lcstack.features.stack_features."
+        )
+    if have == expected:
+        return features
+    dupes = sorted({f for f in have if have.count(f) > 1})
+    missing = [f for f in expected if f not in have]
+    extra = [f for f in have if f not in expected]
+    if missing or extra or dupes:
+        parts = []
+        if missing:
+            parts.append(f"missing from the cube: {', '.join(missing)}")
+        if extra:
+            parts.append(f"not used by the model: {', '.join(extra)}")
+        if dupes:
+            parts.append(f"repeated in the cube: {', '.join(dupes)}")
+        raise ModelMismatchError(
+            f"The feature cube does not match the features of the model ({source}): {'; '.join(parts)}. "
+            f"The model expects, in order: {', '.join(expected)}. Retrain the model on this cube's features, "
+            "or classify a cube built from the same seasons, bands and terrain the model was trained on."
+        )
+    logger.info("Reordering feature cube to the model's feature order")
+    return features.sel(feature=expected)
+
+
+def _normalise_cube(features: xr.DataArray) -> xr.DataArray:
+    if not isinstance(features, xr.DataArray):
+        raise InvalidInputError(
+            f"`features` must be an xarray.DataArray with dims (feature, y, x), "
+            f"got {type(features).__name__}."
+        )
+    if set(features.dims) != {"feature", "y", "x"}:
+        raise InvalidInputError(
+            f"`features` must have dims (feature, y, x), got {features.dims}. "
+            "Build it with lcstack.features.stack_features."
+        )
+    return features.transpose("feature", "y", "x")
+
+
+def classify(
+    features: xr.DataArray,
+    model: Any,
+    *,
+    feature_names: Sequence[str] | None = None,
+    lc_labels: Mapping[str, int] | None = None,
+    sl_labels: Mapping[str, int] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> xr.Dataset:
+    """Classify a feature cube into lazy level-1 and level-2 class maps.
+
+    Parameters
+    ----------
+    features : xarray.DataArray
+        Feature cube, dims ``(feature, y, x)`` with a ``feature`` coordinate (see
+        :func:`lcstack.features.stack_features`). Dask-backed cubes keep their y/x chunks; a NumPy-backed cube
+        becomes a single chunk. The feature axis is rechunked into one chunk.
+    model : str, os.PathLike or estimator
+        The model artefact folder (local path or fsspec URL, written by :func:`lcstack.model.save_model`) --
+        the scalable route: the task graph carries only the URL and a content token, and each worker process
+        loads the model once. Or a fitted in-memory estimator (``predict_levels`` or ``predict``), which is
+        put in the graph once as a :func:`dask.delayed` object (one key, shipped once to each worker that
+        needs it).
+    feature_names : sequence of str, optional
+        The model's features in training order. Read from ``metadata.json`` for an artefact folder; for an
+        estimator, defaults to its ``feature_names_in_`` if it has one, else only the number of features is
+        checked. If the cube has the same features in another order, it is reordered to match.
+    lc_labels, sl_labels : mapping, optional
+        Class name -> code for levels 1 and 2, used for the CF ``flag_values``/``flag_meanings`` attributes.
+        Read from the artefact's metadata when not given.
+    storage_options : mapping, optional
+        fsspec options for a model URL.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``level1`` and ``level2`` (uint8, dims ``(y, x)``, same y/x chunks as ``features``, 0 = nodata,
+        level 2 1 = unclassified), with the cube's ``x``, ``y`` and ``spatial_ref`` coordinates. Nothing is
+        computed. Both variables come from the same prediction tasks, so compute or write them together.
+
+    Raises
+    ------
+    ModelMismatchError
+        If the cube lacks features the model needs, or has features the model was not trained on.
+
+    """
+    features = _normalise_cube(features)
+    metadata: dict[str, Any] = {}
+    if isinstance(model, str | os.PathLike):
+        url = os.fspath(model)
+        metadata, token = _read_model_metadata(url, storage_options)
+        meta_features = metadata.get("feature_names", metadata.get("features"))
+        if (
+            feature_names is not None
+            and meta_features is not None
+            and list(feature_names) != list(meta_features)
+        ):
+            raise InvalidInputError(
+                f"`feature_names` disagrees with the features recorded in {url}/{METADATA_FILE}; "
+                "leave `feature_names` out when classifying with a model folder."
+            )
+        expected = feature_names if feature_names is not None else meta_features
+        model_arg: Any = ModelRef(url, token, _options_for(url, storage_options))
+        n_expected = len(expected) if expected is not None else None
+        source = url
+    else:
+        if not (hasattr(model, "predict_levels") or hasattr(model, "predict")):
+            raise InvalidInputError(
+                f"`model` must be a model folder path/URL or a fitted estimator, got {type(model).__name__}."
+            )
+        expected = feature_names
+        if expected is None and getattr(model, "feature_names_in_", None) is not None:
+            expected = [str(f) for f in model.feature_names_in_]
+        n_expected = getattr(model, "n_features_in_", None)
+        # One graph key holding the estimator; every block depends on it instead of embedding a copy.
+        model_arg = dask.delayed(model, pure=True)
+        source = type(model).__name__
+
+    features = _check_features(features, expected, n_expected, source)
+    lc_labels = lc_labels if lc_labels is not None else metadata.get("lc_labels")
+    sl_labels = sl_labels if sl_labels is not None else metadata.get("sl_labels")
+    if lc_labels is None:
+        classes = metadata.get("classes", getattr(model, "classes_", None))
+        lc_labels = {f"class_{int(c)}": int(c) for c in classes} if classes is not None else {}
+
+    if features.chunks is None:
+        features = features.chunk({"feature": -1, "y": -1, "x": -1})
+    else:
+        features = features.chunk({"feature": -1})
+    data = features.data
+    out = da.map_blocks(
+        _predict_chunk,
+        data,
+        model_arg,
+        chunks=((2,), *data.chunks[1:]),
+        dtype=np.uint8,
+        meta=np.empty((0, 0, 0), dtype=np.uint8),
+        name=f"lcstack-classify-{dask.base.tokenize(data, model_arg)}",
+    )
+
+    coords = {k: v for k, v in features.coords.items() if "feature" not in v.dims}
+    level1 = xr.DataArray(out[0], dims=("y", "x"), coords=coords, name="level1")
+    level2 = xr.DataArray(out[1], dims=("y", "x"), coords=coords, name="level2")
+    level1.attrs.update(flag_attrs(lc_labels, long_name="land cover category (level 1)"))
+    level2.attrs.update(
+        flag_attrs(
+            sl_labels or {},
+            long_name="land cover subcategory (level 2)",
+            extra={NODATA: "nodata", UNCLASSIFIED: "unclassified"},
+        )
+    )
+    if "spatial_ref" in coords:
+        level1.attrs["grid_mapping"] = level2.attrs["grid_mapping"] = "spatial_ref"
+    return xr.Dataset({"level1": level1, "level2": level2})
+
+
+def write_maps_zarr(
+    maps: xr.Dataset,
+    url: str | os.PathLike,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    zarr_format: int | None = None,
+    storage: Any = None,
+    progress: bool = False,
+) -> None:
+    """Write class maps to a Zarr store chunk by chunk, with consolidated metadata.
+
+    Parameters
+    ----------
+    maps : xarray.Dataset
+        Output of :func:`classify` (lazy or in memory). Dask chunks become Zarr chunks, and each task writes
+        its own chunk, so memory depends on the chunk size, not on the area.
+    url : str or os.PathLike
+        Local path or fsspec URL of the store (overwritten).
+    storage_options : mapping, optional
+        fsspec options for ``url``.
+    zarr_format : int, optional
+        2 or 3; the zarr library's default when not given.
+    storage : lcstack.store.Storage, optional
+        Where ``storage_options`` come from when not given (used for remote URLs only).
+    progress : bool, default False
+        Show a progress bar while the chunks are written.
+
+    Notes
+    -----
+    The CF ``_FillValue`` attribute is not written: xarray would decode it into float maps with NaN. The
+    stored variables keep ``nodata = 0`` and the ``flag_values``/``flag_meanings`` that name code 0
+    "nodata", so ``xr.open_zarr(url)`` gives the uint8 codes back unchanged.
+
+    """
+    import warnings
+
+    maps = maps.copy()
+    for var in maps.variables.values():
+        var.attrs.pop("_FillValue", None)
+        # Stale chunk encodings (from an opened store) would clash with the dask chunks.
+        var.encoding = {"_FillValue": None} if var.dtype == np.uint8 else {}
+    from lcstack.progress import compute
+
+    target = os.fspath(url)
+    options = _options_for(target, storage_options, storage)
+    with warnings.catch_warnings():
+        # zarr-python warns that consolidated metadata is not (yet) part of the Zarr v3 spec.
+        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+        delayed = maps.to_zarr(
+            target,
+            mode="w",
+            consolidated=True,
+            storage_options=options or None,
+            zarr_format=zarr_format,
+            compute=False,
+        )
+        compute(delayed, desc="writing maps", progress=progress)
+    logger.info("Wrote class maps to %s", target)

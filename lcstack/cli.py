@@ -1,0 +1,255 @@
+"""Command-line interface: ``lcstack run config.yaml`` and friends.
+
+Only the CLI configures logging and talks to the terminal. Errors lcstack raises on purpose are printed
+as one clear message without a traceback, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import typer
+
+from .errors import LcstackError
+
+app = typer.Typer(
+    name="lcstack",
+    help="Sentinel-2 land cover maps at any scale: STAC discovery, seasonal composites in Zarr, "
+    "hierarchical classification with Dask.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+logger = logging.getLogger("lcstack")
+F = TypeVar("F", bound=Callable[..., Any])
+
+ConfigArg = Annotated[Path, typer.Argument(help="Run configuration (YAML).", show_default=False)]
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--scheduler",
+        help="Dask scheduler address (tcp://...), 'gateway://HOST:PORT' for Dask Gateway, 'threads' for the "
+        "local threaded scheduler, or 'local' for a LocalCluster (default; env DASK_CLUSTER_IP).",
+    ),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars; warnings and errors only.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")]
+
+
+def _setup_logging(quiet: bool, verbose: bool) -> None:
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("lcstack")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.captureWarnings(True)
+    pyw = logging.getLogger("py.warnings")
+    pyw.handlers[:] = [handler]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def handle_errors(fn: F) -> F:
+    """Print lcstack errors as one message (no traceback) and exit with status 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except LcstackError as err:
+            _fail(str(err))
+        except KeyboardInterrupt:
+            _fail("interrupted; re-run the same command to resume (finished outputs are reused).", 130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _dask(scheduler: str | None, config: Any = None, *, quiet: bool = False) -> Iterator[Any]:
+    from .cluster import open_cluster
+    from .settings import get_settings
+
+    address = scheduler or (config.dask.scheduler if config is not None else None) or get_settings().dask_scheduler
+    dask_cfg = config.dask if config is not None else None
+    with open_cluster(address, config=dask_cfg) as client:
+        if client is not None and getattr(client, "dashboard_link", None):
+            typer.echo(f"Dask dashboard: {client.dashboard_link}", err=True)
+        yield client
+
+
+def _workflow(config: Path, quiet: bool) -> Any:
+    from .inputs import load_config
+    from .pipeline import Workflow
+
+    return Workflow(load_config(config), progress=not quiet)
+
+
+def _report(results: list[Any]) -> None:
+    for r in results:
+        what = r.details.get("tile", "") + (f" {r.details['season']}" if "season" in r.details else "")
+        typer.echo(f"{r.step:10s} {'reused ' if r.reused else 'written'}  {what.strip() or r.key}  {r.url}")
+
+
+@app.command("demo-data")
+@handle_errors
+def demo_data(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the synthetic area into.")],
+    size: Annotated[int, typer.Option(help="Pixels per side at 10 m (256..10980).")] = 512,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same bytes.")] = 0,
+    flavour: Annotated[str, typer.Option(help="'l2a' (with SCL) or 'l1c' (with cirrus, no SCL).")] = "l2a",
+    dem: Annotated[bool, typer.Option("--dem/--no-dem", help="Write a DEM collection too.")] = True,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Write an offline synthetic Sentinel-2 area: STAC catalog of COGs, points, seasons, labels, config."""
+    from .demo import make_demo_area
+
+    _setup_logging(quiet, verbose)
+    if flavour not in ("l2a", "l1c"):
+        _fail(f"--flavour {flavour!r}: use 'l2a' or 'l1c'.")
+    area = make_demo_area(out_dir, size=size, seed=seed, flavour=flavour, with_dem=dem, progress=not quiet)  # type: ignore[arg-type]
+    typer.echo(f"demo area written to {area.root}\nconfig: {area.config}")
+
+
+@app.command()
+@handle_errors
+def discover(
+    config: ConfigArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the scenes as JSON.")] = False,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Find the scenes of every season over the AOI (STAC API or static catalog)."""
+    _setup_logging(quiet, verbose)
+    with _workflow(config, quiet) as wf:
+        scenes = wf.discover()
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    s: [
+                        {"id": i.item.id, "datetime": str(i.item.datetime), "cloud_cover": i.cloud_cover,
+                         "valid_fraction": round(i.valid_fraction, 4)}
+                        for i in infos
+                    ]
+                    for s, infos in scenes.items()
+                },
+                indent=2,
+            )
+        )
+        return
+    for season, infos in scenes.items():
+        typer.echo(f"{season}: {len(infos)} scene(s)")
+        for i in infos:
+            typer.echo(f"  {i.item.id}  {i.item.datetime:%Y-%m-%d}  cloud {i.cloud_cover:5.1f}%  valid {i.valid_fraction:.2f}")
+
+
+def _step_command(steps: tuple[str, ...]) -> Callable[..., None]:
+    def command(
+        config: ConfigArg,
+        scheduler: SchedulerOpt = None,
+        quiet: QuietOpt = False,
+        verbose: VerboseOpt = False,
+    ) -> None:
+        from .inputs import load_config
+
+        _setup_logging(quiet, verbose)
+        cfg = load_config(config)
+        with _workflow(config, quiet) as wf, _dask(scheduler, cfg, quiet=quiet):
+            _report(wf.run(steps))
+
+    return command
+
+
+def _register(name: str, steps: tuple[str, ...], doc: str) -> None:
+    cmd = _step_command(steps)
+    cmd.__doc__ = doc
+    cmd.__name__ = name
+    app.command(name)(handle_errors(cmd))
+
+
+_register("composite", ("discover", "composite"), "Discover scenes and write seasonal composites (Zarr).")
+_register("train", ("discover", "composite", "train"), "Extract samples and train the hierarchical model.")
+_register("classify", ("discover", "classify"), "Classify the area with the trained model (COG + Zarr maps).")
+_register("run", ("discover", "composite", "train", "classify"), "Run the whole workflow: discover → composite → train → classify.")
+
+
+@app.command()
+@handle_errors
+def demo(
+    storage: Annotated[Path, typer.Option(help="Folder for the demo area and all outputs.")] = Path("lcstack-demo"),
+    size: Annotated[int, typer.Option(help="Pixels per side at 10 m (256..10980).")] = 512,
+    seed: Annotated[int, typer.Option(help="Random seed of the synthetic area.")] = 0,
+    scheduler: SchedulerOpt = None,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Generate the offline demo area and run the whole workflow on it; report accuracy against truth."""
+    from .demo import make_demo_area
+    from .scoring import score_maps
+    from .inputs import load_config
+
+    _setup_logging(quiet, verbose)
+    area = make_demo_area(storage / "area", size=size, seed=seed, progress=not quiet)
+    cfg = load_config(area.config, storage=str((storage / "lcstack-data").resolve()))
+    from .pipeline import Workflow
+
+    with Workflow(cfg, progress=not quiet) as wf, _dask(scheduler, cfg, quiet=quiet):
+        results = wf.run()
+        _report(results)
+        scores = score_maps(area, wf)
+    typer.echo(
+        f"level-1 overall accuracy vs truth: {scores['level1']:.4f}; level-2: {scores['level2']:.4f}\n"
+        f"maps: {scores['maps']}"
+    )
+
+
+@app.command()
+@handle_errors
+def status(config: ConfigArg, verbose: VerboseOpt = False) -> None:
+    """List which outputs of a config are done and which are pending."""
+    _setup_logging(True, verbose)
+    with _workflow(config, True) as wf:
+        st = wf.status()
+    for kind, rows in st.items():
+        done = sum(r["done"] for r in rows)
+        typer.echo(f"{kind}: {done}/{len(rows)} done")
+        for r in rows:
+            label = " ".join(str(r[k]) for k in ("tile", "season") if r.get(k)) or r["key"]
+            typer.echo(f"  {'done   ' if r['done'] else 'pending'} {label}")
+
+
+@app.command()
+@handle_errors
+def clean(
+    config: ConfigArg,
+    what: Annotated[str, typer.Option(help="composites, maps or all.")] = "maps",
+    verbose: VerboseOpt = False,
+) -> None:
+    """Remove outputs of a config together with their registry records."""
+    _setup_logging(False, verbose)
+    if what not in ("composites", "maps", "all"):
+        _fail(f"--what {what!r}: use composites, maps or all.")
+    with _workflow(config, True) as wf:
+        n = wf.clean(what)
+    typer.echo(f"removed {n} output(s)")
+
+
+def main() -> None:
+    """Entry point."""
+    app()
+
+
+_ = Literal

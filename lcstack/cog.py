@@ -1,0 +1,356 @@
+"""Write uint8 class maps as Cloud-Optimized GeoTIFFs with a colour table, class names and overviews.
+
+The map is written block by block (one dask chunk at a time, a bounded number in flight) into a temporary
+tiled GeoTIFF, turned into a COG by :func:`rio_cogeo.cogeo.cog_translate`, and only then moved into place:
+``os.replace`` within the target folder for a local path, a single ``put_file`` upload for an fsspec URL.
+A reader therefore never sees a half-written file at the final name.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import json
+import logging
+import os
+import re
+import tempfile
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
+
+import numpy as np
+import xarray as xr
+
+from lcstack.errors import InvalidInputError
+
+__all__ = ["write_cog", "default_colors", "RGBA"]
+
+logger = logging.getLogger(__name__)
+
+RGBA = tuple[int, int, int, int]
+
+_NODATA_COLOR: RGBA = (0, 0, 0, 0)
+_UNCLASSIFIED_COLOR: RGBA = (160, 160, 160, 255)
+
+# First matching keyword wins, so specific names come before generic ones.
+_KEYWORD_COLORS: tuple[tuple[tuple[str, ...], tuple[int, int, int]], ...] = (
+    (("nodata", "nodatavalue"), (0, 0, 0)),
+    (("unclassified", "unknown", "other"), (160, 160, 160)),
+    (("wetland", "marsh", "swamp", "bog", "mangrove", "peat"), (0, 150, 150)),
+    (("water", "river", "lake", "sea", "ocean", "reservoir"), (30, 110, 200)),
+    (("snow", "ice", "glacier"), (235, 245, 255)),
+    (("cloud",), (220, 220, 220)),
+    (("shadow",), (70, 70, 70)),
+    (("forest", "tree", "wood", "broadleaf", "conifer", "needleleaf"), (0, 100, 0)),
+    (("shrub", "scrub", "bush", "heath", "maquis"), (128, 128, 0)),
+    (("grass", "pasture", "meadow", "herbaceous", "rangeland", "prairie"), (150, 230, 120)),
+    (("orchard", "vineyard", "olive", "plantation", "permanentcrop"), (190, 120, 200)),
+    (("crop", "agri", "cultivat", "farm", "arable", "cereal", "field", "rice"), (240, 210, 40)),
+    (("built", "urban", "artificial", "settlement", "impervious", "road", "building", "city"), (220, 30, 40)),
+    (("bare", "soil", "sand", "rock", "barren", "desert", "dune", "quarry", "mine"), (210, 180, 140)),
+    (("moss", "lichen", "tundra"), (250, 230, 160)),
+)
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", str(name).lower())
+
+
+def _palette_color(code: int) -> tuple[int, int, int]:
+    """Return a deterministic, well-spread colour for ``code`` (golden-ratio hue steps)."""
+    hue = (code * 0.618033988749895) % 1.0
+    sat = 0.55 + 0.25 * ((code * 7) % 3) / 2
+    val = 0.80 + 0.15 * ((code * 5) % 2)
+    r, g, b = colorsys.hsv_to_rgb(hue, sat, val)
+    return round(r * 255), round(g * 255), round(b * 255)
+
+
+def _shade(rgb: tuple[int, int, int], step: int) -> tuple[int, int, int]:
+    """Lighter (odd steps) or darker (even steps) variants of one colour for repeated themes."""
+    amount = 0.3 * ((step + 1) // 2)
+    if step % 2:
+        return tuple(round(c + (255 - c) * min(amount, 0.8)) for c in rgb)  # type: ignore[return-value]
+    return tuple(round(c * max(1 - amount, 0.2)) for c in rgb)  # type: ignore[return-value]
+
+
+def default_colors(labels: Mapping[str, int]) -> dict[int, RGBA]:
+    """Colour table for land cover classes: familiar colours for common names, a fixed palette otherwise.
+
+    Parameters
+    ----------
+    labels : mapping
+        Class name -> code (e.g. the content of ``lc_labels.json``).
+
+    Returns
+    -------
+    dict
+        code -> ``(r, g, b, a)``. Code 0 is transparent (nodata). Names are matched case- and
+        punctuation-insensitively on keywords (``water`` blue, ``forest`` dark green, ``cropland`` yellow,
+        ``builtUp`` red, ``bareSoil`` tan, ``grassland`` light green, ``shrubland`` olive, ``wetland`` teal,
+        ...); two classes hitting the same theme get lighter/darker shades of it. Unknown names get a
+        deterministic colour from their code, so the same labels always give the same table.
+
+    """
+    colors: dict[int, RGBA] = {0: _NODATA_COLOR}
+    uses: dict[int, int] = {}
+    for name, code in sorted(labels.items(), key=lambda kv: int(kv[1])):
+        code = int(code)
+        if not 0 <= code <= 255:
+            raise InvalidInputError(f"Label {name!r} has code {code}, outside 0..255; use codes 1..255.")
+        if code == 0:
+            continue
+        key = _key(name)
+        for theme, (keywords, rgb) in enumerate(_KEYWORD_COLORS):
+            if any(k in key for k in keywords):
+                n = uses.get(theme, 0)
+                uses[theme] = n + 1
+                colors[code] = (*(_shade(rgb, n) if n else rgb), 255)
+                break
+        else:
+            colors[code] = (*_palette_color(code), 255)
+    return colors
+
+
+def _labels_from_attrs(da: xr.DataArray) -> dict[str, int] | None:
+    values = da.attrs.get("flag_values")
+    meanings = da.attrs.get("flag_meanings")
+    if values is None or meanings is None:
+        return None
+    values = np.atleast_1d(np.asarray(values)).tolist()
+    names = str(meanings).split()
+    if len(names) != len(values):
+        return None
+    return {n: int(v) for n, v in zip(names, values, strict=True)}
+
+
+def _check_colors(colors: Mapping[int, Any]) -> dict[int, RGBA]:
+    table: dict[int, RGBA] = {}
+    for code, color in colors.items():
+        c = tuple(int(v) for v in color)
+        if not 0 <= int(code) <= 255 or len(c) not in (3, 4) or not all(0 <= v <= 255 for v in c):
+            raise InvalidInputError(
+                f"colors[{code!r}] = {color!r} is not a valid colour table entry: use codes 0..255 and "
+                "(r, g, b) or (r, g, b, a) tuples of integers 0..255 (argument `colors`)."
+            )
+        table[int(code)] = c if len(c) == 4 else (*c, 255)  # type: ignore[assignment]
+    return table
+
+
+def _block_windows(
+    chunks: tuple[tuple[int, ...], tuple[int, ...]],
+) -> Iterator[tuple[int, int, int, int, int, int]]:
+    y0 = 0
+    for i, h in enumerate(chunks[0]):
+        x0 = 0
+        for j, w in enumerate(chunks[1]):
+            yield i, j, y0, x0, h, w
+            x0 += w
+        y0 += h
+
+
+def _write_blocks(dst: Any, data: Any, *, max_blocks_in_flight: int) -> None:
+    """Write a (y, x) NumPy or dask array into band 1 of ``dst``, a bounded number of blocks at a time."""
+    from rasterio.windows import Window
+
+    if not hasattr(data, "dask"):
+        arr = np.asarray(data)
+        step = 2048
+        for y0 in range(0, arr.shape[0], step):
+            dst.write(
+                arr[y0 : y0 + step], 1, window=Window(0, y0, arr.shape[1], min(step, arr.shape[0] - y0))
+            )
+        return
+
+    import dask
+
+    blocks = data.to_delayed(optimize_graph=True)
+    windows = list(_block_windows(data.chunks))
+    for start in range(0, len(windows), max_blocks_in_flight):
+        batch = windows[start : start + max_blocks_in_flight]
+        results = dask.compute(*[blocks[i, j] for i, j, *_ in batch])
+        for (_, _, y0, x0, h, w), block in zip(batch, results, strict=True):
+            block = np.asarray(block)
+            if block.shape != (h, w):
+                raise InvalidInputError(f"A dask block has shape {block.shape}, expected {(h, w)}.")
+            dst.write(block.astype(np.uint8, copy=False), 1, window=Window(x0, y0, w, h))
+
+
+def _rasterio_crs(crs: Any) -> Any:
+    from rasterio.crs import CRS
+
+    epsg = getattr(crs, "epsg", None)
+    return CRS.from_epsg(epsg) if epsg is not None else CRS.from_wkt(crs.to_wkt())
+
+
+def write_cog(
+    da: xr.DataArray,
+    url_or_path: str | os.PathLike,
+    *,
+    labels: Mapping[str, int] | None = None,
+    colors: Mapping[int, tuple[int, ...]] | None = None,
+    nodata: int = 0,
+    overview_resampling: Literal["nearest", "mode"] = "nearest",
+    overview_levels: int | None = None,
+    blocksize: int = 512,
+    description: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    storage: Any = None,
+    max_blocks_in_flight: int | None = None,
+) -> str:
+    """Write a uint8 class map as a Cloud-Optimized GeoTIFF with a colour table and class names.
+
+    Parameters
+    ----------
+    da : xarray.DataArray
+        Class codes, uint8, dims ``(y, x)``, on a grid described by its ``spatial_ref`` coordinate (odc-geo
+        GeoBox). NumPy- or dask-backed; a dask array is computed chunk by chunk, never as a whole.
+    url_or_path : str or os.PathLike
+        Local path or fsspec URL (``s3://bucket/maps/tile.tif``, ``memory://...``).
+    labels : mapping, optional
+        Class name -> code. Defaults to the ``flag_values``/``flag_meanings`` attributes of ``da``. Stored as
+        GDAL metadata (dataset tag ``LCSTACK_LABELS`` as JSON, band tags ``flag_values``, ``flag_meanings``
+        and ``CLASS_<code>``) and used for the default colours.
+    colors : mapping, optional
+        code -> ``(r, g, b[, a])``; :func:`default_colors` of ``labels`` when not given. Written as the
+        GeoTIFF colour table (palette colour interpretation).
+    nodata : int, default 0
+        Nodata value of the band.
+    overview_resampling : {"nearest", "mode"}, default "nearest"
+        Resampling for the internal overviews; class maps must not be averaged.
+    overview_levels : int, optional
+        Number of overview levels; by default halve until the image fits in one ``blocksize`` tile.
+    blocksize : int, default 512
+        COG tile size.
+    description : str, optional
+        Band description; ``da.attrs["long_name"]`` or ``da.name`` by default.
+    storage_options : mapping, optional
+        fsspec options for ``url_or_path``.
+    storage : lcstack.store.Storage, optional
+        Where ``storage_options`` come from when not given (used for remote URLs only).
+    max_blocks_in_flight : int, optional
+        How many dask chunks are computed at once (default: twice the CPU count, at least 4). Memory is
+        bounded by this many chunks, whatever the size of the map.
+
+    Returns
+    -------
+    str
+        The written path or URL.
+
+    """
+    import fsspec.core
+    import odc.geo.xr  # noqa: F401  (registers the .odc accessor)
+    import rasterio
+    from rio_cogeo.cogeo import cog_translate
+    from rio_cogeo.profiles import cog_profiles
+
+    if not isinstance(da, xr.DataArray):
+        raise InvalidInputError(
+            f"write_cog expects an xarray.DataArray, got {type(da).__name__} (argument `da`)."
+        )
+    if set(da.dims) != {"y", "x"}:
+        raise InvalidInputError(
+            f"write_cog expects a 2-D class map with dims (y, x), got {da.dims}; "
+            "select one level or band first."
+        )
+    if da.dtype != np.uint8:
+        raise InvalidInputError(
+            f"write_cog expects uint8 class codes, got {da.dtype}; cast with "
+            ".astype('uint8') after checking the codes fit 0..255."
+        )
+    if not 0 <= int(nodata) <= 255:
+        raise InvalidInputError(f"nodata must be within 0..255 for a uint8 map, got {nodata}.")
+    da = da.transpose("y", "x")
+    gbox = da.odc.geobox
+    if gbox is None or gbox.crs is None:
+        raise InvalidInputError(
+            "The class map has no CRS/transform: it needs a `spatial_ref` coordinate (odc-geo / "
+            "rioxarray) and regular x/y coordinates. Keep the coordinates of the feature cube it was "
+            "classified from."
+        )
+
+    if labels is None:
+        labels = _labels_from_attrs(da) or {}
+    labels = {str(k): int(v) for k, v in labels.items()}
+    table = _check_colors(colors) if colors is not None else default_colors(labels)
+    table.setdefault(int(nodata), _NODATA_COLOR)
+    names_by_code = {v: k for k, v in labels.items()}
+    band_tags = {
+        "flag_values": " ".join(str(c) for c in sorted(names_by_code)),
+        "flag_meanings": " ".join("_".join(names_by_code[c].split()) for c in sorted(names_by_code)),
+        **{f"CLASS_{c}": n for c, n in sorted(names_by_code.items())},
+    }
+    band_description = description or str(da.attrs.get("long_name") or da.name or "class")
+    in_flight = max_blocks_in_flight or max(4, 2 * (os.cpu_count() or 2))
+
+    target = os.fspath(url_or_path)
+    remote = "://" in target and not target.startswith("file://")
+    if storage_options is None and storage is not None:
+        storage_options = getattr(storage, "storage_options", None)
+    fs, fs_path = fsspec.core.url_to_fs(target, **(dict(storage_options or {}) if remote else {}))
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    local = protocol in ("file", "local")
+    if local:
+        os.makedirs(os.path.dirname(os.path.abspath(fs_path)) or ".", exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix="lcstack-cog-")
+    tmp_tif = os.path.join(workdir, "blocks.tif")
+    tmp_cog = os.path.join(workdir, "cog.tif")
+    ny, nx = gbox.shape
+    profile = {
+        "driver": "GTiff",
+        "width": nx,
+        "height": ny,
+        "count": 1,
+        "dtype": "uint8",
+        "crs": _rasterio_crs(gbox.crs),
+        "transform": gbox.affine,
+        "nodata": nodata,
+        "tiled": True,
+        "blockxsize": blocksize,
+        "blockysize": blocksize,
+        # Uncompressed: window writes that straddle tiles are updated in place instead of re-appended.
+        "compress": None,
+        "BIGTIFF": "IF_SAFER",
+    }
+    try:
+        with rasterio.open(tmp_tif, "w", **profile) as dst:
+            _write_blocks(dst, da.data, max_blocks_in_flight=in_flight)
+            dst.write_colormap(1, table)
+            dst.set_band_description(1, band_description)
+            dst.update_tags(LCSTACK_LABELS=json.dumps(labels, sort_keys=True))
+            dst.update_tags(1, **band_tags)
+
+        cog_profile = cog_profiles.get("deflate")
+        cog_profile.update(blockxsize=blocksize, blockysize=blocksize, predictor=1)
+        cog_translate(
+            tmp_tif,
+            tmp_cog,
+            cog_profile,
+            nodata=nodata,
+            overview_level=overview_levels,
+            overview_resampling=overview_resampling,
+            colormap=table,
+            forward_band_tags=True,
+            in_memory=False,
+            quiet=True,
+            config={"GDAL_NUM_THREADS": "ALL_CPUS", "GDAL_TIFF_OVR_BLOCKSIZE": str(blocksize)},
+        )
+        if local:
+            final_tmp = f"{fs_path}.{uuid.uuid4().hex}.partial"
+            # Copy next to the target first: os.replace is atomic only within one filesystem.
+            try:
+                fs.put_file(tmp_cog, final_tmp)
+                os.replace(final_tmp, fs_path)
+            finally:
+                if os.path.exists(final_tmp):
+                    os.remove(final_tmp)
+        else:
+            # An object store creates the object only when the upload completes, so readers never see a
+            # partial COG at this name.
+            fs.put_file(tmp_cog, fs_path)
+    finally:
+        for path in (tmp_tif, tmp_cog):
+            if os.path.exists(path):
+                os.remove(path)
+        os.rmdir(workdir)
+    logger.info("Wrote COG %s (%d x %d)", target, nx, ny)
+    return target

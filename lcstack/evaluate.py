@@ -1,0 +1,277 @@
+"""Train/test splits that respect sample locations, accuracy reports and confusion-matrix plots."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import warnings
+from collections.abc import Mapping
+from typing import IO, Any
+
+import numpy as np
+import pandas as pd
+from sklearn.exceptions import UndefinedMetricWarning
+from sklearn.metrics import cohen_kappa_score, confusion_matrix, precision_recall_fscore_support
+from sklearn.model_selection import GroupShuffleSplit
+
+from lcstack.errors import InvalidInputError, LcstackWarning
+
+__all__ = ["location_split", "evaluate", "plot_confusion"]
+
+logger = logging.getLogger(__name__)
+
+_COORD_DECIMALS = 7
+_SPLIT_ATTEMPTS = 10
+
+
+def _location_groups(df: pd.DataFrame, x: str, y: str, block_size: float | None) -> np.ndarray:
+    for col in (x, y):
+        if col not in df.columns:
+            raise InvalidInputError(
+                f"location_split: column {col!r} is missing; pass x=/y= to name the columns."
+            )
+    xs = pd.to_numeric(df[x], errors="coerce").to_numpy(dtype=np.float64)
+    ys = pd.to_numeric(df[y], errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~(np.isfinite(xs) & np.isfinite(ys))
+    if bad.any():
+        raise InvalidInputError(
+            f"location_split: {int(bad.sum())} rows have missing or non-numeric {x}/{y} "
+            f"(first rows: {df.index[bad][:5].tolist()}); drop them first."
+        )
+    if block_size is None:
+        keys = np.column_stack([np.round(xs, _COORD_DECIMALS), np.round(ys, _COORD_DECIMALS)])
+    else:
+        if not block_size > 0:
+            raise InvalidInputError(f"location_split: block_size must be > 0, got {block_size!r}.")
+        keys = np.column_stack([np.floor(xs / block_size), np.floor(ys / block_size)])
+    _, groups = np.unique(keys, axis=0, return_inverse=True)
+    return groups.ravel()
+
+
+def location_split(
+    df: pd.DataFrame,
+    *,
+    test_size: float = 0.25,
+    random_state: int = 0,
+    block_size: float | None = None,
+    x: str = "longitude",
+    y: str = "latitude",
+    label: str | None = "category",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split samples into train and test sets so that one location never lands in both.
+
+    Samples at the same coordinates (rounded to 1e-7) form one group; with ``block_size`` every square block
+    of that size forms one group, which keeps spatially autocorrelated neighbours apart. Groups are drawn with
+    :class:`~sklearn.model_selection.GroupShuffleSplit`. When ``label`` names a column, the split is redrawn
+    (with seeds ``random_state``, ``random_state + 1``, ...) until every class has training samples; a
+    :class:`~lcstack.errors.LcstackWarning` says so if no attempt manages it.
+
+    Parameters
+    ----------
+    df : DataFrame
+        Samples with coordinate columns (a sample table from :func:`lcstack.samples.extract_samples`).
+    test_size : float, default 0.25
+        Fraction of groups (not samples) in the test set.
+    random_state : int, default 0
+        Seed of the first attempt.
+    block_size : float, optional
+        Side of the spatial blocks, in the units of the ``x``/``y`` columns: degrees for longitude/latitude
+        (0.01° ≈ 1 km), metres if the columns hold projected coordinates.
+    x, y : str
+        Coordinate column names.
+    label : str or None, default "category"
+        Class column that must be fully represented in the training set; ``None`` or a missing column
+        skips the check.
+
+    Returns
+    -------
+    train_idx, test_idx : ndarray of int
+        Positional indices (for ``df.iloc``).
+
+    Raises
+    ------
+    InvalidInputError
+        Coordinates are missing, or there are too few locations to split.
+
+    """
+    if not 0 < test_size < 1:
+        raise InvalidInputError(f"location_split: test_size must be between 0 and 1, got {test_size!r}.")
+    groups = _location_groups(df, x, y, block_size)
+    n_groups = int(groups.max()) + 1 if groups.size else 0
+    if n_groups < 2:
+        raise InvalidInputError(
+            f"location_split: the {len(df)} samples lie at {n_groups} distinct location(s)"
+            + (f" / block(s) of size {block_size}" if block_size is not None else "")
+            + "; at least 2 are needed. Add points or use a smaller block_size."
+        )
+    classes = None
+    if label is not None and label in df.columns:
+        classes = df[label].to_numpy()
+    all_classes = set(pd.unique(classes)) if classes is not None else set()
+    dummy = np.zeros((len(df), 1))
+    split = None
+    for attempt in range(_SPLIT_ATTEMPTS):
+        splitter = GroupShuffleSplit(n_splits=1, test_size=test_size, random_state=random_state + attempt)
+        try:
+            train, test = next(splitter.split(dummy, groups=groups))
+        except ValueError as err:
+            raise InvalidInputError(f"location_split: cannot split {n_groups} locations: {err}") from err
+        split = (train, test)
+        if classes is None or set(pd.unique(classes[train])) == all_classes:
+            break
+    else:
+        missing = sorted(all_classes - set(pd.unique(classes[split[0]])), key=str)
+        warnings.warn(
+            f"location_split: after {_SPLIT_ATTEMPTS} attempts the training set still lacks classes "
+            f"{missing} (their samples sit at too few locations); add points for them.",
+            LcstackWarning,
+            stacklevel=2,
+        )
+    assert split is not None
+    train, test = split
+    return np.sort(train), np.sort(test)
+
+
+def _codes(values: Any, name: str) -> np.ndarray:
+    arr = np.asarray(values).ravel()
+    if arr.dtype.kind not in "iuf":
+        raise InvalidInputError(f"evaluate: {name} must hold integer class codes, got dtype {arr.dtype}.")
+    return arr
+
+
+def evaluate(y_true: Any, y_pred: Any, *, labels: Mapping[str, int]) -> dict[str, Any]:
+    """Accuracy report of predicted against reference class codes.
+
+    Parameters
+    ----------
+    y_true, y_pred : array-like of int
+        Reference and predicted class codes, same length.
+    labels : dict[str, int]
+        Class name to code (``lc_labels.json`` or ``sl_labels.json``); rows and columns follow code order.
+
+    Returns
+    -------
+    dict
+        JSON-serialisable: ``labels`` (names in code order), ``codes``, ``confusion_matrix``
+        (rows = reference, columns = prediction), ``n_samples``, ``overall_accuracy``, ``kappa``
+        (Cohen's; ``None`` when undefined), ``macro_f1`` (over classes with support) and ``per_class``
+        (name -> ``code``, ``precision``, ``recall``, ``f1``, ``support``).
+
+    Raises
+    ------
+    InvalidInputError
+        Lengths differ, there are no samples, or a code is not in ``labels``.
+
+    """
+    t = _codes(y_true, "y_true")
+    p = _codes(y_pred, "y_pred")
+    if t.shape != p.shape:
+        raise InvalidInputError(f"evaluate: y_true has {t.size} values but y_pred has {p.size}.")
+    if t.size == 0:
+        raise InvalidInputError("evaluate: no samples to evaluate.")
+    ordered = sorted(labels.items(), key=lambda kv: kv[1])
+    names = [str(n) for n, _ in ordered]
+    codes = [int(c) for _, c in ordered]
+    unknown = sorted(set(np.unique(np.concatenate([t, p])).tolist()) - set(codes))
+    if unknown:
+        raise InvalidInputError(
+            f"evaluate: codes {unknown} are not in the label map {dict(labels)}; pass the label map the "
+            "model was trained with."
+        )
+    cm = confusion_matrix(t, p, labels=codes)
+    precision, recall, f1, support = precision_recall_fscore_support(t, p, labels=codes, zero_division=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.simplefilter("ignore", UndefinedMetricWarning)  # reported as kappa = None
+        kappa = float(cohen_kappa_score(t, p, labels=codes))
+    per_class = {
+        name: {
+            "code": code,
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, (name, code) in enumerate(zip(names, codes, strict=True))
+    }
+    present = support > 0
+    return {
+        "labels": names,
+        "codes": codes,
+        "confusion_matrix": cm.astype(int).tolist(),
+        "n_samples": int(t.size),
+        "overall_accuracy": float(np.trace(cm) / cm.sum()),
+        "kappa": kappa if np.isfinite(kappa) else None,
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "per_class": per_class,
+    }
+
+
+def plot_confusion(
+    report: Mapping[str, Any],
+    path_or_file: str | os.PathLike[str] | IO[bytes],
+    *,
+    title: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Draw the confusion matrix of an :func:`evaluate` report as a PNG.
+
+    Cells are coloured by the row-normalised share (recall per reference class) and annotated with counts.
+
+    Parameters
+    ----------
+    report : dict
+        Output of :func:`evaluate`.
+    path_or_file : str, PathLike or binary file
+        Local path, fsspec URL or writable binary file object.
+    title : str, optional
+        Figure title; by default overall accuracy and kappa.
+    storage_options : dict, optional
+        fsspec options when ``path_or_file`` is a URL.
+
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cm = np.asarray(report["confusion_matrix"], dtype=float)
+    names = list(report["labels"])
+    row_sums = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, row_sums, out=np.zeros_like(cm), where=row_sums > 0)
+
+    n = len(names)
+    size = max(4.0, 0.6 * n + 2.5)
+    fig = Figure(figsize=(size, size), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="share of reference class")
+    ax.set_xticks(range(n), names, rotation=45, ha="right")
+    ax.set_yticks(range(n), names)
+    ax.set_xlabel("Predicted")
+    ax.set_ylabel("Reference")
+    for i in range(n):
+        for j in range(n):
+            ax.text(
+                j,
+                i,
+                f"{int(cm[i, j])}",
+                ha="center",
+                va="center",
+                fontsize=8,
+                color="white" if share[i, j] > 0.5 else "black",
+            )
+    if title is None:
+        kappa = report.get("kappa")
+        title = f"OA {report['overall_accuracy']:.3f}" + (f", kappa {kappa:.3f}" if kappa is not None else "")
+    ax.set_title(title)
+
+    if hasattr(path_or_file, "write"):
+        fig.savefig(path_or_file, format="png", dpi=120)
+        return
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    from lcstack.model import _fs, _write_bytes
+
+    fs, path = _fs(path_or_file, storage_options)
+    _write_bytes(fs, path, buffer.getvalue())

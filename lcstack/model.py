@@ -1,0 +1,710 @@
+"""Hierarchical land cover classifier and its on-disk artefact.
+
+:class:`HierarchicalClassifier` is a scikit-learn meta-estimator: a level-1 classifier predicts the land cover
+category and, for every category whose training samples carry at least two subcategories, a level-2 classifier
+predicts the subcategory. It follows the scikit-learn estimator contract, so ``clone``, ``GridSearchCV``,
+``cross_val_score``, joblib and skops work with it; ``predict`` returns level-1 codes and
+:meth:`HierarchicalClassifier.predict_levels` returns both levels.
+
+A trained model is stored as an artefact folder (:func:`save_model`, :func:`load_model`)::
+
+    <folder>/model.skops     the estimator, serialised with skops (never pickle)
+    <folder>/metadata.json   feature names in order, label maps, parameters, metrics, hashes; written last
+
+The presence of ``metadata.json`` marks the artefact complete.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import importlib
+import json
+import logging
+import os
+import zipfile
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import fsspec
+import numpy as np
+import skops.io as sio
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
+from sklearn.ensemble import RandomForestClassifier
+from sklearn.utils import _safe_indexing
+from sklearn.utils.metaestimators import available_if
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import (
+    _check_sample_weight,
+    check_is_fitted,
+    has_fit_parameter,
+    validate_data,
+)
+
+from lcstack.errors import InputFileNotFoundError, InvalidInputError, ModelMismatchError
+
+__all__ = [
+    "HierarchicalClassifier",
+    "save_model",
+    "load_model",
+    "check_features",
+    "MODEL_FILE",
+    "METADATA_FILE",
+]
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.skops"
+METADATA_FILE = "metadata.json"
+ARTEFACT_FORMAT = 1
+
+#: Level-2 code of a pixel whose category has no level-2 model (see ``sl_labels.json``).
+UNCLASSIFIED = 1
+
+
+def default_estimator() -> RandomForestClassifier:
+    """Return the base classifier used when ``estimator=None``.
+
+    A random forest whose trees have at most 4096 leaves, so that the skops artefact stays bounded whatever
+    the number of samples (fully grown trees on 1e5 noisy land cover samples reach hundreds of MB without
+    improving accuracy); ``min_samples_leaf=2`` keeps small training sets unaffected.
+    """
+    return RandomForestClassifier(n_estimators=100, min_samples_leaf=2, max_leaf_nodes=4096)
+
+
+def _estimator_has(attr: str):
+    """Check, for ``available_if``, that the (fitted or unfitted) level-1 estimator has ``attr``."""
+
+    def check(self: HierarchicalClassifier) -> bool:
+        if hasattr(self, "estimator_level1_"):
+            return hasattr(self.estimator_level1_, attr)
+        base = self.estimator if self.estimator is not None else default_estimator()
+        return hasattr(base, attr)
+
+    return check
+
+
+def _subcategory_codes(y_sub: Any, n_samples: int) -> np.ndarray:
+    """Normalise subcategory labels to float codes with NaN where a sample has no subcategory."""
+    values = np.asarray(y_sub, dtype=object).ravel()
+    if values.shape[0] != n_samples:
+        raise InvalidInputError(
+            f"y_sub has {values.shape[0]} values but X has {n_samples} samples; pass one subcategory code "
+            "per sample (NaN, None, 0 or 1 where a sample has no subcategory)."
+        )
+    codes = np.full(n_samples, np.nan)
+    for i, v in enumerate(values):
+        if v is None or (isinstance(v, str) and not v.strip()):
+            continue
+        try:
+            codes[i] = float(v)
+        except (TypeError, ValueError):
+            raise InvalidInputError(
+                f"y_sub[{i}] = {v!r} is not a subcategory code; y_sub must hold integer codes from "
+                "sl_labels.json (>= 2), or NaN/None/0/1 where a sample has no subcategory."
+            ) from None
+    valid = np.isfinite(codes) & (codes >= 2)
+    if np.any(valid & (codes != np.round(codes))):
+        raise InvalidInputError("y_sub holds non-integer codes; subcategory codes must be integers >= 2.")
+    codes[~valid] = np.nan
+    return codes
+
+
+class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
+    """Two-level classifier: land cover category, then subcategory within the predicted category.
+
+    Parameters
+    ----------
+    estimator : classifier, optional
+        Level-1 base classifier (cloned before fitting). Any scikit-learn classifier works. ``None`` uses a
+        :class:`~sklearn.ensemble.RandomForestClassifier` with ``n_estimators=100, min_samples_leaf=2,
+        max_leaf_nodes=4096`` (see :func:`default_estimator`).
+    subcategory_estimator : classifier, optional
+        Base classifier for the level-2 models (cloned once per category). ``None`` uses ``estimator``.
+    min_samples_level2 : int, default 2
+        A category gets a level-2 model (or a constant subcategory) only when at least this many of its
+        training samples carry a subcategory; otherwise its pixels get level 2 = 1 (unclassified).
+    n_jobs : int, optional
+        Set as ``n_jobs`` on every base classifier that has that parameter, when not ``None``.
+    random_state : int, RandomState or None
+        Set as ``random_state`` on every base classifier that has that parameter, when not ``None``.
+
+    Attributes
+    ----------
+    classes_ : ndarray
+        Level-1 class labels (category codes).
+    estimator_level1_ : classifier
+        The fitted level-1 classifier.
+    estimators_level2_ : dict[int, classifier]
+        Fitted level-2 classifier per category code that has two or more subcategories.
+    constant_level2_ : dict[int, int]
+        Subcategory code per category code whose samples all carry the same subcategory.
+    n_features_in_ : int
+        Number of features seen during fit.
+    feature_names_in_ : ndarray of str
+        Feature names seen during fit, only when ``X`` was a DataFrame with string column names.
+
+    Notes
+    -----
+    Training samples must be free of NaN (:func:`lcstack.samples.extract_samples` leaves out nodata
+    pixels); ``fit`` raises :class:`~lcstack.errors.InvalidInputError` otherwise. The classifier does not mask
+    NaN pixels at prediction either: the caller (``lcstack.classify``) predicts only valid pixels and writes
+    nodata (0) elsewhere.
+
+    """
+
+    def __init__(
+        self,
+        estimator: BaseEstimator | None = None,
+        *,
+        subcategory_estimator: BaseEstimator | None = None,
+        min_samples_level2: int = 2,
+        n_jobs: int | None = None,
+        random_state: int | np.random.RandomState | None = None,
+    ) -> None:
+        self.estimator = estimator
+        self.subcategory_estimator = subcategory_estimator
+        self.min_samples_level2 = min_samples_level2
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+
+    # -- fitting -------------------------------------------------------------------------------------------
+
+    def _make(self, base: BaseEstimator | None) -> BaseEstimator:
+        est = clone(base) if base is not None else default_estimator()
+        params = est.get_params(deep=False)
+        overrides = {}
+        if self.n_jobs is not None and "n_jobs" in params:
+            overrides["n_jobs"] = self.n_jobs
+        if self.random_state is not None and "random_state" in params:
+            overrides["random_state"] = self.random_state
+        return est.set_params(**overrides) if overrides else est
+
+    def _validate_X(self, X: Any) -> np.ndarray:
+        X = validate_data(
+            self, X, reset=False, dtype=[np.float64, np.float32], ensure_all_finite=False, accept_sparse=False
+        )
+        if not np.isfinite(X).all():
+            raise InvalidInputError(
+                "X contains NaN or inf; predict only on valid pixels and mark the others as nodata "
+                "(lcstack.classify does)."
+            )
+        return X
+
+    def fit(
+        self,
+        X: Any,
+        y: Any,
+        y_sub: Any = None,
+        sample_weight: Any = None,
+    ) -> HierarchicalClassifier:
+        """Fit the level-1 classifier on ``(X, y)`` and a level-2 classifier per category.
+
+        Parameters
+        ----------
+        X : array-like or DataFrame of shape (n_samples, n_features)
+            Training features, NaN-free.
+        y : array-like of shape (n_samples,)
+            Category codes.
+        y_sub : array-like of shape (n_samples,), optional
+            Subcategory codes (>= 2); NaN, None, 0 or 1 where a sample has no subcategory.
+        sample_weight : array-like of shape (n_samples,), optional
+            Passed to the base classifiers' ``fit`` (they must accept ``sample_weight``).
+
+        Returns
+        -------
+        HierarchicalClassifier
+            The fitted classifier.
+
+        """
+        if not isinstance(self.min_samples_level2, int | np.integer) or self.min_samples_level2 < 1:
+            raise InvalidInputError(
+                f"min_samples_level2 must be an integer >= 1, got {self.min_samples_level2!r}."
+            )
+        X, y = validate_data(
+            self, X, y, dtype=[np.float64, np.float32], ensure_all_finite=False, accept_sparse=False
+        )
+        self._check_finite_fit(X)
+        check_classification_targets(y)
+        n = X.shape[0]
+        fit_kw: dict[str, Any] = {}
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X)
+
+        level1 = self._make(self.estimator)
+        if sample_weight is not None:
+            self._require_sample_weight(level1, "estimator")
+            fit_kw["sample_weight"] = sample_weight
+        level1.fit(X, y, **fit_kw)
+        self.estimator_level1_ = level1
+        self.classes_ = level1.classes_
+
+        self.estimators_level2_: dict[Any, BaseEstimator] = {}
+        self.constant_level2_: dict[Any, int] = {}
+        if y_sub is None:
+            return self
+        sub = _subcategory_codes(y_sub, n)
+        base2 = self.subcategory_estimator if self.subcategory_estimator is not None else self.estimator
+        for category in self.classes_:
+            rows = np.flatnonzero((y == category) & np.isfinite(sub))
+            if rows.size == 0:
+                continue
+            key = category.item() if isinstance(category, np.generic) else category
+            if rows.size < self.min_samples_level2:
+                logger.info(
+                    "category %r: %d samples with a subcategory < min_samples_level2=%d; no level-2 model",
+                    key,
+                    rows.size,
+                    self.min_samples_level2,
+                )
+                continue
+            values = sub[rows].astype(np.int64)
+            distinct = np.unique(values)
+            if distinct.size == 1:
+                self.constant_level2_[key] = int(distinct[0])
+                continue
+            model = self._make(base2)
+            kw = {}
+            if sample_weight is not None:
+                self._require_sample_weight(model, "subcategory_estimator")
+                kw["sample_weight"] = sample_weight[rows]
+            model.fit(X[rows], values, **kw)
+            self.estimators_level2_[key] = model
+        return self
+
+    @staticmethod
+    def _check_finite_fit(X: np.ndarray) -> None:
+        finite = np.isfinite(X).all(axis=1)
+        if not finite.all():
+            bad = np.flatnonzero(~finite)
+            raise InvalidInputError(
+                f"X contains NaN or inf in {bad.size} of {X.shape[0]} samples (first rows: "
+                f"{bad[:5].tolist()}). Training samples must be NaN-free: leave out nodata pixels before "
+                "fitting (lcstack.samples.extract_samples does)."
+            )
+
+    @staticmethod
+    def _require_sample_weight(est: BaseEstimator, param: str) -> None:
+        if not has_fit_parameter(est, "sample_weight"):
+            raise InvalidInputError(
+                f"sample_weight was given but the {param} {type(est).__name__} does not accept it; "
+                "drop sample_weight or choose a classifier whose fit() takes sample_weight."
+            )
+
+    # -- prediction ----------------------------------------------------------------------------------------
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predict level-1 category codes.
+
+        Parameters
+        ----------
+        X : array-like or DataFrame of shape (n_samples, n_features)
+            Features of valid (NaN-free) pixels, in the training order.
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+            Category codes.
+
+        """
+        check_is_fitted(self)
+        X = self._validate_X(X)
+        return self.estimator_level1_.predict(X)
+
+    def predict_levels(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Predict category and subcategory codes.
+
+        Parameters
+        ----------
+        X : array-like or DataFrame of shape (n_samples, n_features)
+            Features of valid (NaN-free) pixels, in the training order.
+
+        Returns
+        -------
+        level1 : ndarray of shape (n_samples,)
+            Category codes.
+        level2 : ndarray of int64, shape (n_samples,)
+            Subcategory codes; 1 (unclassified) where the predicted category has no level-2 model.
+
+        """
+        check_is_fitted(self)
+        X = self._validate_X(X)
+        level1 = self.estimator_level1_.predict(X)
+        level2 = np.full(X.shape[0], UNCLASSIFIED, dtype=np.int64)
+        for category, code in self.constant_level2_.items():
+            level2[level1 == category] = code
+        for category, model in self.estimators_level2_.items():
+            rows = level1 == category
+            if rows.any():
+                level2[rows] = model.predict(_safe_indexing(X, rows))
+        return level1, level2
+
+    @available_if(_estimator_has("predict_proba"))
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Level-1 class probabilities, columns in the order of ``classes_``.
+
+        Parameters
+        ----------
+        X : array-like or DataFrame of shape (n_samples, n_features)
+            Features of valid (NaN-free) pixels.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+            Probabilities from the level-1 classifier.
+
+        """
+        check_is_fitted(self)
+        return self.estimator_level1_.predict_proba(self._validate_X(X))
+
+    @available_if(_estimator_has("predict_log_proba"))
+    def predict_log_proba(self, X: Any) -> np.ndarray:
+        """Level-1 class log-probabilities, columns in the order of ``classes_``.
+
+        Parameters
+        ----------
+        X : array-like or DataFrame of shape (n_samples, n_features)
+            Features of valid (NaN-free) pixels.
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+            Log-probabilities from the level-1 classifier.
+
+        """
+        check_is_fitted(self)
+        return self.estimator_level1_.predict_log_proba(self._validate_X(X))
+
+    @available_if(_estimator_has("decision_function"))
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Level-1 decision function, for base classifiers that have one.
+
+        Parameters
+        ----------
+        X : array-like or DataFrame of shape (n_samples, n_features)
+            Features of valid (NaN-free) pixels.
+
+        Returns
+        -------
+        ndarray
+            Decision values from the level-1 classifier.
+
+        """
+        check_is_fitted(self)
+        return self.estimator_level1_.decision_function(self._validate_X(X))
+
+    def __sklearn_tags__(self):  # noqa: D105
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        tags.input_tags.sparse = False
+        return tags
+
+
+# -- artefact ------------------------------------------------------------------------------------------------
+
+_TRUSTED_EXACT = frozenset({"lcstack.model.HierarchicalClassifier"})
+
+
+def _resolve(name: str) -> Any:
+    module, _, attr = name.rpartition(".")
+    while module:
+        try:
+            obj: Any = importlib.import_module(module)
+        except ImportError:
+            module, _, head = module.rpartition(".")
+            attr = f"{head}.{attr}"
+            continue
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        return obj
+    raise ImportError(name)
+
+
+def _is_allowed_type(name: str) -> bool:
+    """Allow-list for skops: lcstack's classifier, scikit-learn classes, NumPy scalar and dtype classes.
+
+    Only classes are allowed (never functions), and only from the ``sklearn`` and ``numpy`` packages, so a
+    tampered artefact cannot make skops call an arbitrary callable while loading.
+    """
+    if name in _TRUSTED_EXACT:
+        return True
+    root = name.split(".", 1)[0]
+    if root not in {"sklearn", "numpy"}:
+        return False
+    try:
+        obj = _resolve(name)
+    except (ImportError, AttributeError):
+        return False
+    if not isinstance(obj, type):
+        return False
+    if root == "numpy":
+        return issubclass(obj, np.generic | np.dtype)
+    return True
+
+
+def _fs(url: str | os.PathLike[str], storage_options: Mapping[str, Any] | None):
+    fs, path = fsspec.core.url_to_fs(os.fspath(url), **dict(storage_options or {}))
+    return fs, path.rstrip("/")
+
+
+def _is_local(fs: Any) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return protocol in {"file", "local"}
+
+
+def _write_bytes(fs: Any, path: str, data: bytes) -> None:
+    """Write ``data`` to ``path``: via a temporary name and an atomic rename for local files."""
+    if _is_local(fs):
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    else:
+        with fs.open(path, "wb") as f:
+            f.write(data)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return repr(value)
+
+
+def _estimator_params(model: HierarchicalClassifier) -> dict[str, Any]:
+    params = model.get_params(deep=True)
+    out: dict[str, Any] = {"class": f"{type(model).__module__}.{type(model).__qualname__}"}
+    for key, value in sorted(params.items()):
+        out[key] = _jsonable(value)
+    out["estimator"] = repr(model.estimator_level1_)
+    return out
+
+
+def save_model(
+    model: HierarchicalClassifier,
+    folder: str | os.PathLike[str],
+    *,
+    metadata: Mapping[str, Any],
+    storage_options: Mapping[str, Any] | None = None,
+    compress: bool = True,
+) -> None:
+    """Write a fitted model as an artefact folder (``model.skops`` + ``metadata.json``).
+
+    Parameters
+    ----------
+    model : HierarchicalClassifier
+        A fitted classifier.
+    folder : str or PathLike
+        Local folder or fsspec URL (``s3://bucket/models/m1``); created if needed. An existing artefact
+        there is replaced: its ``metadata.json`` is removed first, so an interrupted save never leaves an
+        artefact that looks complete.
+    metadata : dict
+        JSON-serialisable facts about the training run: ``feature_names`` (list, in order; ``features`` is
+        accepted too; taken from ``model.feature_names_in_`` when absent), ``lc_labels``, ``sl_labels``,
+        ``metrics``, ``training_sha256``, ... Kept as given; lcstack adds ``lcstack_version``, ``created_at``
+        (ISO 8601, UTC, unless given), ``estimator_params`` (JSON-able repr of the parameters), ``classes``,
+        ``level2`` (categories with a level-2 model or a constant subcategory), ``model_file``,
+        ``model_sha256`` and ``format``.
+    storage_options : dict, optional
+        fsspec options for ``folder`` (credentials, endpoint).
+    compress : bool, default True
+        Deflate-compress the skops zip (roughly halves a random forest).
+
+    Raises
+    ------
+    InvalidInputError
+        The model is not fitted, the metadata is not JSON-serialisable or its feature names do not match.
+
+    """
+    from lcstack import __version__
+
+    if not isinstance(model, HierarchicalClassifier):
+        raise InvalidInputError(f"save_model expects a HierarchicalClassifier, got {type(model).__name__}.")
+    check_is_fitted(model)
+    meta = dict(metadata)
+    names = meta.get("feature_names", meta.get("features"))
+    if names is None:
+        if not hasattr(model, "feature_names_in_"):
+            raise InvalidInputError(
+                "metadata has no 'feature_names' and the model was fitted without feature names; pass "
+                "metadata={'feature_names': [...], ...} in the feature order used for training."
+            )
+        names = model.feature_names_in_
+    names = [str(n) for n in names]
+    if len(names) != model.n_features_in_:
+        raise InvalidInputError(
+            f"metadata['feature_names'] lists {len(names)} features but the model was fitted on "
+            f"{model.n_features_in_}; pass the feature names in training order."
+        )
+    if hasattr(model, "feature_names_in_") and list(model.feature_names_in_) != names:
+        raise InvalidInputError(
+            "metadata['feature_names'] differ from the feature names the model was fitted with; "
+            "leave 'feature_names' out to use the model's own."
+        )
+    meta["feature_names"] = names
+
+    compression = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    blob = sio.dumps(model, compression=compression)
+    meta.update(
+        {
+            "format": ARTEFACT_FORMAT,
+            "model_file": MODEL_FILE,
+            "model_sha256": hashlib.sha256(blob).hexdigest(),
+            "lcstack_version": __version__,
+            "estimator_params": _estimator_params(model),
+            "classes": _jsonable(model.classes_),
+            "level2": {
+                "models": sorted(_jsonable(list(model.estimators_level2_))),
+                "constant": {str(k): v for k, v in model.constant_level2_.items()},
+            },
+        }
+    )
+    meta.setdefault("created_at", _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"))
+    try:
+        text = json.dumps(meta, indent=2, allow_nan=False, default=_json_default)
+    except (TypeError, ValueError) as err:
+        raise InvalidInputError(
+            f"metadata is not JSON-serialisable: {err}. Pass plain lists/dicts/numbers."
+        ) from err
+
+    fs, root = _fs(folder, storage_options)
+    meta_path = f"{root}/{METADATA_FILE}"
+    if fs.exists(meta_path):
+        fs.rm(meta_path)  # the artefact is incomplete until the new metadata.json lands
+    if not _is_local(fs):
+        fs.makedirs(root, exist_ok=True)
+    _write_bytes(fs, f"{root}/{MODEL_FILE}", blob)
+    _write_bytes(fs, meta_path, text.encode("utf-8"))
+    logger.info("saved model to %s (%.1f MB)", folder, len(blob) / 1e6)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} {value!r} is not JSON-serialisable")
+
+
+def load_model(
+    folder: str | os.PathLike[str],
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+    trusted: Sequence[str] = (),
+) -> tuple[HierarchicalClassifier, dict[str, Any]]:
+    """Load a model artefact written by :func:`save_model`.
+
+    The skops file is checked against the ``model_sha256`` recorded in the metadata, then every type it
+    would instantiate must be on lcstack's allow-list (``lcstack.model.HierarchicalClassifier``, classes from
+    ``sklearn`` and NumPy scalar/dtype classes) or in ``trusted``.
+
+    Parameters
+    ----------
+    folder : str or PathLike
+        Local folder or fsspec URL of the artefact.
+    storage_options : dict, optional
+        fsspec options for ``folder``.
+    trusted : sequence of str, optional
+        Further fully qualified type names to trust (e.g. a custom base classifier), after you checked them.
+
+    Returns
+    -------
+    model : HierarchicalClassifier
+        The fitted classifier.
+    metadata : dict
+        The content of ``metadata.json``.
+
+    Raises
+    ------
+    InputFileNotFoundError
+        The folder holds no complete artefact.
+    InvalidInputError
+        The model file does not match its metadata, or it holds types that are not trusted.
+
+    """
+    fs, root = _fs(folder, storage_options)
+    meta_path = f"{root}/{METADATA_FILE}"
+    if not fs.exists(meta_path):
+        raise InputFileNotFoundError(
+            f"{folder} holds no complete model artefact ({METADATA_FILE} is missing; it is written last, so "
+            "the save was interrupted or this is not a model folder). Train and save the model again."
+        )
+    meta = json.loads(fs.cat_file(meta_path).decode("utf-8"))
+    model_path = f"{root}/{meta.get('model_file', MODEL_FILE)}"
+    if not fs.exists(model_path):
+        raise InputFileNotFoundError(f"{model_path} is missing from the model artefact {folder}.")
+    blob = fs.cat_file(model_path)
+    digest = hashlib.sha256(blob).hexdigest()
+    if meta.get("model_sha256") not in (None, digest):
+        raise InvalidInputError(
+            f"{model_path} does not match the model_sha256 in {METADATA_FILE}: the file was changed or "
+            "partly written. Save the model again."
+        )
+    untrusted = sio.get_untrusted_types(data=blob)
+    extra = set(trusted)
+    refused = sorted(t for t in untrusted if t not in extra and not _is_allowed_type(t))
+    if refused:
+        raise InvalidInputError(
+            f"{model_path} holds types lcstack does not trust: {refused}. Refusing to load it. If you "
+            "produced this file and checked these types, pass load_model(..., trusted=[...])."
+        )
+    model = sio.loads(blob, trusted=list(untrusted))
+    if not isinstance(model, HierarchicalClassifier):
+        raise InvalidInputError(f"{model_path} holds a {type(model).__name__}, not a HierarchicalClassifier.")
+    return model, meta
+
+
+def check_features(metadata: Mapping[str, Any], feature_names: Iterable[str]) -> None:
+    """Check that features match, by name and order, those the model was trained on.
+
+    Parameters
+    ----------
+    metadata : dict
+        Model metadata (from :func:`load_model`), with ``feature_names`` (or ``features``).
+    feature_names : iterable of str
+        Features about to be classified, in order (the ``feature`` coordinate of the cube).
+
+    Raises
+    ------
+    ModelMismatchError
+        Listing missing, extra and misordered features.
+
+    """
+    recorded = metadata.get("feature_names", metadata.get("features"))
+    if recorded is None:
+        raise ModelMismatchError("the model metadata records no feature names; re-save the model with them.")
+    expected = [str(f) for f in recorded]
+    given = [str(f) for f in feature_names]
+    if given == expected:
+        return
+    missing = [f for f in expected if f not in given]
+    extra = [f for f in given if f not in expected]
+    parts = [f"the model was trained on {len(expected)} features but {len(given)} were given"]
+    if missing:
+        parts.append(f"missing: {missing}")
+    if extra:
+        parts.append(f"extra: {extra}")
+    if not missing and not extra:
+        moved = [
+            f"{f} (expected position {i}, got {given.index(f)})"
+            for i, f in enumerate(expected)
+            if given[i] != f
+        ]
+        parts.append(f"misordered: {moved[:10]}" + (" ..." if len(moved) > 10 else ""))
+    raise ModelMismatchError(
+        "Features do not match the model: " + "; ".join(parts) + ". Retrain the model on these composites, "
+        "or classify composites built with the seasons, bands and indices the model was trained on."
+    )

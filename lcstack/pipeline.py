@@ -1,0 +1,588 @@
+"""The workflow: discover → composite → train → classify, idempotent and resumable.
+
+This is the only module that knows the order of the steps. Every output has an identity (a content hash
+of what it was made from); the registry records it as ``pending`` before the work and ``complete`` after
+the output is fully written, so a re-run reuses complete outputs and redoes only the rest, and a crash
+never leaves an output that looks finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from odc.geo.geobox import GeoBox
+
+from . import __version__
+from .errors import InvalidInputError, SkippedPointsWarning, StorageError
+from .grid import aoi_geobox, points_bbox, tile_geoboxes
+from .inputs import AoiBox, RunConfig, Season
+from .progress import progress_iter
+from .settings import Settings, get_settings
+from .store import Storage, redact
+
+__all__ = ["Workflow", "StepResult", "STEPS"]
+
+logger = logging.getLogger(__name__)
+
+STEPS = ("discover", "composite", "train", "classify")
+
+
+def _digest(obj: Any, n: int = 16) -> str:
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def _grid_token(gbox: GeoBox) -> dict[str, Any]:
+    return {"crs": str(gbox.crs), "affine": list(gbox.affine)[:6], "shape": list(gbox.shape.yx)}
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass
+class StepResult:
+    """What one step did for one output."""
+
+    step: str
+    key: str
+    url: str
+    reused: bool
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Workflow:
+    """A configured lcstack run.
+
+    Parameters
+    ----------
+    config
+        The validated run configuration (:func:`lcstack.inputs.load_config`).
+    settings
+        Environment settings (S3 endpoint, registry URL, ...); read from the environment by default.
+    registry
+        An open registry; by default the one named by the config / settings, or the embedded SQLite
+        file ``<storage>/registry.sqlite`` for local storage.
+    progress
+        Show progress bars.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        *,
+        settings: Settings | None = None,
+        registry: Any = None,
+        progress: bool = True,
+    ) -> None:
+        from .registry import open_registry
+
+        self.config = config
+        self.settings = settings or get_settings()
+        self.progress = progress
+        # Validate every input file before anything is created (registry file, storage folders).
+        self._seasons: dict[str, Season] | None = config.read_seasons()
+        self._points = config.read_points()
+        opts = {**self.settings.storage_options(config.storage), **config.storage_options}
+        self.storage = Storage(config.storage, storage_options=opts, layout=config.layout)
+        if registry is None:
+            url = config.registry or (
+                self.settings.registry.get_secret_value() if self.settings.registry else None
+            )
+            default = None
+            if "://" not in config.storage:
+                default = f"{config.storage}/registry.sqlite"
+            elif url is None:
+                raise InvalidInputError(
+                    f"storage {redact(config.storage)} is remote, so the embedded registry has no place to "
+                    "live: set `registry:` in the config (mongodb://... or a local SQLite path) or MONGO_URI."
+                )
+            registry = open_registry(url, default_path=default, database=self.settings.mongo_database)
+        self.registry = registry
+        self._scenes: dict[str, list[Any]] | None = None
+        self._geobox: GeoBox | None = None
+
+    def close(self) -> None:
+        """Close the registry connection."""
+        self.registry.close()
+
+    def __enter__(self) -> Workflow:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------ inputs
+    @property
+    def seasons(self) -> dict[str, Season]:
+        """The seasons of the run."""
+        if self._seasons is None:
+            self._seasons = self.config.read_seasons()
+        return self._seasons
+
+    @property
+    def geobox(self) -> GeoBox:
+        """The output grid of the whole area."""
+        if self._geobox is None:
+            aoi: Any = self.config.aoi
+            if aoi is None:
+                pts = self.config.read_points(validate=False)
+                aoi = points_bbox(pts["longitude"], pts["latitude"])
+            self._geobox = aoi_geobox(aoi, crs=self.config.crs, resolution=self.config.resolution)
+        return self._geobox
+
+    @property
+    def bbox_lonlat(self) -> tuple[float, float, float, float]:
+        """The AOI bounds in lon/lat, for STAC searches."""
+        b = self.geobox.extent.to_crs("EPSG:4326").boundingbox
+        return (b.left, b.bottom, b.right, b.top)
+
+    @property
+    def tiles(self) -> Mapping[str, GeoBox]:
+        """Processing tiles, keyed by an id that is stable for the grid (CRS and tile origin)."""
+        tiles = tile_geoboxes(self.geobox, self.config.tile_size)
+        out = {}
+        for gbox in tiles.values():
+            epsg = gbox.crs.epsg or _digest(str(gbox.crs), 8)
+            x0, y0 = gbox.affine.c, gbox.affine.f
+            out[f"{epsg}_{x0:.0f}_{y0:.0f}_{gbox.shape.x}x{gbox.shape.y}"] = gbox
+        return out
+
+    @property
+    def chunks(self) -> dict[str, int]:
+        """Spatial chunk size for loading and compositing."""
+        size = self.config.chunk_size or 1024
+        return {"x": size, "y": size}
+
+    # ------------------------------------------------------------------------------------ steps
+    def preflight(self) -> None:
+        """Check storage and registry before any work starts."""
+        self.registry.ping()
+        root = self.storage.layout["composites"]
+        try:
+            fs, path = self.storage.fs(root)
+            if "://" in root and not root.startswith("file://"):
+                bucket = path.split("/", 1)[0]
+                if not fs.exists(bucket):
+                    raise StorageError(
+                        f"bucket {bucket!r} does not exist at {redact(root)}; create it or fix `storage`."
+                    )
+        except StorageError:
+            raise
+        except PermissionError as err:
+            raise StorageError(
+                f"access denied to {redact(root)} ({type(err).__name__}); check the credentials "
+                "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and the bucket policy."
+            ) from None
+        except OSError as err:
+            endpoint = self.storage.storage_options.get("endpoint_url", "the default AWS endpoint")
+            raise StorageError(
+                f"cannot reach storage {redact(root)} at {endpoint} ({type(err).__name__}: {err}); check "
+                "that the endpoint runs and LCSTACK_S3_ENDPOINT_URL is right."
+            ) from None
+
+    def discover(self) -> dict[str, list[Any]]:
+        """Find the scenes of every season over the AOI and record them."""
+        from .discover import discover_scenes, open_source
+
+        if self._scenes is not None:
+            return self._scenes
+        source = open_source(self.config.stac)
+        scenes = discover_scenes(
+            source,
+            self.config.collection,
+            self.bbox_lonlat,
+            self.seasons,
+            max_cloud_cover=self.config.max_cloud_cover,
+            max_scenes=self.config.max_scenes_per_season,
+            min_valid_fraction=self.config.min_valid_fraction,
+        )
+        for season, infos in scenes.items():
+            for info in infos:
+                item = info.item
+                self.registry.put(
+                    "scenes",
+                    item.id,
+                    {
+                        "collection": self.config.collection,
+                        "datetime": str(item.datetime),
+                        "cloud_cover": info.cloud_cover,
+                        "valid_fraction": info.valid_fraction,
+                        "season": season,
+                        "stac": redact(self.config.stac),
+                        "status": "complete",
+                    },
+                )
+        self._scenes = scenes
+        return scenes
+
+    def _dem_items(self) -> list[Any]:
+        from .discover import discover_dem, open_source
+
+        if not self.config.dem_collection:
+            return []
+        return discover_dem(open_source(self.config.stac), self.config.dem_collection, self.bbox_lonlat)
+
+    def _composite_params(self) -> dict[str, Any]:
+        return {
+            "bands": list(self.config.bands) if self.config.bands else None,
+            "indices": list(self.config.indices) if self.config.indices is not None else None,
+            "mask_classes": list(self.config.mask.classes),
+            "dilation_m": self.config.mask.dilation_m,
+            "loader": self.config.loader,
+            "lcstack": __version__,
+        }
+
+    def _tile_items(self, infos: Sequence[Any], gbox: GeoBox) -> list[Any]:
+        from odc.geo.geom import Geometry
+
+        extent = gbox.extent.to_crs("EPSG:4326")
+        return [i.item for i in infos if Geometry(i.item.geometry, crs="EPSG:4326").intersects(extent)]
+
+    def composite_plan(self) -> list[tuple[str, str, str, str, dict[str, Any]]]:
+        """Every composite of the run: (tile id, season or 'terrain', key, url, record)."""
+        scenes = self.discover()
+        plan = []
+        params = self._composite_params()
+        for tile_id, gbox in self.tiles.items():
+            for season, infos in scenes.items():
+                items = self._tile_items(infos, gbox)
+                if not items:
+                    continue
+                s = self.seasons[season]
+                ident = {
+                    "grid": _grid_token(gbox),
+                    "season": [season, str(s.start), str(s.end), [str(d) for d in s.dates or ()]],
+                    "items": sorted(i.id for i in items),
+                    "params": params,
+                }
+                key = _digest(ident)
+                url = self.storage.url("composites", tile_id, f"{season}_{key[:8]}.zarr")
+                plan.append((tile_id, season, key, url, {"items": sorted(i.id for i in items), "_items": items}))
+            if self.config.dem_collection:
+                dem = self._dem_items()
+                ident = {"grid": _grid_token(gbox), "dem": sorted(i.id for i in dem), "lcstack": __version__}
+                key = _digest(ident)
+                url = self.storage.url("composites", tile_id, f"terrain_{key[:8]}.zarr")
+                plan.append((tile_id, "terrain", key, url, {"items": sorted(i.id for i in dem), "_items": dem}))
+        return plan
+
+    def _is_complete(self, kind: str, key: str, url: str) -> bool:
+        rec = self.registry.get(kind, key)
+        return bool(rec and rec.get("status") == "complete" and self.storage.exists(url))
+
+    def composite(self) -> list[StepResult]:
+        """Compute and store every seasonal composite (and terrain) of every tile not already complete."""
+        from .composite import seasonal_composite
+        from .terrain import load_terrain
+
+        results = []
+        plan = self.composite_plan()
+        for tile_id, season, key, url, rec in progress_iter(plan, desc="composites", progress=self.progress):
+            if self._is_complete("composites", key, url):
+                logger.info("composite %s/%s is complete: reused", tile_id, season)
+                results.append(StepResult("composite", key, url, True, {"tile": tile_id, "season": season}))
+                continue
+            gbox = self.tiles[tile_id]
+            items = rec.pop("_items")
+            doc = {**rec, "tile": tile_id, "season": season, "url": url, "status": "pending",
+                   "params": self._composite_params()}
+            self.registry.put("composites", key, doc)
+            t0 = time.perf_counter()
+            if season == "terrain":
+                ds = load_terrain(items, gbox, chunks=self.chunks)
+            else:
+                ds = seasonal_composite(
+                    items,
+                    gbox,
+                    season=season,
+                    bands=self.config.bands,
+                    mask_classes=self.config.mask.classes,
+                    dilation_m=self.config.mask.dilation_m,
+                    chunks=self.chunks,
+                    loader=self.config.loader,
+                    **({"indices": self.config.indices} if self.config.indices is not None else {}),
+                )
+            ds.attrs["lcstack_key"] = key
+            self.storage.write_zarr(ds, url, progress=self.progress, desc=f"{tile_id} {season}")
+            seconds = round(time.perf_counter() - t0, 3)
+            self.registry.update("composites", key, {"status": "complete", "seconds": seconds})
+            logger.info("composite %s/%s written to %s in %.1f s", tile_id, season, redact(url), seconds)
+            results.append(StepResult("composite", key, url, False, {"tile": tile_id, "season": season}))
+        return results
+
+    def features(self, tile_id: str) -> xr.DataArray:
+        """The feature cube of one tile, read lazily from the stored composites."""
+        from .features import stack_features
+
+        plan = [p for p in self.composite_plan() if p[0] == tile_id]
+        missing = [p[1] for p in plan if not self._is_complete("composites", p[2], p[3])]
+        if missing:
+            raise StorageError(
+                f"tile {tile_id}: composites {', '.join(missing)} are not complete; run `lcstack composite` first."
+            )
+        seasonal = {
+            season: self.storage.open_zarr(url) for _, season, _, url, _ in plan if season != "terrain"
+        }
+        ordered = {s: seasonal[s] for s in self.seasons if s in seasonal}
+        terrain = next((self.storage.open_zarr(url) for _, s, _, url, _ in plan if s == "terrain"), None)
+        return stack_features(ordered, terrain)
+
+    def _composite_keys(self) -> list[str]:
+        return sorted(p[2] for p in self.composite_plan())
+
+    # ------------------------------------------------------------------------------------ train
+    def dataset_key(self) -> str:
+        """Identity of the training table: points, labels and composites it was extracted from."""
+        cfg = self.config
+        files = [cfg.points, cfg.lc_labels] + ([cfg.sl_labels] if cfg.sl_labels else [])
+        return _digest(
+            {
+                "files": [hashlib.sha256(p.read_bytes()).hexdigest() for p in files],
+                "composites": self._composite_keys(),
+            }
+        )
+
+    def samples(self) -> tuple[pd.DataFrame, StepResult]:
+        """Extract (or reuse) the training table."""
+        from .samples import extract_samples, read_samples, write_samples
+
+        key = self.dataset_key()
+        url = self.storage.url("datasets", f"dataset_{key}.parquet")
+        if self._is_complete("datasets", key, url):
+            return read_samples(url, storage_options=self.storage.storage_options), StepResult(
+                "dataset", key, url, True
+            )
+        points = self.config.read_points()
+        lc = self.config.read_lc_labels()
+        sl = self.config.read_sl_labels()
+        tables, placed = [], np.zeros(len(points), dtype=bool)
+        skipped_nodata: list[int] = []
+        for tile_id, gbox in self.tiles.items():
+            inside = _points_in(points, gbox)
+            placed |= inside
+            if not inside.any():
+                continue
+            cube = self.features(tile_id)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", SkippedPointsWarning)
+                try:
+                    st = extract_samples(cube, points[inside], lc_labels=lc, sl_labels=sl)
+                except InvalidInputError:
+                    # a category emptied within this tile may have samples elsewhere; checked below
+                    st = extract_samples(cube, points[inside], lc_labels=lc, sl_labels=sl, check_empty=False)
+            tables.append(st.table)
+            skipped_nodata += list(st.skipped_nodata)
+        table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+        outside = points.loc[~placed, "line"].tolist()
+        if outside or skipped_nodata:
+            warnings.warn(
+                f"{cfg_name(self.config.points)}: left out {len(outside)} point(s) outside the area"
+                f"{' (lines ' + ', '.join(map(str, outside[:5])) + (', ...' if len(outside) > 5 else '') + ')' if outside else ''}"
+                f" and {len(skipped_nodata)} on nodata pixels"
+                f"{' (lines ' + ', '.join(map(str, skipped_nodata[:5])) + (', ...' if len(skipped_nodata) > 5 else '') + ')' if skipped_nodata else ''}.",
+                SkippedPointsWarning,
+                stacklevel=2,
+            )
+        if table.empty:
+            raise InvalidInputError(
+                f"{self.config.points}: none of the {len(points)} points falls on valid pixels of the area "
+                f"{self.bbox_lonlat}; check the `aoi` and that the points are in lon/lat (WGS 84)."
+            )
+        have = set(table["category_name"])
+        empty = sorted(set(points["category"]) - have)
+        if empty:
+            raise InvalidInputError(
+                f"{self.config.points}: category {', '.join(map(repr, empty))} has no usable sample after "
+                "leaving out points outside the area or on nodata pixels; add points for it inside the area."
+            )
+        table = table.sort_values("line", kind="stable").reset_index(drop=True)
+        self.registry.put("datasets", key, {"url": url, "status": "pending"})
+        write_samples(table, url, storage_options=self.storage.storage_options)
+        self.registry.update(
+            "datasets",
+            key,
+            {"status": "complete", "n_samples": int(len(table)), "points": str(self.config.points.name)},
+        )
+        return table, StepResult("dataset", key, url, False, {"n_samples": int(len(table))})
+
+    def model_key(self) -> str:
+        """Identity of the model: training table + model options + lcstack version."""
+        return _digest({"dataset": self.dataset_key(), "model": self.config.model.model_dump(), "v": __version__})
+
+    def model_url(self) -> str:
+        """Where the model artefact of this run lives."""
+        return self.storage.url("models", f"model_{self.model_key()}")
+
+    def train(self) -> StepResult:
+        """Train (or reuse) the hierarchical classifier and evaluate it on a location-based split."""
+        from .training import train_model
+
+        key = self.model_key()
+        url = self.model_url()
+        if self._is_complete("models", key, url):
+            logger.info("model %s is complete: reused", key)
+            return StepResult("train", key, url, True)
+        table, ds_result = self.samples()
+        self.registry.put("models", key, {"url": url, "status": "pending", "dataset": ds_result.key})
+        report = train_model(
+            table,
+            url,
+            lc_labels=self.config.read_lc_labels(),
+            sl_labels=self.config.read_sl_labels(),
+            options=self.config.model,
+            dataset_key=ds_result.key,
+            storage_options=self.storage.storage_options,
+        )
+        self.registry.update(
+            "models",
+            key,
+            {
+                "status": "complete",
+                "features": report["features"],
+                "metrics": {
+                    "overall_accuracy": report["metrics"]["level1"]["overall_accuracy"],
+                    "kappa": report["metrics"]["level1"]["kappa"],
+                },
+            },
+        )
+        return StepResult("train", key, url, False, {"metrics": report["metrics"]})
+
+    # ------------------------------------------------------------------------------------ classify
+    def classify(self) -> list[StepResult]:
+        """Classify every tile with the run's model; write level-1/level-2 maps as Zarr and COG."""
+        from .classify import classify as classify_cube
+        from .classify import write_maps_zarr
+        from .cog import write_cog
+
+        model_key = self.model_key()
+        model_url = self.model_url()
+        if not self._is_complete("models", model_key, model_url):
+            raise StorageError("no complete model for this config; run `lcstack train` first.")
+        lc = self.config.read_lc_labels()
+        sl = self.config.read_sl_labels()
+        plan = self.composite_plan()
+        results = []
+        for tile_id in progress_iter(list(self.tiles), desc="maps", progress=self.progress):
+            comp = sorted(p[2] for p in plan if p[0] == tile_id)
+            if not comp:
+                continue
+            key = _digest({"model": model_key, "composites": comp})
+            base = self.storage.url("classification-maps", f"model_{model_key}", tile_id)
+            urls = {
+                "zarr": self.storage._join(base, "maps.zarr"),
+                "level1": self.storage._join(base, "level1.tif"),
+                "level2": self.storage._join(base, "level2.tif"),
+            }
+            if self._is_complete("maps", key, urls["level2"]):
+                results.append(StepResult("classify", key, base, True, {"tile": tile_id}))
+                continue
+            self.registry.put(
+                "maps", key, {"tile": tile_id, "model": model_key, "urls": urls, "status": "pending"}
+            )
+            maps = classify_cube(self.features(tile_id), model_url, storage_options=self.storage.storage_options)
+            write_maps_zarr(maps, urls["zarr"], storage=self.storage, progress=self.progress)
+            stored = self.storage.open_zarr(urls["zarr"])
+            write_cog(stored["level1"], urls["level1"], labels=lc, storage=self.storage)
+            if "level2" in stored:
+                labels2 = {"unclassified": 1, **(sl or {})}
+                write_cog(stored["level2"], urls["level2"], labels=labels2, storage=self.storage)
+            self.registry.update("maps", key, {"status": "complete"})
+            results.append(StepResult("classify", key, base, False, {"tile": tile_id}))
+        return results
+
+    # ------------------------------------------------------------------------------------ run
+    def run(self, steps: Iterable[str] = STEPS) -> list[StepResult]:
+        """Run the given steps in order; complete outputs are reused."""
+        steps = list(steps)
+        bad = [s for s in steps if s not in STEPS]
+        if bad:
+            raise InvalidInputError(f"unknown step(s) {bad}; the steps are {', '.join(STEPS)}.")
+        self.preflight()
+        out: list[StepResult] = []
+        if "discover" in steps:
+            self.discover()
+        if "composite" in steps:
+            out += self.composite()
+        if "train" in steps:
+            out.append(self.train())
+        if "classify" in steps:
+            out += self.classify()
+        return out
+
+    def status(self) -> dict[str, list[dict[str, Any]]]:
+        """What is complete and what is pending, per kind of output, for this config."""
+        out: dict[str, list[dict[str, Any]]] = {"composites": [], "datasets": [], "models": [], "maps": []}
+        for tile_id, season, key, url, _ in self.composite_plan():
+            out["composites"].append({"tile": tile_id, "season": season, "key": key,
+                                      "done": self._is_complete("composites", key, url)})
+        dkey = self.dataset_key()
+        out["datasets"].append({"key": dkey, "done": bool((self.registry.get("datasets", dkey) or {}).get("status") == "complete")})
+        mkey = self.model_key()
+        out["models"].append({"key": mkey, "done": self._is_complete("models", mkey, self.model_url())})
+        for rec in self.registry.find("maps", model=mkey):
+            out["maps"].append({"tile": rec.get("tile"), "key": rec["key"], "done": rec.get("status") == "complete"})
+        return out
+
+    def clean(self, what: str) -> int:
+        """Remove outputs of this config and their records together; returns how many were removed."""
+        if what not in ("composites", "maps", "all"):
+            raise InvalidInputError(f"--what {what!r}: use composites, maps or all.")
+        n = 0
+        if what in ("maps", "all"):
+            mkey = self.model_key()
+            for rec in self.registry.find("maps", model=mkey):
+                for u in rec.get("urls", {}).values():
+                    self.storage.remove(u)
+                self.registry.delete("maps", rec["key"])
+                n += 1
+        if what in ("composites", "all"):
+            for _, _, key, url, _ in self.composite_plan():
+                if self.registry.get("composites", key) or self.storage.exists(url):
+                    self.storage.remove(url)
+                    self.registry.delete("composites", key)
+                    n += 1
+        if what == "all":
+            dkey, mkey = self.dataset_key(), self.model_key()
+            rec = self.registry.get("models", mkey)
+            if rec:
+                self.storage.remove(rec["url"])
+                self.registry.delete("models", mkey)
+                n += 1
+            rec = self.registry.get("datasets", dkey)
+            if rec:
+                self.storage.remove(rec["url"])
+                self.registry.delete("datasets", dkey)
+                n += 1
+        return n
+
+
+def cfg_name(path: Any) -> str:
+    """A short name for messages."""
+    return str(path)
+
+
+def _points_in(points: pd.DataFrame, gbox: GeoBox) -> np.ndarray:
+    """Which points fall inside ``gbox`` (by pixel footprint)."""
+    from pyproj import Transformer
+
+    tr = Transformer.from_crs("EPSG:4326", gbox.crs.to_wkt(), always_xy=True)
+    x, y = tr.transform(points["longitude"].to_numpy(), points["latitude"].to_numpy())
+    inv = ~gbox.affine
+    col, row = inv * (np.asarray(x), np.asarray(y))
+    ny, nx = gbox.shape.yx
+    return (col >= 0) & (col < nx) & (row >= 0) & (row < ny)
+
+
+_ = (io, AoiBox)

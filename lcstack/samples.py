@@ -1,0 +1,363 @@
+"""Training samples: feature values at labelled points, and their Parquet storage."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from pyproj import Transformer
+
+from lcstack.errors import InputFileNotFoundError, InvalidInputError, SkippedPointsWarning
+
+__all__ = ["SampleTable", "extract_samples", "write_samples", "read_samples", "SAMPLE_COLUMNS"]
+
+logger = logging.getLogger(__name__)
+
+#: Columns a sample table carries after the feature columns.
+SAMPLE_COLUMNS = (
+    "category",
+    "subcategory",
+    "category_name",
+    "subcategory_name",
+    "latitude",
+    "longitude",
+    "line",
+)
+_FIRST = 5  # line numbers quoted in messages
+
+
+@dataclass
+class SampleTable:
+    """Samples extracted from a feature cube.
+
+    Attributes
+    ----------
+    table : DataFrame
+        One row per kept point: one float32 column per feature (cube order), then ``category`` and
+        ``subcategory`` codes (int; subcategory 1 where a point has none), ``category_name``,
+        ``subcategory_name`` (missing where none), ``latitude``, ``longitude`` and ``line`` (line in the
+        points file).
+    skipped_outside : list of int
+        Line numbers of points outside the cube.
+    skipped_nodata : list of int
+        Line numbers of points on a pixel where a feature is NaN.
+
+    """
+
+    table: pd.DataFrame
+    skipped_outside: list[int] = field(default_factory=list)
+    skipped_nodata: list[int] = field(default_factory=list)
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Feature columns, in cube order."""
+        return [c for c in self.table.columns if c not in SAMPLE_COLUMNS]
+
+
+def _first(lines: Any) -> str:
+    lines = list(lines)
+    return ", ".join(str(v) for v in lines[:_FIRST]) + (", ..." if len(lines) > _FIRST else "")
+
+
+def _is_missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _lookup(
+    values: pd.Series, lines: np.ndarray, labels: Mapping[str, int], what: str, hint: str, *, optional: bool
+) -> tuple[np.ndarray, list[Any]]:
+    """Map label names (or codes already in ``labels``) to codes; missing -> 1 when ``optional``."""
+    by_name = {str(k).strip(): int(v) for k, v in labels.items()}
+    by_code = {v: k for k, v in by_name.items()}
+    codes = np.empty(len(values), dtype=np.int64)
+    names: list[Any] = []
+    unknown: list[tuple[int, Any]] = []
+    for i, value in enumerate(values.tolist()):
+        if _is_missing(value):
+            if not optional:
+                unknown.append((int(lines[i]), value))
+                names.append(None)
+                codes[i] = 0
+                continue
+            codes[i], _ = 1, names.append(None)
+            continue
+        key = str(value).strip()
+        if key in by_name:
+            codes[i] = by_name[key]
+            names.append(key)
+            continue
+        number = None
+        if isinstance(value, int | float | np.integer | np.floating) and float(value).is_integer():
+            number = int(value)
+        if number is not None and number in by_code:
+            codes[i] = number
+            names.append(by_code[number])
+            continue
+        unknown.append((int(lines[i]), value))
+        names.append(None)
+        codes[i] = 0
+    if unknown:
+        detail = "; ".join(f"line {line}: {value!r}" for line, value in unknown[:_FIRST])
+        more = f" and {len(unknown) - _FIRST} more" if len(unknown) > _FIRST else ""
+        raise InvalidInputError(
+            f"{len(unknown)} point(s) have a {what} that is not in the label map ({detail}{more}). "
+            f"Add the {what} to {hint} or fix the points file. Known: {sorted(by_name)}."
+        )
+    return codes, names
+
+
+def _names(values: list[Any]) -> pd.Series:
+    # the string dtype a Parquet round trip gives back (pandas >= 3: "str", missing = NaN)
+    series = pd.Series(values, dtype=object)
+    return series.astype("str") if int(pd.__version__.split(".")[0]) >= 3 else series
+
+
+def _line_numbers(points: pd.DataFrame) -> np.ndarray:
+    if "line" in points.columns:
+        return pd.to_numeric(points["line"], errors="raise").to_numpy(dtype=np.int64)
+    if pd.api.types.is_integer_dtype(points.index):
+        return points.index.to_numpy(dtype=np.int64) + 2  # header is line 1
+    return np.arange(len(points), dtype=np.int64) + 2
+
+
+def extract_samples(
+    features: xr.DataArray,
+    points: pd.DataFrame,
+    *,
+    lc_labels: Mapping[str, int],
+    sl_labels: Mapping[str, int] | None = None,
+    check_empty: bool = True,
+) -> SampleTable:
+    """Read the feature values under labelled points.
+
+    Each point takes the pixel that contains it (the nearest pixel centre). Only the pixels under the points
+    are computed; a dask-backed cube is gathered chunk by chunk.
+
+    Parameters
+    ----------
+    features : DataArray
+        Feature cube, dims ``("feature", "y", "x")`` on a GeoBox (``spatial_ref`` coordinate with a CRS).
+    points : DataFrame
+        Columns ``latitude``, ``longitude`` (WGS84 degrees), ``category`` and optionally ``subcategory``
+        (names from the label files, or codes; NaN/None/empty where a point has none) and ``line`` (1-based
+        line in the source CSV; ``index + 2`` when absent).
+    lc_labels : dict[str, int]
+        Category name to code (``lc_labels.json``).
+    sl_labels : dict[str, int], optional
+        Subcategory name to code (``sl_labels.json``); needed when points carry subcategories.
+    check_empty : bool, default True
+        Raise when a category of the points keeps no sample. Pass ``False`` when extracting tile by tile and
+        checking the merged table instead.
+
+    Returns
+    -------
+    SampleTable
+        The samples, and the line numbers of points left out.
+
+    Warns
+    -----
+    SkippedPointsWarning
+        When points fall outside the cube or on nodata (a NaN feature).
+
+    Raises
+    ------
+    InvalidInputError
+        A column or label is missing or unknown, a coordinate is invalid, the cube has no CRS, or a category
+        loses all its points.
+
+    """
+    if not isinstance(features, xr.DataArray) or not {"feature", "y", "x"} <= set(features.dims):
+        raise InvalidInputError(
+            "extract_samples: features must be a DataArray with dims ('feature', 'y', 'x') "
+            "(lcstack.features.stack_features builds one)."
+        )
+    geobox = features.odc.geobox
+    if geobox is None or features.odc.crs is None:
+        raise InvalidInputError(
+            "extract_samples: the feature cube has no CRS/regular grid (spatial_ref coordinate); build it "
+            "with lcstack.features.stack_features or assign one with odc.geo."
+        )
+    missing_cols = [c for c in ("latitude", "longitude", "category") if c not in points.columns]
+    if missing_cols:
+        raise InvalidInputError(
+            f"extract_samples: points lack column(s) {missing_cols}; the points file needs latitude, "
+            "longitude, category and optionally subcategory."
+        )
+    feature_names = [str(f) for f in features["feature"].values]
+    clash = sorted(set(feature_names) & set(SAMPLE_COLUMNS))
+    if clash:
+        raise InvalidInputError(f"extract_samples: feature names {clash} clash with sample table columns.")
+
+    lines = _line_numbers(points)
+    cat_codes, cat_names = _lookup(
+        points["category"], lines, lc_labels, "category", "lc_labels.json", optional=False
+    )
+    if "subcategory" in points.columns:
+        sub_values = points["subcategory"]
+        has_sub = ~sub_values.map(_is_missing).to_numpy(dtype=bool)
+        if sl_labels is None and has_sub.any():
+            raise InvalidInputError(
+                f"extract_samples: points have subcategories (e.g. line {lines[has_sub][0]}) but no "
+                "sl_labels were given; pass sl_labels (sl_labels.json) or drop the subcategory column."
+            )
+        sub_codes, sub_names = _lookup(
+            sub_values, lines, sl_labels or {}, "subcategory", "sl_labels.json", optional=True
+        )
+    else:
+        sub_codes, sub_names = np.ones(len(points), dtype=np.int64), [None] * len(points)
+
+    lat = pd.to_numeric(points["latitude"], errors="coerce").to_numpy(dtype=np.float64)
+    lon = pd.to_numeric(points["longitude"], errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~(np.isfinite(lat) & np.isfinite(lon) & (np.abs(lat) <= 90) & (np.abs(lon) <= 180))
+    if bad.any():
+        raise InvalidInputError(
+            f"extract_samples: invalid latitude/longitude on line(s) {_first(lines[bad])}; coordinates "
+            "must be WGS84 degrees (latitude within ±90, longitude within ±180)."
+        )
+
+    # the pixel containing each point, from the GeoBox's inverse affine
+    to_cube = Transformer.from_crs("EPSG:4326", features.odc.crs.proj, always_xy=True)
+    xs, ys = to_cube.transform(lon, lat)
+    inv = ~geobox.affine
+    xs, ys = np.asarray(xs), np.asarray(ys)
+    col_f = inv.a * xs + inv.b * ys + inv.c
+    row_f = inv.d * xs + inv.e * ys + inv.f
+    col = np.floor(col_f)
+    row = np.floor(row_f)
+    ny, nx = geobox.shape.y, geobox.shape.x
+    inside = np.isfinite(col) & np.isfinite(row) & (col >= 0) & (col < nx) & (row >= 0) & (row < ny)
+
+    idx = np.flatnonzero(inside)
+    values = np.empty((0, len(feature_names)), dtype=np.float32)
+    if idx.size:
+        y_dim, x_dim = geobox.dimensions
+        picked = features.isel(
+            {
+                y_dim: xr.DataArray(row[idx].astype(np.int64), dims="point"),
+                x_dim: xr.DataArray(col[idx].astype(np.int64), dims="point"),
+            }
+        )
+        values = np.asarray(picked.transpose("point", "feature").compute().values, dtype=np.float32)
+    valid = np.isfinite(values).all(axis=1)
+    keep = idx[valid]
+    outside_lines = lines[~inside].tolist()
+    nodata_lines = lines[idx[~valid]].tolist()
+
+    table = pd.DataFrame(values[valid], columns=feature_names)
+    table["category"] = cat_codes[keep].astype(np.int32)
+    table["subcategory"] = sub_codes[keep].astype(np.int32)
+    table["category_name"] = _names([cat_names[i] for i in keep])
+    table["subcategory_name"] = _names([sub_names[i] for i in keep])
+    table["latitude"] = lat[keep]
+    table["longitude"] = lon[keep]
+    table["line"] = lines[keep]
+
+    if outside_lines or nodata_lines:
+        parts = []
+        if outside_lines:
+            parts.append(f"{len(outside_lines)} outside the feature cube (lines {_first(outside_lines)})")
+        if nodata_lines:
+            parts.append(f"{len(nodata_lines)} on nodata pixels (lines {_first(nodata_lines)})")
+        warnings.warn(
+            f"{len(outside_lines) + len(nodata_lines)} of {len(points)} points left out: " + "; ".join(parts),
+            SkippedPointsWarning,
+            stacklevel=2,
+        )
+
+    kept_codes = set(cat_codes[keep].tolist())
+    lost = [c for c in dict.fromkeys(cat_codes.tolist()) if c not in kept_codes] if check_empty else []
+    if lost:
+        name_of = {int(v): str(k) for k, v in lc_labels.items()}
+        details = []
+        for code in lost:
+            of_cat = cat_codes == code
+            n_out = int((of_cat & ~inside).sum())
+            n_nodata = int(of_cat.sum()) - n_out
+            details.append(
+                f"{name_of.get(code, code)!r} (code {code}): {n_out} point(s) outside the cube, "
+                f"{n_nodata} on nodata (lines {_first(lines[of_cat])})"
+            )
+        raise InvalidInputError(
+            "extract_samples: no samples left for categor"
+            + ("y " if len(lost) == 1 else "ies ")
+            + "; ".join(details)
+            + ". Add points inside the area with valid data, or drop the category "
+            "from the points file."
+        )
+    logger.info("extracted %d samples, %d features", len(table), len(feature_names))
+    return SampleTable(table=table, skipped_outside=outside_lines, skipped_nodata=nodata_lines)
+
+
+def write_samples(
+    table: SampleTable | pd.DataFrame,
+    url: str | os.PathLike[str],
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Write a sample table as Parquet (atomically for local paths).
+
+    Parameters
+    ----------
+    table : SampleTable or DataFrame
+        Samples from :func:`extract_samples`.
+    url : str or PathLike
+        Local path or fsspec URL of the ``.parquet`` file.
+    storage_options : dict, optional
+        fsspec options for ``url``.
+
+    """
+    from lcstack.model import _fs, _write_bytes
+
+    df = table.table if isinstance(table, SampleTable) else table
+    buffer = io.BytesIO()
+    df.to_parquet(buffer, engine="pyarrow", index=False)
+    fs, path = _fs(url, storage_options)
+    _write_bytes(fs, path, buffer.getvalue())
+
+
+def read_samples(
+    url: str | os.PathLike[str], *, storage_options: Mapping[str, Any] | None = None
+) -> pd.DataFrame:
+    """Read a sample table written by :func:`write_samples`.
+
+    Parameters
+    ----------
+    url : str or PathLike
+        Local path or fsspec URL.
+    storage_options : dict, optional
+        fsspec options for ``url``.
+
+    Returns
+    -------
+    DataFrame
+        The sample table.
+
+    Raises
+    ------
+    InputFileNotFoundError
+        No file at ``url``.
+
+    """
+    from lcstack.model import _fs
+
+    fs, path = _fs(url, storage_options)
+    if not fs.exists(path):
+        raise InputFileNotFoundError(
+            f"no sample table at {url}; run the sample extraction (train step) first."
+        )
+    return pd.read_parquet(io.BytesIO(fs.cat_file(path)), engine="pyarrow")

@@ -1,0 +1,40 @@
+"""Agreement of produced maps with reference rasters (the demo area's truth)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import rioxarray  # noqa: F401  (registers .rio)
+import xarray as xr
+
+__all__ = ["agreement", "score_maps"]
+
+
+def agreement(map_da: xr.DataArray, truth: xr.DataArray) -> float:
+    """Overall agreement between a class map and a reference on the reference's grid.
+
+    The map is aligned onto the reference grid by coordinates (nearest); pixels that are nodata (0) in
+    either are left out.
+    """
+    m = map_da.reindex_like(truth, method="nearest", tolerance=1e-6).fillna(0).to_numpy()
+    t = truth.to_numpy()
+    valid = (m > 0) & (t > 0)
+    if not valid.any():
+        return float("nan")
+    return float(np.mean(m[valid] == t[valid]))
+
+
+def score_maps(area: Any, workflow: Any) -> dict[str, Any]:
+    """Level-1 and level-2 agreement of a workflow's maps with the demo area's truth rasters."""
+    truth1 = rioxarray.open_rasterio(area.truth).squeeze("band", drop=True)
+    truth2 = rioxarray.open_rasterio(area.truth_sl).squeeze("band", drop=True)
+    maps = []
+    for rec in workflow.registry.find("maps", model=workflow.model_key()):
+        maps.append(workflow.storage.open_zarr(rec["urls"]["zarr"]))
+    merged = xr.combine_by_coords([m[["level1", "level2"]] for m in maps]) if len(maps) > 1 else maps[0]
+    return {
+        "level1": agreement(merged["level1"], truth1),
+        "level2": agreement(merged["level2"], truth2),
+        "maps": [rec["urls"]["level1"] for rec in workflow.registry.find("maps", model=workflow.model_key())],
+    }

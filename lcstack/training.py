@@ -1,0 +1,123 @@
+"""Training: fit the hierarchical classifier on a sample table, evaluate it, store the artefact."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import clone
+from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier, RandomForestClassifier
+
+from . import __version__
+from .errors import InvalidInputError
+from .inputs import ModelConfig
+
+__all__ = ["META_COLUMNS", "feature_columns", "make_estimator", "train_model"]
+
+logger = logging.getLogger(__name__)
+
+META_COLUMNS = ("category", "subcategory", "category_name", "subcategory_name", "latitude", "longitude", "line")
+
+_ESTIMATORS: dict[str, Any] = {
+    # Capping leaves per tree bounds the artefact size (≈ 30 MB for 100k samples) whatever the sample count,
+    # and leaves small training sets unaffected (see lcstack.model.default_estimator).
+    "random_forest": lambda rs, p: RandomForestClassifier(
+        **{"n_estimators": 100, "min_samples_leaf": 2, "max_leaf_nodes": 4096, "n_jobs": -1, "random_state": rs, **p}
+    ),
+    "extra_trees": lambda rs, p: ExtraTreesClassifier(
+        **{"n_estimators": 100, "min_samples_leaf": 2, "max_leaf_nodes": 4096, "n_jobs": -1, "random_state": rs, **p}
+    ),
+    "hist_gradient_boosting": lambda rs, p: HistGradientBoostingClassifier(**{"random_state": rs, **p}),
+}
+
+
+def make_estimator(options: ModelConfig) -> Any:
+    """The base estimator named by the model options."""
+    try:
+        return _ESTIMATORS[options.estimator](options.random_state, dict(options.params))
+    except TypeError as err:
+        raise InvalidInputError(f"model.params: {err}; check the parameter names of {options.estimator}.") from None
+
+
+def feature_columns(table: pd.DataFrame) -> list[str]:
+    """The feature columns of a sample table, in order."""
+    return [c for c in table.columns if c not in META_COLUMNS]
+
+
+def train_model(
+    table: pd.DataFrame,
+    url: str,
+    *,
+    lc_labels: Mapping[str, int],
+    sl_labels: Mapping[str, int] | None,
+    options: ModelConfig | None = None,
+    dataset_key: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Fit, evaluate and save a :class:`~lcstack.model.HierarchicalClassifier`.
+
+    The table is split by location (points at the same coordinates never on both sides; spatial blocks
+    with ``options.block_size``); metrics come from the held-out part. The stored model is then refitted
+    on all samples. The artefact folder at ``url`` holds ``model.skops``, ``metadata.json``,
+    ``metrics.json`` and ``confusion_level1.png`` (and ``confusion_level2.png``).
+
+    Returns
+    -------
+    dict
+        The metadata written to ``metadata.json``.
+    """
+    from .evaluate import evaluate, location_split, plot_confusion
+    from .model import HierarchicalClassifier, save_model
+    from .store import Storage
+
+    options = options or ModelConfig()
+    features = feature_columns(table)
+    X = table[features].to_numpy(np.float32)
+    y = table["category"].to_numpy(np.int64)
+    y_sub = table["subcategory"].to_numpy(np.int64)
+    model = HierarchicalClassifier(make_estimator(options), random_state=options.random_state)
+
+    train_idx, test_idx = location_split(
+        table, test_size=options.test_size, random_state=options.random_state, block_size=options.block_size
+    )
+    held = clone(model).fit(X[train_idx], y[train_idx], y_sub[train_idx])
+    l1, l2 = held.predict_levels(X[test_idx])
+    metrics: dict[str, Any] = {"level1": evaluate(y[test_idx], l1, labels=dict(lc_labels))}
+    sub_true = y_sub[test_idx]
+    has_sub = sub_true >= 2
+    if sl_labels and has_sub.any():
+        labels2 = {"unclassified": 1, **sl_labels}
+        metrics["level2"] = evaluate(sub_true[has_sub], l2[has_sub], labels=labels2)
+    metrics["n_train"], metrics["n_test"] = int(len(train_idx)), int(len(test_idx))
+
+    model.fit(X, y, y_sub)
+    table_hash = hashlib.sha256(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes()).hexdigest()
+    metadata = {
+        "features": features,
+        "lc_labels": dict(lc_labels),
+        "sl_labels": dict(sl_labels or {}),
+        "estimator": options.estimator,
+        "params": {k: repr(v) for k, v in model.estimator_level1_.get_params().items()},
+        "metrics": metrics,
+        "dataset": dataset_key,
+        "training_table_sha256": table_hash,
+        "n_samples": int(len(table)),
+        "lcstack_version": __version__,
+    }
+    storage = Storage(url, storage_options=storage_options)
+    storage.write_bytes(storage._join(url, "metrics.json"), json.dumps(metrics, indent=2).encode())
+    for level in ("level1", "level2"):
+        if level in metrics:
+            buf = io.BytesIO()
+            plot_confusion(metrics[level], buf)
+            storage.write_bytes(storage._join(url, f"confusion_{level}.png"), buf.getvalue())
+    save_model(model, url, metadata=metadata, storage_options=storage_options)
+    oa = metrics["level1"]["overall_accuracy"]
+    logger.info("model trained on %d samples; held-out level-1 accuracy %.3f; saved to %s", len(table), oa, url)
+    return metadata
