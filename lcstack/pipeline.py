@@ -94,7 +94,8 @@ class Workflow:
         # Validate every input file before anything is created (registry file, storage folders).
         self._seasons: dict[str, Season] | None = config.read_seasons()
         self._points = config.read_points()
-        opts = {**self.settings.storage_options(config.storage), **config.storage_options}
+        remote = next((u for u in (config.storage, *config.layout.values()) if "://" in u), config.storage)
+        opts = {**self.settings.storage_options(remote), **config.storage_options}
         self.storage = Storage(config.storage, storage_options=opts, layout=config.layout)
         if registry is None:
             url = config.registry or (
@@ -166,31 +167,10 @@ class Workflow:
         return {"x": size, "y": size}
 
     # ------------------------------------------------------------------------------------ steps
-    def preflight(self) -> None:
-        """Check storage and registry before any work starts."""
+    def preflight(self, *, write: bool = True) -> None:
+        """Check the registry and every storage location before any work starts."""
         self.registry.ping()
-        root = self.storage.layout["composites"]
-        try:
-            fs, path = self.storage.fs(root)
-            if "://" in root and not root.startswith("file://"):
-                bucket = path.split("/", 1)[0]
-                if not fs.exists(bucket):
-                    raise StorageError(
-                        f"bucket {bucket!r} does not exist at {redact(root)}; create it or fix `storage`."
-                    )
-        except StorageError:
-            raise
-        except PermissionError as err:
-            raise StorageError(
-                f"access denied to {redact(root)} ({type(err).__name__}); check the credentials "
-                "(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) and the bucket policy."
-            ) from None
-        except OSError as err:
-            endpoint = self.storage.storage_options.get("endpoint_url", "the default AWS endpoint")
-            raise StorageError(
-                f"cannot reach storage {redact(root)} at {endpoint} ({type(err).__name__}: {err}); check "
-                "that the endpoint runs and LCSTACK_S3_ENDPOINT_URL is right."
-            ) from None
+        self.storage.check(write=write)
 
     def discover(self) -> dict[str, list[Any]]:
         """Find the scenes of every season over the AOI and record them."""
