@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -103,6 +104,7 @@ class Workflow:
             )
             default = None
             if "://" not in config.storage:
+                os.makedirs(config.storage, exist_ok=True)
                 default = f"{config.storage}/registry.sqlite"
             elif url is None:
                 raise InvalidInputError(
@@ -111,6 +113,7 @@ class Workflow:
                 )
             registry = open_registry(url, default_path=default, database=self.settings.mongo_database)
         self.registry = registry
+        self._plan: list[tuple[str, str, str, str, dict[str, Any]]] | None = None
         self._scenes: dict[str, list[Any]] | None = None
         self._geobox: GeoBox | None = None
 
@@ -232,9 +235,15 @@ class Workflow:
 
     def composite_plan(self) -> list[tuple[str, str, str, str, dict[str, Any]]]:
         """Every composite of the run: (tile id, season or 'terrain', key, url, record)."""
+        if self._plan is None:
+            self._plan = self._make_composite_plan()
+        return [(t, s, k, u, dict(r)) for t, s, k, u, r in self._plan]
+
+    def _make_composite_plan(self) -> list[tuple[str, str, str, str, dict[str, Any]]]:
         scenes = self.discover()
         plan = []
         params = self._composite_params()
+        dem = self._dem_items()
         for tile_id, gbox in self.tiles.items():
             for season, infos in scenes.items():
                 items = self._tile_items(infos, gbox)
@@ -251,7 +260,6 @@ class Workflow:
                 url = self.storage.url("composites", tile_id, f"{season}_{key[:8]}.zarr")
                 plan.append((tile_id, season, key, url, {"items": sorted(i.id for i in items), "_items": items}))
             if self.config.dem_collection:
-                dem = self._dem_items()
                 ident = {"grid": _grid_token(gbox), "dem": sorted(i.id for i in dem), "lcstack": __version__}
                 key = _digest(ident)
                 url = self.storage.url("composites", tile_id, f"terrain_{key[:8]}.zarr")

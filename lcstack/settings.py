@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     dask_scheduler
         Address of an existing Dask scheduler (``tcp://...``) or a ``gateway://`` URL;
         ``LCSTACK_DASK_SCHEDULER`` or ``DASK_CLUSTER_IP`` (LandCoverPy's name).
+    gateway_username, gateway_password
+        HTTP basic-auth credentials for Dask Gateway (``LCSTACK_GATEWAY_USERNAME``,
+        ``LCSTACK_GATEWAY_PASSWORD``); when both are unset, dask-gateway's own config applies
+        (``DASK_GATEWAY__AUTH__TYPE``, ...).
     memory_budget
         Memory per Dask worker that chunk sizes are chosen for, e.g. ``"2GB"``.
     progress
@@ -56,6 +60,8 @@ class Settings(BaseSettings):
     dask_scheduler: str | None = Field(
         None, validation_alias=AliasChoices("LCSTACK_DASK_SCHEDULER", "DASK_CLUSTER_IP")
     )
+    gateway_username: str | None = None
+    gateway_password: SecretStr | None = None
     memory_budget: str = "2GB"
     progress: bool = True
 

@@ -1,0 +1,142 @@
+"""NumPy kernels behind the dask/xarray layer (compositing and terrain).
+
+The median kernel must give exactly what :func:`numpy.nanmedian` gives, bit for
+bit on float32: for an even number of valid values NumPy averages the two middle
+values in the input precision, ``(a + b) / 2`` in float32. Both kernels here do
+the same (bottleneck keeps the input dtype; the numba kernel uses float32
+arithmetic), and the tests check equality including all-NaN pixels.
+
+Measured on (12, 1024, 1024) float32 with 30 % NaN, one thread, on a shared
+2-core machine: ``np.nanmedian`` 0.59-0.65 s, ``bottleneck.nanmedian`` 0.15 s,
+numba insertion-sort kernel 0.15 s; with 40 time steps 3.7 s / 0.59 s / 0.77 s.
+Bottleneck is as fast or faster and needs no JIT compilation, so it is the
+default; the numba kernel is kept as ``method="numba"`` for comparison.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+
+__all__ = ["nanmedian_time", "horn_slope_aspect"]
+
+_numba_kernel: Any = None
+
+
+def _get_numba_kernel() -> Any:
+    global _numba_kernel
+    if _numba_kernel is None:
+        import numba
+
+        @numba.njit(nogil=True, cache=True)
+        def _kernel(a: np.ndarray) -> np.ndarray:  # pragma: no cover - compiled
+            t, n = a.shape
+            out = np.empty(n, a.dtype)
+            buf = np.empty(t, a.dtype)
+            two = a.dtype.type(2)
+            for j in range(n):
+                k = 0
+                for i in range(t):
+                    v = a[i, j]
+                    if v == v:
+                        # insertion sort: the time axis is short (tens of scenes)
+                        p = k
+                        while p > 0 and buf[p - 1] > v:
+                            buf[p] = buf[p - 1]
+                            p -= 1
+                        buf[p] = v
+                        k += 1
+                if k == 0:
+                    out[j] = np.nan
+                elif k % 2 == 1:
+                    out[j] = buf[k // 2]
+                else:
+                    out[j] = (buf[k // 2 - 1] + buf[k // 2]) / two
+            return out
+
+        _numba_kernel = _kernel
+    return _numba_kernel
+
+
+def nanmedian_time(
+    a: np.ndarray, *, method: Literal["bottleneck", "numba", "numpy"] = "bottleneck"
+) -> np.ndarray:
+    """Median over axis 0 ignoring NaN; NaN where every value is NaN (no warning).
+
+    Parameters
+    ----------
+    a : numpy.ndarray
+        Floating array, time first (``(time, ...)``).
+    method : {"bottleneck", "numba", "numpy"}
+        Implementation; all three return identical values.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``a.shape[1:]``, same dtype as ``a``.
+
+    """
+    a = np.asarray(a)
+    if not np.issubdtype(a.dtype, np.floating):
+        a = a.astype(np.float64)
+    if a.shape[0] == 0:
+        return np.full(a.shape[1:], np.nan, dtype=a.dtype)
+    if method == "bottleneck":
+        import bottleneck as bn
+
+        return np.asarray(bn.nanmedian(a, axis=0), dtype=a.dtype)
+    if method == "numba":
+        flat = np.ascontiguousarray(a.reshape(a.shape[0], -1))
+        return _get_numba_kernel()(flat).reshape(a.shape[1:])
+    if method == "numpy":
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.asarray(np.nanmedian(a, axis=0), dtype=a.dtype)
+    raise ValueError(f"method must be 'bottleneck', 'numba' or 'numpy', not {method!r}")
+
+
+#: Aspect of flat ground (no downhill direction).
+FLAT_ASPECT = -1.0
+
+
+def horn_slope_aspect(padded: np.ndarray, dx: float, dy: float) -> tuple[np.ndarray, np.ndarray]:
+    """Slope and aspect (degrees) with Horn's 3x3 method on an array padded by one pixel.
+
+    Parameters
+    ----------
+    padded : numpy.ndarray
+        ``(..., ny + 2, nx + 2)`` elevation, row 0 to the north (``y`` descending).
+    dx, dy : float
+        Pixel width and height in the units of the elevation (metres), positive.
+
+    Returns
+    -------
+    slope, aspect : numpy.ndarray
+        ``(..., ny, nx)`` float32. Slope in degrees from horizontal. Aspect is the
+        compass direction the slope faces (downhill), degrees clockwise from north
+        in ``[0, 360)``; -1 where the surface is flat (a defined value, so that flat
+        pixels keep their features for classification, unlike gdaldem's nodata).
+
+    """
+    z = np.asarray(padded, dtype=np.float64)
+    a = z[..., :-2, :-2]
+    b = z[..., :-2, 1:-1]
+    c = z[..., :-2, 2:]
+    d = z[..., 1:-1, :-2]
+    f = z[..., 1:-1, 2:]
+    g = z[..., 2:, :-2]
+    h = z[..., 2:, 1:-1]
+    i = z[..., 2:, 2:]
+    dz_east = ((c + 2 * f + i) - (a + 2 * d + g)) / (8.0 * dx)
+    dz_north = ((a + 2 * b + c) - (g + 2 * h + i)) / (8.0 * dy)
+    slope = np.degrees(np.arctan(np.hypot(dz_east, dz_north)))
+    # downhill direction is (-dz_east, -dz_north); bearing = atan2(east, north)
+    aspect = np.degrees(np.arctan2(-dz_east, -dz_north)) % 360.0
+    aspect32 = aspect.astype(np.float32)
+    # values a hair below 360 round up to 360.0 in float32
+    aspect32[aspect32 >= 360.0] = 0.0
+    aspect32[(dz_east == 0) & (dz_north == 0)] = FLAT_ASPECT
+    return slope.astype(np.float32), aspect32

@@ -1,0 +1,289 @@
+"""Cloud masking and per-pixel median compositing of Sentinel-2 scenes.
+
+Everything here builds dask graphs and computes nothing: the seasonal composite is
+evaluated chunk by chunk when it is written (one ``(time, y, x)`` chunk of one band
+in memory at a time, never a whole scene).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import dask.array as dsa
+import numpy as np
+import pystac
+import xarray as xr
+from odc.geo.geobox import GeoBox
+from scipy import ndimage
+
+import lcstack
+from lcstack._kernels import nanmedian_time
+from lcstack.errors import InvalidInputError, NoCloudMaskWarning
+from lcstack.harmonize import band_assets
+from lcstack.indices import DEFAULT_INDICES, compute_indices
+from lcstack.load import DEFAULT_CHUNK, common_bands, load_scenes, to_reflectance
+
+__all__ = ["DEFAULT_MASK_CLASSES", "cloud_mask", "median_composite", "seasonal_composite"]
+
+logger = logging.getLogger(__name__)
+
+#: SCL classes masked by default: cloud shadows, cloud medium/high probability, thin cirrus, snow/ice.
+DEFAULT_MASK_CLASSES: tuple[int, ...] = (3, 8, 9, 10, 11)
+
+
+def _disk(radius: float) -> np.ndarray:
+    r = int(math.floor(radius))
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    return (yy**2 + xx**2) <= radius**2
+
+
+def _dilate_block(block: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    return ndimage.binary_dilation(block, structure=structure)
+
+
+def cloud_mask(
+    scl: xr.DataArray,
+    *,
+    classes: Sequence[int] = DEFAULT_MASK_CLASSES,
+    dilation_m: float = 0.0,
+    resolution: float | None = None,
+) -> xr.DataArray:
+    """Boolean mask of invalid pixels from the scene classification layer.
+
+    Parameters
+    ----------
+    scl : xarray.DataArray
+        SCL class codes, dims ending in ``("y", "x")`` (usually ``(time, y, x)``), NumPy or dask.
+    classes : sequence of int
+        SCL classes to mask. SCL 0 (nodata) is always masked.
+    dilation_m : float
+        Grow the masked area by a disk of this radius in metres (``dilation_m / resolution`` pixels),
+        per time step, chunk-wise with ``dask.array.map_overlap`` (overlap = the radius).
+    resolution : float, optional
+        Pixel size in metres; default from ``scl``'s GeoBox, else 10.
+
+    Returns
+    -------
+    xarray.DataArray
+        bool, True = invalid; same dims, coords and chunks as ``scl``. Lazy when ``scl`` is.
+
+    """
+    if dilation_m < 0:
+        raise InvalidInputError(f"dilation_m must be >= 0, got {dilation_m}")
+    codes = [int(c) for c in classes]
+    invalid = scl.isin(codes) | (scl == 0)
+    invalid.name = "invalid"
+    invalid.attrs = {"long_name": "invalid observation", "mask_classes": codes}
+    if dilation_m == 0:
+        return invalid
+    if resolution is None:
+        gbox = getattr(scl.odc, "geobox", None)
+        resolution = abs(gbox.resolution.x) if gbox is not None else 10.0
+    radius = dilation_m / resolution
+    depth = int(math.floor(radius))
+    if depth == 0:
+        return invalid
+    if scl.dims[-2:] != ("y", "x"):
+        raise InvalidInputError(f"scl must have dims (..., 'y', 'x'), got {scl.dims}")
+    structure = _disk(radius).reshape((1,) * (scl.ndim - 2) + (2 * depth + 1,) * 2)
+    data = invalid.data
+    if isinstance(data, dsa.Array):
+        # map_overlap needs every chunk at least as large as the overlap
+        small = {ax: max(depth, 1) for ax in (scl.ndim - 2, scl.ndim - 1) if min(data.chunks[ax]) < depth}
+        if small:
+            data = data.rechunk({ax: max(depth, DEFAULT_CHUNK // 4) for ax in small})
+        out = data.map_overlap(
+            _dilate_block,
+            depth={scl.ndim - 2: depth, scl.ndim - 1: depth},
+            boundary="none",
+            dtype=bool,
+            structure=structure,
+        )
+    else:
+        out = _dilate_block(np.asarray(data), structure)
+    result = invalid.copy(data=out)
+    result.attrs["dilation_m"] = float(dilation_m)
+    return result
+
+
+def _median_over_time(da: xr.DataArray) -> xr.DataArray:
+    """Median over ``time`` of a float DataArray, NaN-aware, through :func:`nanmedian_time`."""
+    da = da.transpose("time", ...)
+    data = da.data
+    if isinstance(data, dsa.Array):
+        data = data.rechunk({0: -1})
+        out = data.map_blocks(
+            nanmedian_time, drop_axis=0, dtype=da.dtype, meta=np.empty((0,) * (da.ndim - 1), da.dtype)
+        )
+    else:
+        out = nanmedian_time(np.asarray(data))
+    coords = {k: v for k, v in da.coords.items() if "time" not in v.dims}
+    return xr.DataArray(out, dims=da.dims[1:], coords=coords, name=da.name, attrs=dict(da.attrs))
+
+
+def median_composite(refl: xr.Dataset, invalid: xr.DataArray | None = None) -> xr.Dataset:
+    """Per-pixel median over time of the valid observations.
+
+    An observation (time step at a pixel) is valid when ``invalid`` is False there and
+    every band is non-NaN, so all bands of a pixel are composited from the same scenes.
+
+    Parameters
+    ----------
+    refl : xarray.Dataset
+        float reflectance variables with a ``time`` dim (``scl`` and non-time variables are ignored).
+    invalid : xarray.DataArray, optional
+        bool mask (True = drop), broadcastable to the bands, e.g. from :func:`cloud_mask`.
+
+    Returns
+    -------
+    xarray.Dataset
+        One float32 variable per band (time dropped), NaN where no observation is valid, and
+        ``valid_count`` (uint8, saturating at 255). Lazy when the input is.
+
+    """
+    bands = [
+        name
+        for name, da in refl.data_vars.items()
+        if name != "scl" and "time" in da.dims and np.issubdtype(da.dtype, np.floating)
+    ]
+    if not bands:
+        raise InvalidInputError(
+            f"median_composite() found no float band with a 'time' dim among {list(refl.data_vars)}; "
+            "pass the output of to_reflectance()"
+        )
+    valid = refl[bands[0]].notnull()
+    for name in bands[1:]:
+        valid = valid & refl[name].notnull()
+    if invalid is not None:
+        valid = valid & ~invalid.astype(bool)
+    out = {}
+    for name in bands:
+        band = refl[name].astype(np.float32).where(valid)
+        out[name] = _median_over_time(band)
+    count = valid.sum("time", dtype=np.int32).clip(max=255).astype(np.uint8)
+    count.attrs = {"long_name": "number of valid observations in the median"}
+    out["valid_count"] = count.drop_vars([c for c in count.coords if "time" in count[c].dims])
+    result = xr.Dataset(out, attrs=dict(refl.attrs))
+    return result.drop_vars([c for c in result.coords if "time" in result[c].dims], errors="ignore")
+
+
+def seasonal_composite(
+    items: Sequence[pystac.Item],
+    geobox: GeoBox,
+    *,
+    season: str,
+    bands: Sequence[str] | None = None,
+    mask_classes: Sequence[int] = DEFAULT_MASK_CLASSES,
+    dilation_m: float = 0.0,
+    chunks: Mapping[str, int] | None = None,
+    indices: Sequence[str] = DEFAULT_INDICES,
+    loader: Literal["odc", "stackstac"] = "odc",
+    resampling: str = "nearest",
+) -> xr.Dataset:
+    """Lazy cloud-masked median composite of one season on one tile, with spectral indices.
+
+    Parameters
+    ----------
+    items : sequence of pystac.Item
+        The season's Sentinel-2 scenes.
+    geobox : odc.geo.geobox.GeoBox
+        Tile grid.
+    season : str
+        Season name (the ``season`` coordinate).
+    bands : sequence of str, optional
+        Reflectance bands (canonical names); default every reflectance band all items have.
+    mask_classes : sequence of int
+        SCL classes masked (plus SCL 0). Ignored, with a :class:`~lcstack.errors.NoCloudMaskWarning`,
+        when the items have no ``scl`` asset.
+    dilation_m : float
+        Mask dilation radius in metres.
+    chunks : mapping, optional
+        ``y``/``x`` chunk sizes (default 1024); ``time`` is always one chunk for the median.
+    indices : sequence of str
+        Index names appended after the bands (those whose bands are missing are skipped).
+    loader : {"odc", "stackstac"}
+        See :func:`lcstack.load.load_scenes`.
+    resampling : str
+        Resampling of 20/60 m reflectance onto the grid (``scl`` is always nearest).
+
+    Returns
+    -------
+    xarray.Dataset
+        ``composite`` float32 ``(season, band, y, x)`` (bands then indices) and ``valid_count`` uint8
+        ``(season, y, x)``; coordinates ``spatial_ref``, ``x``, ``y``, ``season``, ``band``; attrs
+        ``items`` (JSON list of ids), ``lcstack_version``, ``mask_classes``, ``dilation_m``. Nothing
+        is computed until the result is.
+
+    """
+    items = list(items)
+    if not items:
+        raise InvalidInputError(f"season {season!r}: no items to composite; discover scenes first")
+    available = common_bands(items)
+    has_scl = "scl" in available
+    if bands is None:
+        refl_bands = [b for b in available if b != "scl"]
+    else:
+        refl_bands = [b for b in dict.fromkeys(bands) if b != "scl"]
+    if not refl_bands:
+        raise InvalidInputError(f"season {season!r}: no reflectance band to composite (bands={bands})")
+    if not has_scl:
+        lacking = [it.id for it in items if "scl" not in band_assets(it)]
+        collections = sorted({str(it.collection_id) for it in items if it.id in lacking})
+        warnings.warn(
+            f"season {season!r}: items {lacking} (collection {', '.join(collections)}) have no 'scl' asset, "
+            "so no cloud mask is applied; clouds will leak into the median",
+            NoCloudMaskWarning,
+            stacklevel=2,
+        )
+    load_chunks = {"time": 1, **{k: v for k, v in (chunks or {}).items() if k in ("y", "x")}}
+    ds = load_scenes(
+        items,
+        geobox,
+        bands=refl_bands + (["scl"] if has_scl else []),
+        chunks=load_chunks,
+        loader=loader,
+        resampling=resampling,
+    )
+    refl = to_reflectance(ds)
+    invalid = None
+    if has_scl:
+        invalid = cloud_mask(
+            ds["scl"], classes=mask_classes, dilation_m=dilation_m, resolution=abs(geobox.resolution.x)
+        )
+        refl = refl.drop_vars("scl")
+    med = median_composite(refl, invalid)
+    idx = compute_indices(med[refl_bands], indices)
+    names = refl_bands + list(idx.data_vars)
+    layers = [med[b] for b in refl_bands] + [idx[n] for n in idx.data_vars]
+    for i, da in enumerate(layers):
+        layers[i] = da.copy(deep=False)
+        layers[i].attrs = {}  # band attrs differ (formula, units); coords keep theirs (spatial_ref's CRS)
+    composite = xr.concat(
+        layers,
+        dim="band",
+        coords="minimal",
+        compat="override",
+        join="override",
+    ).astype(np.float32)
+    # plain NumPy unicode labels: pandas' string dtype does not round-trip through Zarr
+    composite = composite.assign_coords(band=np.array(names, dtype=str))
+    composite = composite.expand_dims("season").assign_coords(season=np.array([season], dtype=str))
+    composite.attrs = {"long_name": "median composite", "units": "1"}
+    valid_count = med["valid_count"].expand_dims("season").assign_coords(season=np.array([season], dtype=str))
+    attrs = {
+        "season": season,
+        "items": json.dumps(sorted(it.id for it in items)),
+        "lcstack_version": lcstack.__version__,
+        "mask_classes": [int(c) for c in mask_classes] if has_scl else [],
+        "dilation_m": float(dilation_m),
+        "resampling": resampling,
+        "cloud_mask": "scl" if has_scl else "none",
+    }
+    out = xr.Dataset({"composite": composite, "valid_count": valid_count}, attrs=attrs)
+    logger.debug("season %s: composite of %d items, bands %s", season, len(items), names)
+    return out

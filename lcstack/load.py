@@ -1,0 +1,338 @@
+"""Load Sentinel-2 scenes from STAC items onto one GeoBox as a lazy, dask-backed Dataset.
+
+Catalogs name the same band differently (Earth Search ``red``, Planetary Computer
+``B04``, CDSE ``B04_10m``) and declare scale/offset differently (see
+:mod:`lcstack.harmonize`). This module normalises both once, at the boundary:
+
+* each item is copied with its assets renamed to canonical band names and its
+  raster metadata replaced by ``uint16`` (``uint8`` for ``scl``) with nodata 0,
+  so the loader keeps the on-disk integers and applies no scale/offset itself;
+* the harmonised per-item ``(scale, offset)`` travel as coordinates
+  ``scale_<band>`` / ``offset_<band>`` on ``time``, applied by :func:`to_reflectance`.
+
+Layout of :func:`load_scenes`: one variable per canonical band, dims
+``(time, y, x)`` on exactly the requested GeoBox, one time step per item (sorted by
+datetime, then id), coordinate ``id`` (item id) on ``time``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import pystac
+import xarray as xr
+from odc.geo.geobox import GeoBox
+
+from lcstack.errors import InvalidInputError, LcstackError, MissingDependencyError
+from lcstack.harmonize import CANONICAL_BANDS, band_assets, reflectance_scale_offset
+
+__all__ = ["load_scenes", "to_reflectance", "common_bands", "DEFAULT_CHUNK"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CHUNK = 1024
+_CLASS_BANDS = frozenset({"scl"})
+_RESAMPLINGS = ("nearest", "bilinear", "average", "cubic", "mode", "min", "max", "med")
+# asset fields that would make a loader guess dtype, nodata or scaling on its own
+_RASTER_FIELDS = (
+    "raster:bands",
+    "bands",
+    "raster:scale",
+    "raster:offset",
+    "raster:nodata",
+    "nodata",
+    "data_type",
+)
+
+
+def _dtype(band: str) -> str:
+    return "uint8" if band in _CLASS_BANDS else "uint16"
+
+
+def common_bands(items: Sequence[pystac.Item]) -> tuple[str, ...]:
+    """Return the canonical bands every item has, in canonical order.
+
+    Parameters
+    ----------
+    items : sequence of pystac.Item
+        Sentinel-2 items of any supported catalog.
+
+    Returns
+    -------
+    tuple of str
+        Canonical band names (``scl`` included when every item has it).
+
+    """
+    present = [set(band_assets(item)) for item in items]
+    if not present:
+        return ()
+    shared = set.intersection(*present)
+    return tuple(b for b in CANONICAL_BANDS if b in shared)
+
+
+def _resolve_bands(
+    items: Sequence[pystac.Item], bands: Sequence[str] | None
+) -> tuple[tuple[str, ...], list[dict[str, str]]]:
+    mappings = [band_assets(item) for item in items]
+    if bands is None:
+        shared = set.intersection(*(set(m) for m in mappings))
+        chosen = tuple(b for b in CANONICAL_BANDS if b in shared)
+        if not chosen:
+            raise InvalidInputError(
+                f"items {[i.id for i in items]} share no Sentinel-2 band; check that they come from "
+                "Sentinel-2 collections or pass bands= explicitly"
+            )
+        return chosen, mappings
+    if isinstance(bands, str):
+        bands = (bands,)
+    unknown = [b for b in bands if b not in CANONICAL_BANDS]
+    if unknown:
+        raise InvalidInputError(
+            f"unknown band name(s) {unknown} in bands=; use canonical names: {', '.join(CANONICAL_BANDS)}"
+        )
+    missing = {item.id: [b for b in bands if b not in m] for item, m in zip(items, mappings, strict=True)}
+    missing = {k: v for k, v in missing.items() if v}
+    if missing:
+        detail = "; ".join(f"item {k!r} lacks {v}" for k, v in missing.items())
+        raise InvalidInputError(
+            f"requested bands are missing from some items: {detail}. Drop those bands from bands= "
+            "or those items from the scene list"
+        )
+    return tuple(dict.fromkeys(bands)), mappings
+
+
+def _canonical_copy(item: pystac.Item, mapping: Mapping[str, str], bands: Sequence[str]) -> pystac.Item:
+    """Copy of ``item`` holding only ``bands``, keyed by canonical name, with integer metadata."""
+    copy = item.clone()
+    copy.assets = {}
+    for band in bands:
+        src = item.assets[mapping[band]]
+        asset = src.clone()
+        asset.href = src.get_absolute_href() or src.href
+        for field in _RASTER_FIELDS:
+            asset.extra_fields.pop(field, None)
+        asset.extra_fields["raster:bands"] = [{"data_type": _dtype(band), "nodata": 0}]
+        copy.add_asset(band, asset)
+    props = copy.properties
+    # stackstac reads only proj:epsg; STAC projection v2 items carry proj:code instead
+    code = props.get("proj:code")
+    if props.get("proj:epsg") is None and isinstance(code, str) and code.upper().startswith("EPSG:"):
+        props["proj:epsg"] = int(code.split(":", 1)[1])
+    for asset in copy.assets.values():
+        acode = asset.extra_fields.get("proj:code")
+        if (
+            asset.extra_fields.get("proj:epsg") is None
+            and isinstance(acode, str)
+            and acode.upper().startswith("EPSG:")
+        ):
+            asset.extra_fields["proj:epsg"] = int(acode.split(":", 1)[1])
+    return copy
+
+
+def _normalise_chunks(chunks: Mapping[str, int] | None) -> dict[str, int]:
+    out = {"time": 1, "y": DEFAULT_CHUNK, "x": DEFAULT_CHUNK}
+    if chunks:
+        unknown = set(chunks) - set(out)
+        if unknown:
+            raise InvalidInputError(f"chunks= keys must be among time, y, x; got {sorted(unknown)}")
+        out.update({k: int(v) for k, v in chunks.items()})
+    return out
+
+
+def load_scenes(
+    items: Sequence[pystac.Item],
+    geobox: GeoBox,
+    *,
+    bands: Sequence[str] | None = None,
+    chunks: Mapping[str, int] | None = None,
+    loader: Literal["odc", "stackstac"] = "odc",
+    resampling: str = "nearest",
+) -> xr.Dataset:
+    """Load scenes lazily onto ``geobox``, keeping the on-disk integers.
+
+    Parameters
+    ----------
+    items : sequence of pystac.Item
+        Sentinel-2 L2A (or L1C) items from Earth Search, Planetary Computer or CDSE.
+    geobox : odc.geo.geobox.GeoBox
+        Output grid; the result has exactly this shape, CRS and transform.
+    bands : sequence of str, optional
+        Canonical band names. Default: the bands every item has.
+    chunks : mapping, optional
+        Dask chunks for ``time``, ``y``, ``x``; default ``{"time": 1, "y": 1024, "x": 1024}``.
+    loader : {"odc", "stackstac"}
+        ``"odc"`` uses :func:`odc.stac.load`; ``"stackstac"`` needs the optional stackstac package.
+    resampling : str
+        Resampling of reflectance bands when their native grid differs from ``geobox``
+        (``"nearest"``, ``"bilinear"``, ``"average"``, ...). ``scl`` is always nearest.
+
+    Returns
+    -------
+    xarray.Dataset
+        dask-backed; one variable per band (``uint16``, ``uint8`` for ``scl``, nodata 0) with dims
+        ``(time, y, x)``; coordinates ``id`` (item id), ``scale_<band>`` and ``offset_<band>``
+        (float32, on ``time``) for every reflectance band.
+
+    Raises
+    ------
+    lcstack.errors.InvalidInputError
+        No items, unknown or missing bands, bad options.
+    lcstack.errors.MissingDependencyError
+        ``loader="stackstac"`` without stackstac installed.
+
+    """
+    items = sorted(items, key=lambda it: (it.datetime or it.common_metadata.start_datetime, it.id))
+    if not items:
+        raise InvalidInputError("load_scenes() got no items; discover scenes first")
+    if resampling not in _RESAMPLINGS:
+        raise InvalidInputError(f"resampling={resampling!r} is not one of {_RESAMPLINGS}")
+    if loader not in ("odc", "stackstac"):
+        raise InvalidInputError(f"loader={loader!r}; use 'odc' or 'stackstac'")
+    bands, mappings = _resolve_bands(items, bands)
+    ch = _normalise_chunks(chunks)
+    copies = [_canonical_copy(it, m, bands) for it, m in zip(items, mappings, strict=True)]
+
+    if loader == "odc":
+        ds = _load_odc(copies, geobox, bands, ch, resampling)
+    else:
+        ds = _load_stackstac(copies, geobox, bands, ch, resampling)
+
+    coords: dict[str, Any] = {"id": ("time", [it.id for it in items])}
+    for band in bands:
+        if band in _CLASS_BANDS:
+            continue
+        pairs = [reflectance_scale_offset(it, m[band]) for it, m in zip(items, mappings, strict=True)]
+        coords[f"scale_{band}"] = ("time", np.array([p[0] for p in pairs], dtype=np.float32))
+        coords[f"offset_{band}"] = ("time", np.array([p[1] for p in pairs], dtype=np.float32))
+    ds = ds.assign_coords(coords)
+    for band in bands:
+        ds[band].attrs.update(nodata=0)
+    logger.debug("loaded %d items, bands %s, onto %s", len(items), bands, geobox)
+    return ds
+
+
+def _load_odc(
+    items: list[pystac.Item], geobox: GeoBox, bands: Sequence[str], chunks: dict[str, int], resampling: str
+) -> xr.Dataset:
+    import odc.stac
+
+    stac_cfg = {"*": {"assets": {b: {"data_type": _dtype(b), "nodata": 0} for b in bands}}}
+    ds = odc.stac.load(
+        items,
+        bands=list(bands),
+        geobox=geobox,
+        chunks=dict(chunks),
+        groupby="id",  # one time step per item; per-item scale/offset need it
+        resampling={"scl": "nearest", "*": resampling},
+        stac_cfg=stac_cfg,
+        fail_on_error=True,
+    )
+    ds = ds[list(bands)]
+    for band in bands:
+        if ds[band].dtype != np.dtype(_dtype(band)):
+            ds[band] = ds[band].astype(_dtype(band))
+    return ds
+
+
+def _load_stackstac(
+    items: list[pystac.Item], geobox: GeoBox, bands: Sequence[str], chunks: dict[str, int], resampling: str
+) -> xr.Dataset:
+    try:
+        import stackstac
+    except ImportError as err:
+        raise MissingDependencyError("stackstac", "stackstac", "loader='stackstac'") from err
+    from odc.geo.xr import xr_coords
+    from rasterio.enums import Resampling
+
+    epsg = geobox.crs.epsg if geobox.crs is not None else None
+    if epsg is None:
+        raise InvalidInputError(f"loader='stackstac' needs a GeoBox with an EPSG CRS, got {geobox.crs}")
+    res = geobox.resolution
+    bbox = geobox.boundingbox
+    common: dict[str, Any] = dict(
+        epsg=epsg,
+        resolution=(abs(res.x), abs(res.y)),
+        bounds=(bbox.left, bbox.bottom, bbox.right, bbox.top),
+        snap_bounds=False,
+        chunksize=(chunks["time"], 1, chunks["y"], chunks["x"]),
+        dtype=np.dtype("uint16"),
+        fill_value=np.uint16(0),
+        rescale=False,  # scale/offset come from lcstack.harmonize, not the declared metadata
+        sortby_date=False,
+        xy_coords="center",
+        properties=False,
+        band_coords=False,
+    )
+    groups = [
+        ([b for b in bands if b not in _CLASS_BANDS], getattr(Resampling, resampling)),
+        ([b for b in bands if b in _CLASS_BANDS], Resampling.nearest),
+    ]
+    parts = []
+    for group, method in groups:
+        if not group:
+            continue
+        try:
+            stacked = stackstac.stack(items, assets=group, resampling=method, **common)
+        except TypeError as err:
+            if "infer_datetime_format" not in str(err):
+                raise
+            import pandas as pd
+
+            raise LcstackError(
+                f"stackstac {getattr(stackstac, '__version__', '?')} does not work with pandas "
+                f"{pd.__version__} "
+                "(it passes the removed infer_datetime_format argument). Install 'lcstack[stackstac]', which "
+                "pins pandas<3, or use loader='odc'"
+            ) from err
+        if stacked.shape[-2:] != geobox.shape.yx:
+            raise InvalidInputError(
+                f"stackstac produced a {stacked.shape[-2:]} grid for a {geobox.shape.yx} GeoBox; "
+                "use loader='odc'"
+            )
+        parts.append(stacked.to_dataset("band"))
+    ds = xr.merge(parts, compat="override", join="override")
+    keep = [c for c in ds.coords if c not in ("time", "x", "y")]
+    ds = ds.drop_vars(keep).assign_coords(xr_coords(geobox, dims=("y", "x")))
+    for band in bands:
+        ds[band] = ds[band].astype(_dtype(band))
+    return ds[list(bands)]
+
+
+def to_reflectance(ds: xr.Dataset) -> xr.Dataset:
+    """Turn loaded integers into float32 reflectance, lazily.
+
+    ``reflectance = DN * scale_<band> + offset_<band>`` for every band that has
+    ``scale_<band>``/``offset_<band>`` coordinates (see :func:`load_scenes`); DN 0
+    (nodata) becomes NaN. Other variables (``scl``) are passed through untouched.
+    The scale/offset coordinates are dropped so they cannot be applied twice.
+
+    Parameters
+    ----------
+    ds : xarray.Dataset
+        Output of :func:`load_scenes`.
+
+    Returns
+    -------
+    xarray.Dataset
+        Same variables and dims; reflectance bands are float32.
+
+    """
+    out = {}
+    used = []
+    for name, da in ds.data_vars.items():
+        scale_name, offset_name = f"scale_{name}", f"offset_{name}"
+        if scale_name not in ds.coords:
+            out[name] = da
+            continue
+        scale = ds[scale_name].astype(np.float32)
+        offset = ds[offset_name].astype(np.float32) if offset_name in ds.coords else np.float32(0)
+        refl = (da.astype(np.float32) * scale + offset).where(da != 0)
+        refl.attrs = {k: v for k, v in da.attrs.items() if k != "nodata"}
+        refl.attrs["units"] = "1"
+        out[name] = refl.astype(np.float32)
+        used += [scale_name, offset_name]
+    result = xr.Dataset(out, attrs=dict(ds.attrs))
+    return result.drop_vars([c for c in used if c in result.coords])
