@@ -189,7 +189,9 @@ _register("run", ("discover", "composite", "train", "classify"), "Run the whole 
 @app.command()
 @handle_errors
 def demo(
-    storage: Annotated[Path, typer.Option(help="Folder for the demo area and all outputs.")] = Path("lcstack-demo"),
+    storage: Annotated[
+        Path, typer.Option(help="Folder for the demo area (config.yaml, stac/, ...) and its outputs (lcstack-data/).")
+    ] = Path("lcstack-demo"),
     size: Annotated[int, typer.Option(help="Pixels per side at 10 m (256..10980).")] = 512,
     seed: Annotated[int, typer.Option(help="Random seed of the synthetic area.")] = 0,
     scheduler: SchedulerOpt = None,
@@ -202,8 +204,8 @@ def demo(
     from .inputs import load_config
 
     _setup_logging(quiet, verbose)
-    area = make_demo_area(storage / "area", size=size, seed=seed, progress=not quiet)
-    cfg = load_config(area.config, storage=str((storage / "lcstack-data").resolve()))
+    area = make_demo_area(storage, size=size, seed=seed, progress=not quiet)
+    cfg = load_config(area.config)
     from .pipeline import Workflow
 
     with Workflow(cfg, progress=not quiet) as wf, _dask(scheduler, cfg, quiet=quiet):
@@ -212,7 +214,8 @@ def demo(
         scores = score_maps(area, wf)
     typer.echo(
         f"level-1 overall accuracy vs truth: {scores['level1']:.4f}; level-2: {scores['level2']:.4f}\n"
-        f"maps: {scores['maps']}"
+        f"maps: {', '.join(scores['maps'])}\n"
+        f"re-run or continue with: lcstack run {area.config}"
     )
 
 

@@ -11,10 +11,10 @@
 
 The area lies in the hills west of Málaga (UTM 30N, EPSG:32630), top-left corner (360000, 4080000), on a
 10 m grid of ``size`` × ``size`` pixels whose origin is a multiple of 60 m so that the 20 m and 60 m band
-grids nest in it. Surface reflectance is a linear mixture of endmember spectra whose fractions follow each class's
-phenology (see :mod:`lcstack._demo_spectra`); parcels are warped Voronoi cells, with towns, lakes and rivers
-(with riparian wetland) drawn over them. Every scene has its own smooth cloud field, cirrus veil and cloud
-shadows, all marked in the SCL band.
+grids nest in it. Surface reflectance is a linear mixture of endmember spectra whose fractions follow each
+class's phenology (see :mod:`lcstack._demo_spectra`); parcels are warped Voronoi cells, with towns, lakes and
+rivers (with riparian wetland) drawn over them. Every scene has its own smooth cloud field, cirrus veil and
+cloud shadows, all marked in the SCL band.
 
 Everything is generated in row blocks, so memory stays well under 3 GB even for a full 10980² tile. The same
 ``seed`` (and size, flavour, ...) gives byte-identical rasters and CSV on the same software stack; nothing
@@ -259,24 +259,22 @@ class _Landscape:
 
         # overlays: towns, lakes (+ wetland ring), rivers (+ riparian wetland); each is a unit of its own
         rng = _rng(seed, _S_OVERLAYS)
-        unit_leaf = list(parcel_leaf)
+        unit_leaf: list[int] = parcel_leaf.tolist()
 
         def new_unit(name: str) -> int:
             unit_leaf.append(spectra.LEAF_INDEX[name])
             return len(unit_leaf) - 1
 
+        def disc(lo: float, hi: float, r_min: float, r_max: float, leaf: str, ring: str | None) -> _Disc:
+            row, col = rng.uniform(lo * size, hi * size, 2)
+            radius = rng.uniform(r_min, r_max)
+            return _Disc(row, col, radius, new_unit(leaf), new_unit(ring) if ring else None)
+
         self.towns = [
-            _Disc(*rng.uniform(0.15 * size, 0.85 * size, 2), rng.uniform(35, 60), new_unit("builtUp"))
-            for _ in range(max(1, round(size**2 / 700**2)))
+            disc(0.15, 0.85, 35, 60, "builtUp", None) for _ in range(max(1, round(size**2 / 700**2)))
         ]
         self.lakes = [
-            _Disc(
-                *rng.uniform(0.1 * size, 0.9 * size, 2),
-                rng.uniform(18, 32),
-                new_unit("water"),
-                new_unit("wetland"),
-            )
-            for _ in range(max(1, round(size**2 / 600**2)))
+            disc(0.1, 0.9, 18, 32, "water", "wetland") for _ in range(max(1, round(size**2 / 600**2)))
         ]
         n_rivers = max(1, round(size / 1500))
         self.rivers = [
@@ -1098,7 +1096,7 @@ def make_demo_area(
 
         catalog = pystac.Catalog(
             id=CATALOG_ID,
-            description=f"lcstack synthetic Sentinel-2 demo area near Malaga ({size} x {size} px, seed {seed})",
+            description=f"lcstack synthetic Sentinel-2 area near Malaga ({size} x {size} px, seed {seed})",
             title="lcstack demo",
         )
         catalog.add_child(s2)

@@ -1,0 +1,40 @@
+"""Shared fixtures: the offline demo area, and one workflow run on it reused by many tests."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import dask
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+if str(TESTS) not in sys.path:
+    sys.path.insert(0, str(TESTS))
+
+# The suite never reads settings from the developer's environment or a .env file.
+for _var in ("MONGO_URI", "LCSTACK_REGISTRY", "DASK_CLUSTER_IP", "LCSTACK_DASK_SCHEDULER", "LCSTACK_S3_ENDPOINT_URL"):
+    os.environ.pop(_var, None)
+os.environ.setdefault("LCSTACK_PROGRESS", "0")
+
+
+@pytest.fixture(scope="session")
+def demo_area(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A 256² synthetic area (STAC catalog of COGs, DEM, points, labels, config)."""
+    from lcstack.demo import make_demo_area
+
+    return make_demo_area(tmp_path_factory.mktemp("demo") / "area", size=256, seed=0)
+
+
+@pytest.fixture(scope="session")
+def demo_run(demo_area: Any) -> Any:
+    """The whole workflow run once on the demo area with the threaded scheduler."""
+    from lcstack.inputs import load_config
+    from lcstack.pipeline import Workflow
+
+    cfg = load_config(demo_area.config)
+    with dask.config.set(scheduler="threads"), Workflow(cfg, progress=False) as wf:
+        results = wf.run()
+    return demo_area, cfg, results
