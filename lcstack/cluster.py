@@ -365,7 +365,20 @@ def _gateway_client(target: _Target, config: Any, settings: Settings) -> Iterato
                     cluster.name,
                     exc_info=True,
                 )
+            _forget_gateway(cluster.gateway)
         gateway.close()
+        _forget_gateway(gateway)
+
+
+def _forget_gateway(gateway: Any) -> None:
+    """Stop a closed ``dask_gateway.Gateway`` from closing itself again when garbage collected.
+
+    ``Gateway.__del__`` calls ``close()`` again, which raises ("Accessing the loop property while the loop is
+    not running") once distributed's shared event loop has stopped; without its loop runner, ``__del__``
+    skips the second close.
+    """
+    with contextlib.suppress(AttributeError):
+        del gateway._loop_runner
 
 
 def _format_bytes(value: int | str | None) -> str:

@@ -296,7 +296,7 @@ class _Landscape:
         self._warp = [_Smooth(rng, n, step) for step in (48.0, 48.0, 12.0, 12.0)]
 
         self.unit_map = np.empty((n, n), dtype=np.int32)
-        self.texture = np.empty((n, n), dtype=np.float32)
+        self.texture = np.empty((n, n), dtype=np.float16)
         for b, (r0, r1) in enumerate(_blocks(n)):
             self.unit_map[r0:r1] = self._unit_block(r0, r1)
             tex = _rng(seed, _S_TEXTURE, b).standard_normal((r1 - r0, n), dtype=np.float32)
@@ -472,8 +472,13 @@ def _write_cog(path: Path, array: np.ndarray, transform: Affine, crs: str, *, no
 
 
 def _encode(reflectance: np.ndarray, offset_dn: int) -> np.ndarray:
-    dn = np.rint(np.clip(reflectance, 0.0, 1.0) * 10_000.0) + offset_dn
-    return np.clip(dn, 1, 65_535).astype(np.uint16)
+    """Reflectance -> uint16 DN (``round(r * 10000) + offset_dn``, at least 1 since 0 is nodata)."""
+    dn = np.clip(reflectance, 0.0, 1.0)
+    dn *= np.float32(10_000.0)
+    np.rint(dn, out=dn)
+    dn += np.float32(offset_dn)
+    np.clip(dn, 1, 65_535, out=dn)
+    return dn.astype(np.uint16)
 
 
 def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
@@ -513,14 +518,22 @@ class _SceneRenderer:
             field[r0:r1] = 0.8 * coarse.block(r0, r1) + 0.35 * fine.block(r0, r1)
             veil[r0:r1] = cirrus.block(r0, r1)
 
-        thr = np.quantile(field[:s20, :s20], 1.0 - scene.cloud_target) if scene.cloud_target > 0 else np.inf
+        # thresholds from a regular subsample: exact up to 1024 px, ~300k samples on a full tile
+        sub = max(1, s20 // 512)
+        thr = (
+            float(np.quantile(field[:s20:sub, :s20:sub], 1.0 - scene.cloud_target))
+            if scene.cloud_target > 0
+            else np.inf
+        )
         cloud = field > thr
         self.alpha = np.where(cloud, 0.30 + 0.65 * np.clip((field - thr) / 0.6, 0.0, 1.0), 0.0).astype(
             np.float32
         )
         del field
         thr_c = (
-            np.quantile(veil[:s20, :s20], 1.0 - scene.cirrus_target) if scene.cirrus_target > 0 else np.inf
+            float(np.quantile(veil[:s20:sub, :s20:sub], 1.0 - scene.cirrus_target))
+            if scene.cirrus_target > 0
+            else np.inf
         )
         cirrus_mask = (veil > thr_c) & ~cloud
         self.cirrus = np.where(cirrus_mask, 0.10 + 0.05 * np.clip(veil - thr_c, 0.0, 1.0), 0.0).astype(
@@ -561,6 +574,13 @@ class _SceneRenderer:
         self.table = (table * gain * jitter).astype(np.float32)
         self.cloud_spectrum = spectra.CLOUD_SPECTRUM * rng.uniform(0.85, 1.1)
 
+    def nodata_fraction_10m(self) -> float:
+        """Fraction of the 10 m grid beyond the swath edge."""
+        size = self.land.size
+        return (
+            sum(float(self._nodata(RESOLUTION, r0, r1)[:, :size].sum()) for r0, r1 in _blocks(size)) / size**2
+        )
+
     def _nodata(self, res: int, r0: int, r1: int) -> np.ndarray:
         """Pixels beyond the swath edge (a slanted line in the west), rows ``r0:r1`` at resolution ``res``.
 
@@ -577,14 +597,17 @@ class _SceneRenderer:
         depth = ((np.arange(r0, r1) // coarse) + 0.5) * 60.0  # metres south of Y0
         return x[None, :] < x_edge + depth[:, None] * slope
 
-    def band(self, name: str) -> np.ndarray:
-        """Reflectance of one band, float32, at its native resolution, cropped; NaN beyond the swath edge."""
+    def band(self, name: str, offset_dn: int) -> np.ndarray:
+        """Digital numbers (uint16, 0 beyond the swath edge) of one band at its native resolution.
+
+        Reflectance is encoded block by block, so no full-size float array of the band ever exists.
+        """
         land, scene = self.land, self.scene
         b = spectra.SPECTRAL_BANDS.index(name)
         res = spectra.BAND_INFO[name][1]
         f = res // RESOLUTION
         n_out = int(math.ceil(land.size / f))
-        out = np.empty((land.n // f, land.n // f), dtype=np.float32)
+        out = np.empty((n_out, n_out), dtype=np.uint16)
         column = np.ascontiguousarray(self.table[:, b])
         cloud_b, cirrus_b = np.float32(self.cloud_spectrum[b]), np.float32(spectra.CIRRUS_SPECTRUM[b])
         path_b = np.float32(spectra.PATH_REFLECTANCE[b]) if self.flavour == "l1c" else None
@@ -613,9 +636,13 @@ class _SceneRenderer:
                 toa *= mult
                 toa += add
                 toa = _block_mean(toa, f // 2)
-            out[r0 // f : r1 // f] = toa
-            out[r0 // f : r1 // f][self._nodata(res, r0 // f, r1 // f)] = np.nan
-        return out[:n_out, :n_out]
+            o0, o1 = r0 // f, min(r1 // f, n_out)
+            if o0 >= o1:
+                break
+            dn = _encode(toa[: o1 - o0, :n_out], offset_dn)
+            dn[self._nodata(res, o0, o1)[:, :n_out]] = 0
+            out[o0:o1] = dn
+        return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -746,10 +773,10 @@ def _transform_list(res: int) -> list[float]:
 
 
 def _scene_stats(
-    scene: _Scene, scl: np.ndarray | None, nodata_10m: np.ndarray, cloud_mask: np.ndarray
+    scene: _Scene, scl: np.ndarray | None, nodata_fraction: float, cloud_mask: np.ndarray
 ) -> dict:
     """``eo:cloud_cover`` and ``s2:*_percentage`` as ESA computes them: over the pixels that hold data."""
-    stats: dict[str, float] = {"nodata": round(100.0 * float(nodata_10m.mean()), 6)}
+    stats: dict[str, float] = {"nodata": round(100.0 * nodata_fraction, 6)}
     valid = max(1, int((cloud_mask >= 0).sum()))
     stats["cloud_cover"] = round(100.0 * int((cloud_mask == 1).sum()) / valid, 6)
     if scl is not None:
@@ -869,27 +896,41 @@ def _sample_points(land: _Landscape, geobox: GeoBox, seed: int, n_points: int | 
         leaf, size=5, mode="nearest"
     )
     interior[:2], interior[-2:], interior[:, :2], interior[:, -2:] = False, False, False, False
-    flat = np.flatnonzero(interior)
-    flat_leaf = leaf.ravel()[flat]
-    del interior, leaf
     if n_points is None:
         per_leaf = [round(60 * math.sqrt(land.size / 512))] * len(leaves)
     else:
         q, r = divmod(n_points, len(leaves))
         per_leaf = [q + (1 if i < r else 0) for i in range(len(leaves))]
     rng = _rng(seed, _S_POINTS)
-    picked: list[np.ndarray] = []
-    labels: list[np.ndarray] = []
+    flat_leaf, flat_interior = leaf.ravel(), interior.ravel()
+    # Rejection sampling of random pixels keeps memory flat on a full tile (no index of every interior pixel);
+    # classes it cannot fill (rare ones) fall back to an exhaustive draw.
+    picked: list[np.ndarray] = [np.empty(0, dtype=np.int64) for _ in leaves]
+    for _ in range(20):
+        need = [want - len(got) for want, got in zip(per_leaf, picked, strict=True)]
+        if max(need) <= 0:
+            break
+        draw = rng.integers(0, flat_leaf.size, 20 * sum(need) + 1000)
+        draw = draw[flat_interior[draw]]
+        draw_leaf = flat_leaf[draw]
+        for i in range(len(leaves)):
+            if need[i] > 0:
+                new = draw[draw_leaf == i]
+                new = new[np.sort(np.unique(new, return_index=True)[1])]
+                new = new[~np.isin(new, picked[i])]
+                picked[i] = np.concatenate([picked[i], new[: need[i]]])
     for i, want in enumerate(per_leaf):
-        pool = flat[flat_leaf == i]
-        if len(pool) < want:
-            logger.warning(
-                "demo area: only %d interior pixels of class %r, wanted %d points",
-                len(pool), leaves[i].subcategory or leaves[i].category, want,
-            )  # fmt: skip
-        take = rng.choice(pool, size=min(want, len(pool)), replace=False)
-        picked.append(take)
-        labels.append(np.full(len(take), i))
+        if len(picked[i]) < want:
+            pool = np.setdiff1d(np.flatnonzero((flat_leaf == i) & flat_interior), picked[i])
+            if len(picked[i]) + len(pool) < want:
+                logger.warning(
+                    "demo area: only %d interior pixels of class %r, wanted %d points",
+                    len(picked[i]) + len(pool), leaves[i].subcategory or leaves[i].category, want,
+                )  # fmt: skip
+            extra = rng.choice(pool, size=min(want - len(picked[i]), len(pool)), replace=False)
+            picked[i] = np.concatenate([picked[i], extra])
+    del interior, leaf, flat_leaf, flat_interior
+    labels = [np.full(len(p), i) for i, p in enumerate(picked)]
     idx, lab = np.concatenate(picked), np.concatenate(labels)
     order = rng.permutation(len(idx))
     idx, lab = idx[order], lab[order]
@@ -1067,15 +1108,9 @@ def make_demo_area(
             renderer = _SceneRenderer(scene, land, seed, flavour)
             offset_dn = 1000 if (flavour == "l2a" and scene.baseline >= "04.00") else 0
             assets: dict[str, Path] = {}
-            nodata_10m: np.ndarray | None = None
             for name in bands:
-                reflectance = renderer.band(name)
-                missing = np.isnan(reflectance)
-                dn = _encode(np.nan_to_num(reflectance, nan=0.0), offset_dn)
-                dn[missing] = 0
+                dn = renderer.band(name, offset_dn)
                 res = spectra.BAND_INFO[name][1]
-                if res == RESOLUTION and nodata_10m is None:
-                    nodata_10m = missing
                 path = item_dir / f"{spectra.BAND_INFO[name][0]}.tif"
                 _write_cog(path, dn, _transform(res), CRS, nodata=0)
                 assets[name] = path
@@ -1088,8 +1123,8 @@ def make_demo_area(
             s20 = renderer.scl.shape
             cloud = ((renderer.alpha > 0) | (renderer.cirrus > 0))[: s20[0], : s20[1]].astype(np.int8)
             cloud[renderer.scl == 0] = -1
-            assert nodata_10m is not None
-            stats = _scene_stats(scene, scl, nodata_10m, cloud)
+            nodata_fraction = float(renderer.nodata_fraction_10m())
+            stats = _scene_stats(scene, scl, nodata_fraction, cloud)
             s2.add_item(_scene_item(scene, geobox, flavour, collection, assets, stats))
             logger.debug("demo scene %s: cloud cover %.2f %%", scene.item_id, stats["cloud_cover"])
             bar.update()

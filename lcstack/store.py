@@ -18,6 +18,7 @@ credentials.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import posixpath
@@ -312,6 +313,9 @@ class Storage:
         if local:
             final = _strip_file(url)
             os.makedirs(os.path.dirname(final) or ".", exist_ok=True)
+            # leftovers of a write that was killed (SIGKILL skips the clean-up below)
+            for stale in glob.glob(f"{glob.escape(final)}.tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
             target = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
         else:
             final = target = url

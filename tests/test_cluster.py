@@ -5,6 +5,7 @@ Clusters are kept small (at most 2 workers with 1 thread each): the tests share 
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
 import threading
@@ -21,7 +22,14 @@ from distributed import Client, LocalCluster
 
 from lcstack import cluster as cluster_mod
 from lcstack.cli import _dask
-from lcstack.cluster import ClusterError, _local_cluster_kwargs, _parse_address, _Target, open_cluster
+from lcstack.cluster import (
+    ClusterError,
+    _forget_gateway,
+    _local_cluster_kwargs,
+    _parse_address,
+    _Target,
+    open_cluster,
+)
 from lcstack.errors import InvalidInputError, LcstackError
 from lcstack.inputs import DaskConfig
 from lcstack.settings import Settings, get_settings
@@ -307,12 +315,18 @@ def gateway_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway
         yield server
 
 
-def _gateway(server: GatewayServer) -> Any:
+@contextlib.contextmanager
+def _gateway(server: GatewayServer) -> Iterator[Any]:
+    """A dask_gateway.Gateway on the test server, closed without dask-gateway's noisy second close."""
     from dask_gateway import BasicAuth, Gateway
 
-    return Gateway(
-        server.address, proxy_address=server.proxy_address, auth=BasicAuth("tester", server.password)
-    )
+    auth = BasicAuth("tester", server.password)
+    gateway = Gateway(server.address, proxy_address=server.proxy_address, auth=auth)
+    try:
+        yield gateway
+    finally:
+        gateway.close()
+        _forget_gateway(gateway)
 
 
 def _cluster_processes(server: GatewayServer) -> list[psutil.Process]:
@@ -344,8 +358,10 @@ def test_gateway_cluster_computes_and_is_shut_down(
     assert f"started Dask Gateway cluster {report.name}" in caplog.text
     assert f"shut down Dask Gateway cluster {report.name}" in caplog.text
     with _gateway(gateway_server) as gateway:
-        assert gateway.list_clusters() == []
-        assert gateway.get_cluster(report.name).status.name == "STOPPED"
+        assert gateway.list_clusters() == []  # stopping or stopped
+        _wait_until(
+            lambda: gateway.get_cluster(report.name).status.name == "STOPPED", what="the cluster to stop"
+        )
     _wait_until(lambda: not _cluster_processes(gateway_server), what="the cluster processes to exit")
 
 
@@ -367,7 +383,7 @@ def test_gateway_from_dask_config_is_shut_down_after_an_error(
             raise RuntimeError("boom")
     with _gateway(gateway_server) as gateway:
         assert gateway.list_clusters() == []
-        assert gateway.get_cluster(name).status.name == "STOPPED"
+        _wait_until(lambda: gateway.get_cluster(name).status.name == "STOPPED", what="the cluster to stop")
 
 
 @pytest.mark.slow

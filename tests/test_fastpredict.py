@@ -1,0 +1,257 @@
+"""The numba tree kernel gives scikit-learn's predictions on every row, and classify() uses it."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import dask
+import numpy as np
+import pytest
+import xarray as xr
+from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.tree import DecisionTreeClassifier, ExtraTreeClassifier
+
+from lcstack import fastpredict
+from lcstack.classify import classify, predict_block
+from lcstack.errors import InvalidInputError
+from lcstack.fastpredict import FastForest, compile_estimator, fast_predict, fast_predict_levels
+from lcstack.model import HierarchicalClassifier
+
+pytest.importorskip("numba")
+
+
+def _data(
+    seed: int, n: int, n_features: int, n_classes: int, *, discrete: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    if discrete:
+        # few distinct values: many equal thresholds, duplicated rows and tied votes
+        X = rng.integers(0, 4, size=(n, n_features)).astype(np.float32)
+    else:
+        X = rng.normal(size=(n, n_features)).astype(np.float32)
+    y = (rng.integers(0, n_classes, size=n) + (X[:, 0] > 0.5)) % n_classes
+    return X, y
+
+
+def _probe(X: np.ndarray, seed: int) -> np.ndarray:
+    """Rows on, just below and just above training values (where float32/float64 rounding bites)."""
+    rng = np.random.default_rng(seed)
+    base = X[rng.integers(0, X.shape[0], size=3000)]
+    mids = (base + X[rng.integers(0, X.shape[0], size=3000)]) / np.float32(2)
+    return np.concatenate(
+        [base, np.nextafter(base, np.float32(np.inf)), np.nextafter(base, np.float32(-np.inf)), mids]
+    )
+
+
+ESTIMATORS = [
+    pytest.param(lambda: RandomForestClassifier(n_estimators=7, random_state=0), id="rf"),
+    pytest.param(
+        lambda: RandomForestClassifier(n_estimators=5, max_leaf_nodes=16, random_state=1), id="rf-mln"
+    ),
+    pytest.param(lambda: ExtraTreesClassifier(n_estimators=6, random_state=2), id="et"),
+    pytest.param(lambda: DecisionTreeClassifier(max_leaf_nodes=40, random_state=3), id="dt-mln"),
+    pytest.param(lambda: DecisionTreeClassifier(random_state=3), id="dt"),
+    pytest.param(lambda: ExtraTreeClassifier(random_state=4), id="extratree"),
+    pytest.param(
+        lambda: RandomForestClassifier(n_estimators=4, class_weight="balanced_subsample", random_state=5),
+        id="rf-weighted",
+    ),
+]
+
+
+@pytest.mark.parametrize("make", ESTIMATORS)
+@pytest.mark.parametrize(("n_classes", "discrete"), [(2, True), (8, False), (37, True)])
+def test_predictions_identical_to_sklearn(make: Any, n_classes: int, discrete: bool) -> None:
+    X, y = _data(n_classes, 600, 6, n_classes, discrete=discrete)
+    est = make().fit(X, y)
+    ff = FastForest.from_estimator(est)
+    probe = _probe(X, n_classes)
+    np.testing.assert_array_equal(ff.predict(probe), est.predict(probe))
+    # bit-identical probabilities: same float64 sums in the same order
+    assert np.array_equal(ff.predict_proba(probe), est.predict_proba(probe))
+    assert np.array_equal(ff.predict(probe, n_threads=2), est.predict(probe))
+
+
+@pytest.mark.parametrize("n_estimators", [1, 2, 5])
+def test_tied_votes_pick_the_first_class(n_estimators: int) -> None:
+    # every cell of a 3x3 grid holds two classes in equal numbers: leaves of exactly 0.5 / 0.5
+    cells = np.array([(a, b) for a in range(3) for b in range(3)], dtype=np.float32)
+    X = np.repeat(cells, 10, axis=0)
+    y = np.array([[c % 4, (c + 2) % 4] * 5 for c in range(9)]).ravel()
+    for est in (
+        RandomForestClassifier(n_estimators=n_estimators, bootstrap=False, max_features=None, random_state=0),
+        ExtraTreesClassifier(n_estimators=n_estimators, random_state=0),
+    ):
+        est.fit(X, y)
+        proba = est.predict_proba(cells)
+        top = np.sort(proba, axis=1)[:, -2:]
+        assert (top[:, 0] == top[:, 1]).any(), "the grid should give tied votes"
+        np.testing.assert_array_equal(fast_predict(est, cells), est.predict(cells))
+        assert np.array_equal(compile_estimator(est).predict_proba(cells), proba)
+
+
+def test_float64_input_string_labels_and_many_trees() -> None:
+    X, y = _data(11, 800, 5, 6, discrete=False)
+    labels = np.array(["water", "forest", "crop", "urban", "bare", "grass"])[y]
+    est = RandomForestClassifier(n_estimators=40, max_leaf_nodes=64, random_state=0).fit(X, labels)
+    # float64 values that do not round-trip through float32: both sides cast to float32 first
+    X64 = _probe(X, 1).astype(np.float64) + 1e-9
+    pred = fast_predict(est, X64)
+    assert pred.dtype == est.classes_.dtype
+    np.testing.assert_array_equal(pred, est.predict(X64))
+
+
+def test_missing_values_follow_missing_go_to_left() -> None:
+    X, y = _data(3, 500, 4, 3, discrete=False)
+    X[::7, 1] = np.nan
+    X[::11, 2] = np.nan
+    for est in (
+        DecisionTreeClassifier(random_state=0),
+        RandomForestClassifier(n_estimators=5, random_state=0),
+    ):
+        est.fit(X, y)
+        probe = _probe(np.nan_to_num(X), 2)
+        probe[::3, 1] = np.nan
+        probe[::5, 2] = np.nan
+        np.testing.assert_array_equal(fast_predict(est, probe), est.predict(probe))
+
+
+def test_single_class_and_empty_input() -> None:
+    X = np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32)
+    est = RandomForestClassifier(n_estimators=3, random_state=0).fit(X, np.full(20, 7))
+    np.testing.assert_array_equal(fast_predict(est, X), est.predict(X))
+    assert fast_predict(est, X[:0]).shape == (0,)
+    with pytest.raises(InvalidInputError, match="expects"):
+        fast_predict(est, X[:, :2])
+
+
+def test_threshold_floor_gives_float64_decision() -> None:
+    t = np.array([0.1, -0.1, 1e-45, 3.5e38, -3.5e38, 2.0, 1 / 3], dtype=np.float64)
+    t32 = fastpredict._float32_floor(t)
+    with np.errstate(over="ignore"):
+        near = t.astype(np.float32)
+    down, up = np.nextafter(near, np.float32(-np.inf)), np.nextafter(near, np.float32(np.inf))
+    candidates = np.concatenate([down, near, up])
+    for x in candidates:
+        np.testing.assert_array_equal(x <= t32, np.float64(x) <= t)
+
+
+def test_compiled_once_per_estimator_and_refreshed_on_refit() -> None:
+    X, y = _data(5, 300, 4, 3, discrete=False)
+    est = RandomForestClassifier(n_estimators=3, random_state=0, warm_start=True).fit(X, y)
+    first = compile_estimator(est)
+    assert first is compile_estimator(est)
+    est.set_params(n_estimators=6).fit(X, y)  # warm start grows estimators_ in place
+    grown = compile_estimator(est)
+    assert grown is not first and grown.n_trees == 6
+    np.testing.assert_array_equal(grown.predict(X), est.predict(X))
+    est.set_params(warm_start=False, n_estimators=2).fit(X, (y + 1) % 3)
+    refit = compile_estimator(est)
+    assert refit.n_trees == 2
+    np.testing.assert_array_equal(refit.predict(X), est.predict(X))
+
+
+def test_other_estimators_fall_back_to_their_predict() -> None:
+    X, y = _data(6, 200, 4, 3, discrete=False)
+
+    class MyForest(RandomForestClassifier):
+        def predict(self, X: Any) -> np.ndarray:
+            return np.zeros(len(X), dtype=int)
+
+    for est in (LogisticRegression().fit(X, y), MyForest(n_estimators=2, random_state=0).fit(X, y)):
+        assert compile_estimator(est) is None
+        np.testing.assert_array_equal(fast_predict(est, X), est.predict(X))
+    with pytest.raises(InvalidInputError, match="supports"):
+        FastForest.from_estimator(LogisticRegression().fit(X, y))
+
+
+def test_concurrent_calls_from_threads() -> None:
+    X, y = _data(7, 400, 5, 4, discrete=False)
+    est = RandomForestClassifier(n_estimators=10, random_state=0).fit(X, y)
+    expected = est.predict(X)
+    fastpredict._COMPILED.pop(est, None)
+    with ThreadPoolExecutor(4) as pool:  # compile races and parallel launches from several threads
+        results = list(pool.map(lambda i: fast_predict(est, X, n_threads=1 + i % 2), range(8)))
+    for r in results:
+        np.testing.assert_array_equal(r, expected)
+
+
+def _hierarchical(subcategory_estimator: Any = None) -> tuple[HierarchicalClassifier, np.ndarray]:
+    X, y = _data(8, 900, 6, 4, discrete=False)
+    y = y + 1
+    rng = np.random.default_rng(0)
+    y_sub = np.where(y == 1, 10 + rng.integers(0, 3, y.size), np.nan)  # level-2 model
+    y_sub = np.where(y == 2, 20, y_sub)  # constant subcategory; 3 and 4: none
+    y_sub = np.where(y == 3, 30 + (X[:, 1] > 0), y_sub)
+    model = HierarchicalClassifier(
+        RandomForestClassifier(n_estimators=8, max_leaf_nodes=32),
+        subcategory_estimator=subcategory_estimator,
+        random_state=0,
+    ).fit(X, y, y_sub)
+    return model, _probe(X, 3)
+
+
+@pytest.mark.parametrize("sub", [None, LogisticRegression(max_iter=200)], ids=["forest", "fallback"])
+def test_fast_predict_levels_equals_predict_levels(sub: Any) -> None:
+    model, X = _hierarchical(sub)
+    assert model.estimators_level2_ and model.constant_level2_
+    l1, l2 = fast_predict_levels(model, X)
+    e1, e2 = model.predict_levels(X)
+    np.testing.assert_array_equal(l1, e1)
+    np.testing.assert_array_equal(l2, e2)
+    assert l2.dtype == e2.dtype
+
+
+def test_predict_block_engines_agree_and_numba_skips_sklearn(monkeypatch: pytest.MonkeyPatch) -> None:
+    model, X = _hierarchical()
+    cube = X[:2400].T.reshape(X.shape[1], 40, 60).copy()
+    cube[2, :3, :] = np.nan
+    expected = predict_block(cube, model, engine="sklearn")
+
+    def boom(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("sklearn predict called on the numba path")
+
+    for est in [model.estimator_level1_, *model.estimators_level2_.values()]:
+        monkeypatch.setattr(est, "predict", boom)
+    np.testing.assert_array_equal(predict_block(cube, model, engine="numba"), expected)
+    np.testing.assert_array_equal(predict_block(cube, model), expected)
+    assert (expected[:, :3, :] == 0).all() and (expected[0, 3:] > 0).all()
+    with pytest.raises(InvalidInputError, match="engine"):
+        predict_block(cube, model, engine="cuda")  # type: ignore[arg-type]
+
+
+def test_classify_over_dask_with_fast_path_equals_sklearn_on_every_demo_pixel(demo_run: Any) -> None:
+    """classify() over dask (fast path, model folder route) == sklearn predict_levels on every demo pixel."""
+    from lcstack.classify import clear_model_cache
+    from lcstack.model import load_model
+    from lcstack.pipeline import Workflow
+
+    _, cfg, _ = demo_run
+    with Workflow(cfg, progress=False) as wf:
+        tile = next(iter(wf.tiles))
+        cube = wf.features(tile).chunk({"y": 100, "x": 100})  # several dask blocks, ragged edges
+        url = wf.model_url()
+    model, meta = load_model(url)
+    values = cube.transpose("feature", "y", "x").values
+    flat = values.reshape(values.shape[0], -1)
+    valid = np.isfinite(flat).all(axis=0)
+    assert valid.mean() > 0.5
+    e1, e2 = model.predict_levels(np.ascontiguousarray(flat[:, valid].T))
+
+    clear_model_cache()
+    with dask.config.set(scheduler="threads", num_workers=2):
+        maps = classify(cube, url, engine="numba")
+        assert isinstance(maps["level1"].data, dask.array.Array)
+        maps = maps.compute()
+    level1 = maps["level1"].values.ravel()
+    level2 = maps["level2"].values.ravel()
+    np.testing.assert_array_equal(level1[valid], e1)
+    np.testing.assert_array_equal(level2[valid], e2)
+    assert (level1[~valid] == 0).all() and (level2[~valid] == 0).all()
+    assert level1.size == values.shape[1] * values.shape[2]
+    # the same maps through the sklearn engine
+    sk = classify(cube, url, engine="sklearn").compute()
+    xr.testing.assert_identical(sk["level1"], maps["level1"])
+    xr.testing.assert_identical(sk["level2"], maps["level2"])
