@@ -81,7 +81,7 @@ class LandcoverAccessor:
             count = med["valid_count"] if "valid_count" in med else None
             bands = med.drop_vars("valid_count") if count is not None else med
             idx = compute_indices(bands, list(indices) if indices is not None else list(DEFAULT_INDICES))
-            stacked = xr.merge([bands, idx]).to_dataarray("band").astype("float32")
+            stacked = xr.merge([bands, idx], compat="override", join="exact").to_dataarray("band").astype("float32")
             part = xr.Dataset({"composite": stacked})
             if count is not None:
                 part["valid_count"] = count

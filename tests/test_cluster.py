@@ -217,7 +217,12 @@ def test_threads_scheduler_has_no_cluster() -> None:
 @pytest.fixture(scope="module")
 def scheduler() -> Iterator[LocalCluster]:
     with LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=False, host="127.0.0.1", dashboard_address=":0"
+        n_workers=1,
+        threads_per_worker=1,
+        processes=False,
+        protocol="tcp",
+        host="127.0.0.1",
+        dashboard_address=":0",
     ) as cluster:
         yield cluster
 
@@ -250,6 +255,13 @@ def test_unreachable_scheduler_fails_fast_with_advice() -> None:
     message = str(err)
     assert f"tcp://127.0.0.1:{port}" in message
     assert "check that it is running" in message and "DASK_CLUSTER_IP" in message
+
+
+def test_worker_address_is_not_mistaken_for_a_scheduler(scheduler: LocalCluster) -> None:
+    (worker,) = scheduler.workers.values()
+    with pytest.raises(ClusterError, match=f"{worker.address} is a Dask Worker, not a scheduler"):
+        with open_cluster(worker.address):
+            pass
 
 
 def test_silent_service_is_not_mistaken_for_a_scheduler(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -197,3 +197,31 @@ def test_l1c_catalog_without_dem_or_scl(tmp_path: Path) -> None:
     got, truth = _on_truth_grid(rec["urls"]["level1"], area.truth)
     valid = got > 0
     assert np.mean(got[valid] == truth[valid]) > 0.8
+
+
+def test_status_and_clean_commands(tmp_path: Path) -> None:
+    from lcstack.demo import make_demo_area
+
+    area = make_demo_area(tmp_path / "area", size=256, seed=5, with_dem=False)
+    config = str(area.config)
+    proc = _cli("status", config)
+    assert proc.returncode == 0, proc.stderr
+    assert "composites: 0/3 done" in proc.stdout and "models: 0/1 done" in proc.stdout
+    assert _cli("run", config, "--scheduler", "threads", "--quiet").returncode == 0
+    proc = _cli("status", config)
+    assert "composites: 3/3 done" in proc.stdout and "maps: 1/1 done" in proc.stdout, proc.stdout
+    maps_dir = Path(area.root) / "lcstack-data" / "classification-maps"
+    assert any(maps_dir.rglob("level1.tif"))
+
+    proc = _cli("clean", config, "--what", "maps")
+    assert proc.returncode == 0 and "removed 1 output" in proc.stdout
+    assert not any(maps_dir.rglob("level1.tif"))
+    proc = _cli("status", config)
+    assert "composites: 3/3 done" in proc.stdout and "maps: 0/0 done" in proc.stdout
+
+    proc = _cli("clean", config, "--what", "all")
+    assert proc.returncode == 0
+    data = Path(area.root) / "lcstack-data"
+    assert not any(data.rglob("*.zarr")) and not any(data.rglob("model.skops"))
+    assert "composites: 0/3 done" in _cli("status", config).stdout
+    assert _cli("clean", config, "--what", "everything").returncode == 2
