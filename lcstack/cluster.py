@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from .errors import InvalidInputError, LcstackError, MissingDependencyError
+from .errors import ClusterError, InvalidInputError, MissingDependencyError
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -36,10 +36,6 @@ _FORMS = (
     "'local' (a LocalCluster), 'threads' (no cluster), tcp://HOST:PORT or HOST:PORT (an existing scheduler), "
     "gateway://HOST:PORT (a new Dask Gateway cluster) or 'gateway' (the gateway in the dask config)"
 )
-
-
-class ClusterError(LcstackError, ConnectionError):
-    """A Dask scheduler or Dask Gateway is unreachable or refuses the connection."""
 
 
 @dataclass(frozen=True)
@@ -245,12 +241,22 @@ def _scheduler_client(target: _Target) -> Iterator[Client]:
     what = f"the Dask scheduler at {target.address}"
     _probe(target.host, target.port, what)
     try:
-        client = Client(target.address, timeout=CONNECT_TIMEOUT)
+        kind = _identify(target.address)
     except (OSError, TimeoutError) as err:
         raise ClusterError(
-            f"cannot connect to {what} ({err}): check that a Dask scheduler (not another service) listens "
-            f"there, that tls:// is used when it requires TLS, and the address ({_WHERE})."
+            f"cannot connect to {what} ({type(err).__name__}: {err}): check that a Dask scheduler (not "
+            f"another service) listens there, that tls:// is used when it requires TLS, and the address "
+            f"({_WHERE})."
         ) from err
+    if kind != "Scheduler":
+        raise ClusterError(
+            f"{target.address} is a Dask {kind}, not a scheduler: give the scheduler's address ({_WHERE}); "
+            "the scheduler logs it as 'Scheduler at: tcp://HOST:PORT'."
+        )
+    try:
+        client = Client(target.address, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError) as err:
+        raise ClusterError(f"cannot connect to {what} ({err}): check the address ({_WHERE}).") from err
     with client:
         n_workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
         logger.info(
@@ -259,6 +265,34 @@ def _scheduler_client(target: _Target) -> Iterator[Client]:
         if n_workers == 0:
             logger.warning("%s has no workers yet; computations wait until workers join it", what)
         yield client
+
+
+def _identify(address: str) -> str:
+    """Ask the server at ``address`` what it is ("Scheduler", "Worker", ...) within CONNECT_TIMEOUT.
+
+    ``distributed.Client`` waits forever for the handshake of a server that accepts the TCP connection but
+    never answers (another service on the port), so the question is asked first, with a deadline. It runs
+    on a fresh event loop in a helper thread, which also works where the caller's thread already runs one
+    (Jupyter).
+    """
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distributed.comm import connect
+    from distributed.core import send_recv
+    from distributed.security import Security
+
+    async def ask() -> str:
+        kwargs = Security().get_connection_args("client")  # TLS settings from the dask config
+        comm = await asyncio.wait_for(connect(address, timeout=CONNECT_TIMEOUT, **kwargs), CONNECT_TIMEOUT)
+        try:
+            info = await asyncio.wait_for(send_recv(comm, op="identity"), CONNECT_TIMEOUT)
+        finally:
+            comm.abort()
+        return str(info.get("type", "unknown service")) if isinstance(info, dict) else "unknown service"
+
+    with ThreadPoolExecutor(1, thread_name_prefix="lcstack-identify") as pool:
+        return pool.submit(asyncio.run, ask()).result()
 
 
 def _gateway_auth(settings: Settings) -> Any:

@@ -16,6 +16,7 @@ __all__ = [
     "StorageError",
     "RegistryError",
     "ModelMismatchError",
+    "ClusterError",
     "MissingDependencyError",
     "LcstackWarning",
     "NoCloudMaskWarning",
@@ -49,6 +50,10 @@ class RegistryError(LcstackError, RuntimeError):
 
 class ModelMismatchError(LcstackError, ValueError):
     """A model does not fit the features it is asked to classify."""
+
+
+class ClusterError(LcstackError, ConnectionError):
+    """A Dask scheduler or Dask Gateway is unreachable or refuses the connection."""
 
 
 class MissingDependencyError(LcstackError, ImportError):

@@ -42,9 +42,12 @@ __all__ = ["FastForest", "compile_estimator", "fast_predict", "fast_predict_leve
 #: Level-2 code of a pixel whose category has no level-2 model (same as :data:`lcstack.model.UNCLASSIFIED`).
 UNCLASSIFIED = 1
 
-#: Rows per work item: a block of rows walks one tree after the other, so the tree's upper levels and the
-#: block's features stay in cache (64 rows x 66 float32 features = 17 KB).
-_BLOCK = 64
+#: Rows per work item. A block walks one tree after the other, so that the tree (13 bytes a node: 106 KB
+#: for 8191 nodes) stays in the L2 cache while the block's rows stream past it; blocks are what the
+#: parallel kernel spreads over threads.
+_BLOCK = 4096
+#: Rows walked through a tree together (independent memory loads in flight).
+_LANES = 16
 
 
 def numba_available() -> bool:
@@ -76,22 +79,31 @@ if numba is not None:
 
     @numba.njit(nogil=True, cache=True)
     def _predict_range(  # pragma: no cover - compiled
-        X, start, stop, roots, feature, threshold, child, nan_left, values, divisor, out_idx, out_proba
-    ):
+        X, start, stop, roots, depth, feature, threshold, child, nan_left, leaf, values, divisor, out_idx,
+        out_proba,
+    ):  # fmt: skip
         n_classes = values.shape[1]
         acc = np.zeros((stop - start, n_classes), dtype=np.float64)
+        nodes = np.empty(_LANES, dtype=np.int64)
         for t in range(roots.shape[0]):
             root = roots[t]
-            for r in range(stop - start):
-                row = start + r
-                node = root
-                while child[node] >= 0:
-                    x = X[row, feature[node]]
-                    go_left = x <= threshold[node] or (x != x and nan_left[node])
-                    node = child[node] + (0 if go_left else 1)
-                leaf = feature[node]
-                for c in range(n_classes):
-                    acc[r, c] += values[leaf, c]
+            for g in range(start, stop, _LANES):
+                m = min(_LANES, stop - g)
+                for lane in range(m):
+                    nodes[lane] = root
+                # Lanes walk the tree in lock step, branch-free, for exactly the tree's depth: leaves loop
+                # onto themselves, so the independent loads of several rows overlap in the CPU.
+                for _ in range(depth[t]):
+                    for lane in range(m):
+                        node = nodes[lane]
+                        x = X[g + lane, feature[node]]
+                        go_right = (x > threshold[node]) | ((x != x) & (not nan_left[node]))
+                        nodes[lane] = child[node] + go_right
+                for lane in range(m):
+                    row = g - start + lane
+                    v = leaf[nodes[lane]]
+                    for c in range(n_classes):
+                        acc[row, c] += values[v, c]
         want_proba = out_proba.shape[0] > 0
         for r in range(stop - start):
             best = 0
@@ -109,26 +121,26 @@ if numba is not None:
 
     @numba.njit(nogil=True, cache=True)
     def _predict_serial(  # pragma: no cover - compiled
-        X, roots, feature, threshold, child, nan_left, values, divisor, out_idx, out_proba, block
+        X, roots, depth, feature, threshold, child, nan_left, leaf, values, divisor, out_idx, out_proba, block
     ):
         n = X.shape[0]
         for b in range((n + block - 1) // block):
             start = b * block
             _predict_range(
-                X, start, min(start + block, n), roots, feature, threshold, child, nan_left, values,
-                divisor, out_idx, out_proba,
+                X, start, min(start + block, n), roots, depth, feature, threshold, child, nan_left, leaf,
+                values, divisor, out_idx, out_proba,
             )  # fmt: skip
 
     @numba.njit(parallel=True, nogil=True, cache=True)
     def _predict_parallel(  # pragma: no cover - compiled
-        X, roots, feature, threshold, child, nan_left, values, divisor, out_idx, out_proba, block
+        X, roots, depth, feature, threshold, child, nan_left, leaf, values, divisor, out_idx, out_proba, block
     ):
         n = X.shape[0]
         for b in numba.prange((n + block - 1) // block):
             start = b * block
             _predict_range(
-                X, start, min(start + block, n), roots, feature, threshold, child, nan_left, values,
-                divisor, out_idx, out_proba,
+                X, start, min(start + block, n), roots, depth, feature, threshold, child, nan_left, leaf,
+                values, divisor, out_idx, out_proba,
             )  # fmt: skip
 
 
@@ -190,9 +202,11 @@ def _bfs_order(left: np.ndarray, right: np.ndarray) -> np.ndarray:
 class FastForest:
     """A fitted tree classifier flattened into arrays for the numba kernel.
 
-    Build it with :meth:`from_estimator`. Nodes of all trees share one set of arrays; the two children
-    of a node are adjacent (``child`` is the left one, ``child + 1`` the right one), ``child = -1`` marks a
-    leaf, whose ``feature`` is then its row in ``values`` (identical leaf vectors are stored once).
+    Build it with :meth:`from_estimator`. Nodes of all trees share one set of arrays, each tree in
+    breadth-first order with the two children of a node adjacent (``child`` is the left one, ``child + 1``
+    the right one). A leaf is its own child with threshold +inf, so a walk of exactly ``depth`` steps ends
+    on the leaf from any shorter path; ``leaf`` gives its row in ``values`` (identical leaf vectors are
+    stored once).
 
     Attributes
     ----------
@@ -200,14 +214,14 @@ class FastForest:
         The estimator's ``classes_``.
     n_features_in_ : int
         Number of features.
-    roots : ndarray of int32
-        Index of each tree's root node, in tree order.
-    feature, child : ndarray of int32
-        Per node: split feature (leaf: row in ``values``), left child (leaf: -1).
+    roots, depth : ndarray of int32
+        Per tree, in tree order: index of the root node, ``max_depth``.
+    feature, child, leaf : ndarray of int32
+        Per node: split feature (leaf: 0), left child (leaf: itself), row in ``values`` (leaves only).
     threshold : ndarray of float32
-        Per node: the largest float32 not above scikit-learn's float64 threshold.
+        Per node: the largest float32 not above scikit-learn's float64 threshold (leaf: +inf).
     nan_left : ndarray of bool
-        Per node: scikit-learn's ``missing_go_to_left``.
+        Per node: scikit-learn's ``missing_go_to_left`` (leaf: True).
     values : ndarray of float64, shape (n_distinct_leaves, n_classes)
         Leaf vectors as the estimator adds them.
     divisor : float
@@ -218,10 +232,12 @@ class FastForest:
     classes_: np.ndarray
     n_features_in_: int
     roots: np.ndarray
+    depth: np.ndarray
     feature: np.ndarray
     threshold: np.ndarray
     child: np.ndarray
     nan_left: np.ndarray
+    leaf: np.ndarray
     values: np.ndarray
     divisor: float
 
@@ -235,7 +251,16 @@ class FastForest:
         """Memory held by the arrays, in bytes."""
         return sum(
             a.nbytes
-            for a in (self.roots, self.feature, self.threshold, self.child, self.nan_left, self.values)
+            for a in (
+                self.roots,
+                self.depth,
+                self.feature,
+                self.threshold,
+                self.child,
+                self.nan_left,
+                self.leaf,
+                self.values,
+            )  # fmt: skip
         )
 
     @classmethod
@@ -266,7 +291,7 @@ class FastForest:
         is_forest = hasattr(est, "estimators_")
         trees = [e.tree_ for e in est.estimators_] if is_forest else [est.tree_]
         n_classes = int(est.n_classes_)
-        roots, feature, threshold, child, nan_left, leaf_values = [], [], [], [], [], []
+        roots, depth, feature, threshold, child, nan_left, leaf, leaf_values = [], [], [], [], [], [], [], []
         offset = 0
         n_leaves = 0
         for tree in trees:
@@ -276,35 +301,46 @@ class FastForest:
             position = np.empty(tree.node_count, dtype=np.intp)
             position[order] = np.arange(order.size)
             is_leaf = left[order] < 0
-            new_child = np.full(order.size, -1, dtype=np.int64)
+            new_index = np.arange(offset, offset + order.size, dtype=np.int64)
+            new_child = new_index.copy()  # a leaf is its own child: extra steps stay on it
             new_child[~is_leaf] = position[left[order][~is_leaf]] + offset
             new_feature = tree.feature[order].astype(np.int64)
+            new_feature[is_leaf] = 0
+            new_threshold = np.asarray(tree.threshold, dtype=np.float64)[order]
+            new_threshold[is_leaf] = np.inf  # x > inf is False: stay
+            new_nan_left = np.asarray(tree.missing_go_to_left, dtype=bool)[order]
+            new_nan_left[is_leaf] = True  # NaN stays too
+            new_leaf = np.zeros(order.size, dtype=np.int64)
             leaves = order[is_leaf]
-            new_feature[is_leaf] = np.arange(n_leaves, n_leaves + leaves.size)
+            new_leaf[is_leaf] = np.arange(n_leaves, n_leaves + leaves.size)
             # tree_.value: (node_count, n_outputs, max_n_classes); predict_proba keeps [:, 0, :n_classes]
             leaf_values.append(np.asarray(tree.value, dtype=np.float64)[leaves, 0, :n_classes])
             roots.append(offset)
+            depth.append(int(tree.max_depth))
             feature.append(new_feature)
-            threshold.append(np.asarray(tree.threshold, dtype=np.float64)[order])
+            threshold.append(new_threshold)
             child.append(new_child)
-            nan_left.append(np.asarray(tree.missing_go_to_left, dtype=bool)[order])
+            nan_left.append(new_nan_left)
+            leaf.append(new_leaf)
             offset += order.size
             n_leaves += leaves.size
-        feature_all = np.concatenate(feature)
-        child_all = np.concatenate(child)
         if offset >= np.iinfo(np.int32).max:  # pragma: no cover - billions of nodes
             raise InvalidInputError(f"The forest has {offset} nodes, more than FastForest can index (2**31).")
         distinct, inverse = np.unique(np.concatenate(leaf_values), axis=0, return_inverse=True)
-        is_leaf_all = child_all < 0
-        feature_all[is_leaf_all] = inverse.ravel()[feature_all[is_leaf_all]]
+        child_all = np.concatenate(child)
+        leaf_all = np.concatenate(leaf)
+        is_leaf_all = child_all == np.arange(offset)
+        leaf_all[is_leaf_all] = inverse.ravel()[leaf_all[is_leaf_all]]
         return cls(
             classes_=np.asarray(est.classes_),
             n_features_in_=int(est.n_features_in_),
             roots=np.asarray(roots, dtype=np.int32),
-            feature=feature_all.astype(np.int32),
+            depth=np.asarray(depth, dtype=np.int32),
+            feature=np.concatenate(feature).astype(np.int32),
             threshold=_float32_floor(np.concatenate(threshold)),
             child=child_all.astype(np.int32),
             nan_left=np.concatenate(nan_left),
+            leaf=leaf_all.astype(np.int32),
             values=np.ascontiguousarray(distinct, dtype=np.float64),
             divisor=float(len(trees)) if is_forest else 1.0,
         )
@@ -322,8 +358,8 @@ class FastForest:
         if n == 0:
             return out_idx, out_proba
         args = (
-            X, self.roots, self.feature, self.threshold, self.child, self.nan_left, self.values,
-            self.divisor, out_idx, out_proba, _BLOCK,
+            X, self.roots, self.depth, self.feature, self.threshold, self.child, self.nan_left, self.leaf,
+            self.values, self.divisor, out_idx, out_proba, _BLOCK,
         )  # fmt: skip
         kernels = _kernels()
         if n_threads == 1 or n <= _BLOCK:

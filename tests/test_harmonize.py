@@ -1,4 +1,4 @@
-"""Band names and reflectance scale/offset against real catalog JSON (/work/shared/stac-fixtures)."""
+"""Band names and reflectance scale/offset against real catalog JSON (tests/data/stac-fixtures, see its README)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from lcstack.harmonize import (
     reflectance_scale_offset,
 )
 
-FIXTURES = Path(os.environ.get("LCSTACK_STAC_FIXTURES", "/work/shared/stac-fixtures"))
+FIXTURES = Path(os.environ.get("LCSTACK_STAC_FIXTURES", Path(__file__).parent / "data" / "stac-fixtures"))
 pytestmark = [
     pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"STAC fixtures not found at {FIXTURES}"),
     # pystac's storage-extension migration complains about Earth Search c1 hrefs; irrelevant here.
