@@ -79,29 +79,28 @@ if numba is not None:
 
     @numba.njit(nogil=True, cache=True)
     def _predict_range(  # pragma: no cover - compiled
-        X, start, stop, roots, depth, feature, threshold, child, nan_left, leaf, values, divisor, out_idx,
-        out_proba,
-    ):  # fmt: skip
+        X, start, stop, roots, depth, nodes, nodes_f, values, divisor, out_idx, out_proba
+    ):
         n_classes = values.shape[1]
         acc = np.zeros((stop - start, n_classes), dtype=np.float64)
-        nodes = np.empty(_LANES, dtype=np.int64)
+        walk = np.empty(_LANES, dtype=np.int64)
         for t in range(roots.shape[0]):
             root = roots[t]
             for g in range(start, stop, _LANES):
                 m = min(_LANES, stop - g)
                 for lane in range(m):
-                    nodes[lane] = root
+                    walk[lane] = root
                 # Lanes walk the tree in lock step, branch-free, for exactly the tree's depth: leaves loop
                 # onto themselves, so the independent loads of several rows overlap in the CPU.
                 for _ in range(depth[t]):
                     for lane in range(m):
-                        node = nodes[lane]
-                        x = X[g + lane, feature[node]]
-                        go_right = (x > threshold[node]) | ((x != x) & (not nan_left[node]))
-                        nodes[lane] = child[node] + go_right
+                        node = walk[lane]
+                        x = X[g + lane, nodes[node, 0]]
+                        go_right = (x > nodes_f[node, 1]) | ((x != x) & (nodes[node, 3] == 0))
+                        walk[lane] = nodes[node, 2] + go_right
                 for lane in range(m):
                     row = g - start + lane
-                    v = leaf[nodes[lane]]
+                    v = -1 - nodes[walk[lane], 3]
                     for c in range(n_classes):
                         acc[row, c] += values[v, c]
         want_proba = out_proba.shape[0] > 0
@@ -121,26 +120,26 @@ if numba is not None:
 
     @numba.njit(nogil=True, cache=True)
     def _predict_serial(  # pragma: no cover - compiled
-        X, roots, depth, feature, threshold, child, nan_left, leaf, values, divisor, out_idx, out_proba, block
+        X, roots, depth, nodes, nodes_f, values, divisor, out_idx, out_proba, block
     ):
         n = X.shape[0]
         for b in range((n + block - 1) // block):
             start = b * block
             _predict_range(
-                X, start, min(start + block, n), roots, depth, feature, threshold, child, nan_left, leaf,
-                values, divisor, out_idx, out_proba,
+                X, start, min(start + block, n), roots, depth, nodes, nodes_f, values, divisor, out_idx,
+                out_proba,
             )  # fmt: skip
 
     @numba.njit(parallel=True, nogil=True, cache=True)
     def _predict_parallel(  # pragma: no cover - compiled
-        X, roots, depth, feature, threshold, child, nan_left, leaf, values, divisor, out_idx, out_proba, block
+        X, roots, depth, nodes, nodes_f, values, divisor, out_idx, out_proba, block
     ):
         n = X.shape[0]
         for b in numba.prange((n + block - 1) // block):
             start = b * block
             _predict_range(
-                X, start, min(start + block, n), roots, depth, feature, threshold, child, nan_left, leaf,
-                values, divisor, out_idx, out_proba,
+                X, start, min(start + block, n), roots, depth, nodes, nodes_f, values, divisor, out_idx,
+                out_proba,
             )  # fmt: skip
 
 
@@ -205,8 +204,7 @@ class FastForest:
     Build it with :meth:`from_estimator`. Nodes of all trees share one set of arrays, each tree in
     breadth-first order with the two children of a node adjacent (``child`` is the left one, ``child + 1``
     the right one). A leaf is its own child with threshold +inf, so a walk of exactly ``depth`` steps ends
-    on the leaf from any shorter path; ``leaf`` gives its row in ``values`` (identical leaf vectors are
-    stored once).
+    on the leaf from any shorter path (identical leaf vectors are stored once in ``values``).
 
     Attributes
     ----------
@@ -216,12 +214,11 @@ class FastForest:
         Number of features.
     roots, depth : ndarray of int32
         Per tree, in tree order: index of the root node, ``max_depth``.
-    feature, child, leaf : ndarray of int32
-        Per node: split feature (leaf: 0), left child (leaf: itself), row in ``values`` (leaves only).
-    threshold : ndarray of float32
-        Per node: the largest float32 not above scikit-learn's float64 threshold (leaf: +inf).
-    nan_left : ndarray of bool
-        Per node: scikit-learn's ``missing_go_to_left`` (leaf: True).
+    nodes : ndarray of int32, shape (n_nodes, 4)
+        One 16-byte record per node, so that a step of the walk reads one cache line: split feature (leaf:
+        0); the bits of the float32 threshold, the largest float32 not above scikit-learn's float64 one
+        (leaf: +inf); left child (leaf: itself); 1 if NaN goes left (``missing_go_to_left``) else 0, or for
+        a leaf -1 minus its row in ``values``.
     values : ndarray of float64, shape (n_distinct_leaves, n_classes)
         Leaf vectors as the estimator adds them.
     divisor : float
@@ -233,11 +230,7 @@ class FastForest:
     n_features_in_: int
     roots: np.ndarray
     depth: np.ndarray
-    feature: np.ndarray
-    threshold: np.ndarray
-    child: np.ndarray
-    nan_left: np.ndarray
-    leaf: np.ndarray
+    nodes: np.ndarray
     values: np.ndarray
     divisor: float
 
@@ -249,19 +242,7 @@ class FastForest:
     @property
     def nbytes(self) -> int:
         """Memory held by the arrays, in bytes."""
-        return sum(
-            a.nbytes
-            for a in (
-                self.roots,
-                self.depth,
-                self.feature,
-                self.threshold,
-                self.child,
-                self.nan_left,
-                self.leaf,
-                self.values,
-            )  # fmt: skip
-        )
+        return sum(a.nbytes for a in (self.roots, self.depth, self.nodes, self.values))
 
     @classmethod
     def from_estimator(cls, est: Any) -> FastForest:
@@ -309,7 +290,6 @@ class FastForest:
             new_threshold = np.asarray(tree.threshold, dtype=np.float64)[order]
             new_threshold[is_leaf] = np.inf  # x > inf is False: stay
             new_nan_left = np.asarray(tree.missing_go_to_left, dtype=bool)[order]
-            new_nan_left[is_leaf] = True  # NaN stays too
             new_leaf = np.zeros(order.size, dtype=np.int64)
             leaves = order[is_leaf]
             new_leaf[is_leaf] = np.arange(n_leaves, n_leaves + leaves.size)
@@ -330,17 +310,19 @@ class FastForest:
         child_all = np.concatenate(child)
         leaf_all = np.concatenate(leaf)
         is_leaf_all = child_all == np.arange(offset)
-        leaf_all[is_leaf_all] = inverse.ravel()[leaf_all[is_leaf_all]]
+        nodes = np.empty((offset, 4), dtype=np.int32)
+        nodes[:, 0] = np.concatenate(feature)
+        nodes[:, 1] = _float32_floor(np.concatenate(threshold)).view(np.int32)
+        nodes[:, 2] = child_all
+        # column 3: internal node: 1 if NaN goes left else 0; leaf: -1 - its row in values
+        nodes[:, 3] = np.concatenate(nan_left)
+        nodes[is_leaf_all, 3] = -1 - inverse.ravel()[leaf_all[is_leaf_all]]
         return cls(
             classes_=np.asarray(est.classes_),
             n_features_in_=int(est.n_features_in_),
             roots=np.asarray(roots, dtype=np.int32),
             depth=np.asarray(depth, dtype=np.int32),
-            feature=np.concatenate(feature).astype(np.int32),
-            threshold=_float32_floor(np.concatenate(threshold)),
-            child=child_all.astype(np.int32),
-            nan_left=np.concatenate(nan_left),
-            leaf=leaf_all.astype(np.int32),
+            nodes=nodes,
             values=np.ascontiguousarray(distinct, dtype=np.float64),
             divisor=float(len(trees)) if is_forest else 1.0,
         )
@@ -358,8 +340,8 @@ class FastForest:
         if n == 0:
             return out_idx, out_proba
         args = (
-            X, self.roots, self.depth, self.feature, self.threshold, self.child, self.nan_left, self.leaf,
-            self.values, self.divisor, out_idx, out_proba, _BLOCK,
+            X, self.roots, self.depth, self.nodes, self.nodes.view(np.float32), self.values, self.divisor,
+            out_idx, out_proba, _BLOCK,
         )  # fmt: skip
         kernels = _kernels()
         if n_threads == 1 or n <= _BLOCK:

@@ -165,8 +165,12 @@ class Workflow:
 
     @property
     def chunks(self) -> dict[str, int]:
-        """Spatial chunk size for loading and compositing."""
-        size = self.config.chunk_size or 1024
+        """Spatial chunk size: the config's ``chunk_size``, or one chosen from the memory budget."""
+        size = self.config.chunk_size or auto_chunk_size(
+            self.settings.memory_budget,
+            n_time=self.config.max_scenes_per_season,
+            n_features=len(self.seasons) * 24 + 3,
+        )
         return {"x": size, "y": size}
 
     # ------------------------------------------------------------------------------------ steps
@@ -554,6 +558,23 @@ class Workflow:
                 self.registry.delete("datasets", dkey)
                 n += 1
         return n
+
+
+def auto_chunk_size(memory_budget: str | int, *, n_time: int, n_features: int, fraction: float = 0.25) -> int:
+    """Spatial chunk size (pixels a side) whose working set fits ``fraction`` of a worker's memory.
+
+    The largest per-task working sets are the median (``n_time`` float32 observations per pixel, with the
+    mask and a sorted copy) and the classification block (``n_features`` float32 per pixel, plus the
+    row-major copy handed to the model and its class probabilities). Each is counted three times over for
+    temporaries; a worker runs one task per thread, and the rest of the budget is dask's own headroom.
+    The result is a multiple of 256 between 256 and 2048.
+    """
+    from dask.utils import parse_bytes
+
+    budget = parse_bytes(memory_budget) if isinstance(memory_budget, str) else int(memory_budget)
+    per_pixel = 3 * 4 * max(n_time * 2, n_features)
+    side = int((budget * fraction / per_pixel) ** 0.5)
+    return int(min(2048, max(256, side // 256 * 256)))
 
 
 def cfg_name(path: Any) -> str:
