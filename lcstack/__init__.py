@@ -34,6 +34,34 @@ from .inputs import (  # noqa: E402
 )
 from .store import Storage  # noqa: E402
 
+# Heavier entry points are imported on first use (dask workers started by spawn import lcstack too).
+_LAZY = {
+    "Workflow": "pipeline",
+    "open_source": "discover",
+    "discover_scenes": "discover",
+    "load_scenes": "load",
+    "seasonal_composite": "composite",
+    "compute_indices": "indices",
+    "terrain_features": "terrain",
+    "extract_samples": "samples",
+    "HierarchicalClassifier": "model",
+    "save_model": "model",
+    "load_model": "model",
+    "classify": "classify",
+    "write_cog": "cog",
+    "open_registry": "registry",
+    "open_cluster": "cluster",
+    "make_demo_area": "demo",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'lcstack' has no attribute {name!r}")
+
 __all__ = [
     "__version__",
     "LcstackError",
@@ -57,4 +85,5 @@ __all__ = [
     "tile_geoboxes",
     "stack_features",
     "Storage",
+    *_LAZY,
 ]

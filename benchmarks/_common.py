@@ -1,0 +1,54 @@
+"""Helpers shared by the benchmark scripts: machine facts and RESULTS.md section updates."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def load1() -> float:
+    return os.getloadavg()[0]
+
+
+def wait_for_quiet(max_load: float, max_wait_s: float) -> float:
+    """Wait (up to ``max_wait_s``) until the 1-minute load average is below ``max_load``; return it."""
+    deadline = time.monotonic() + max_wait_s
+    load = load1()
+    while load >= max_load and time.monotonic() < deadline:
+        time.sleep(10)
+        load = load1()
+    return load
+
+
+def machine_line(load_before: float, load_after: float) -> str:
+    return (
+        f"Machine: {os.cpu_count()} cores (nproc), CPU {cpu_model()}; 1-min load average "
+        f"{load_before:.2f} before / {load_after:.2f} after the measurement "
+        f"({'quiet' if max(load_before, load_after) < 1.5 else 'BUSY: shared machine, figures pessimistic'})."
+    )
+
+
+def write_section(header: str, body: str) -> None:
+    """Replace (or append) the ``header`` section of RESULTS.md; other sections are kept as they are."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# lcstack benchmark results\n"
+    section = f"{header}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^{re.escape(header)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    RESULTS.write_text(text.rstrip("\n") + "\n")
