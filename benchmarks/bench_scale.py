@@ -71,9 +71,17 @@ def run(size: int, workers: int, *, storage: Path, chunk_size: int | None = None
         overrides["chunk_size"] = chunk_size
     cfg = load_config(config, **overrides)
     out: dict[str, Any] = {"size": size, "workers": workers}
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, memory_limit="2GB",
-                      dashboard_address=":0") as cluster, Client(cluster) as client, \
-            Workflow(cfg, progress=False) as wf:
+    with (
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            memory_limit="2GB",
+            dashboard_address=":0",
+        ) as cluster,
+        Client(cluster) as client,
+        Workflow(cfg, progress=False) as wf,
+    ):
         out["chunk"] = wf.chunks["x"]
         t0 = time.perf_counter()
         wf.discover()
@@ -134,8 +142,10 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
 
-    rows = [run(s, args.workers, storage=DATA / f"out-{s}-{args.workers}", chunk_size=args.chunk_size)
-            for s in args.sizes]
+    rows = [
+        run(s, args.workers, storage=DATA / f"out-{s}-{args.workers}", chunk_size=args.chunk_size)
+        for s in args.sizes
+    ]
     speed = None
     if args.speedup:
         one = run(args.sizes[0], 1, storage=DATA / f"out-{args.sizes[0]}-1", chunk_size=args.chunk_size)
@@ -157,8 +167,11 @@ def main() -> None:
         table(rows),
     ]
     if speed is not None:
-        body += ["", f"Speed-up of composite + classify with {args.workers} workers vs 1 on {args.sizes[0]}²: "
-                 f"**{speed:.2f}×** (target ≥ 1.7×: {'met' if speed >= 1.7 else 'missed'})."]
+        body += [
+            "",
+            f"Speed-up of composite + classify with {args.workers} workers vs 1 on {args.sizes[0]}²: "
+            f"**{speed:.2f}×** (target ≥ 1.7×: {'met' if speed >= 1.7 else 'missed'}).",
+        ]
     body += ["", "```json", json.dumps(rows, indent=1), "```"]
     text = "\n".join(body)
     print(text)

@@ -62,6 +62,7 @@ def __getattr__(name: str) -> object:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'lcstack' has no attribute {name!r}")
 
+
 __all__ = [
     "__version__",
     "LcstackError",

@@ -68,7 +68,10 @@ class LandcoverAccessor:
             raise InvalidInputError("composite() needs a Dataset with a `time` dimension of scenes.")
         out = []
         for name, season in seasons.items():
-            start, end = np.datetime64(str(season.start)), np.datetime64(str(season.end)) + np.timedelta64(1, "D")
+            start, end = (
+                np.datetime64(str(season.start)),
+                np.datetime64(str(season.end)) + np.timedelta64(1, "D"),
+            )
             sub = ds.sel(time=(ds.time >= start) & (ds.time < end))
             if sub.sizes["time"] == 0:
                 raise InvalidInputError(f"season {name!r}: no scene between {season.start} and {season.end}.")
@@ -81,7 +84,9 @@ class LandcoverAccessor:
             count = med["valid_count"] if "valid_count" in med else None
             bands = med.drop_vars("valid_count") if count is not None else med
             idx = compute_indices(bands, list(indices) if indices is not None else list(DEFAULT_INDICES))
-            stacked = xr.merge([bands, idx], compat="override", join="exact").to_dataarray("band").astype("float32")
+            stacked = (
+                xr.merge([bands, idx], compat="override", join="exact").to_dataarray("band").astype("float32")
+            )
             part = xr.Dataset({"composite": stacked})
             if count is not None:
                 part["valid_count"] = count

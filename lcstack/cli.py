@@ -81,7 +81,9 @@ def _dask(scheduler: str | None, config: Any = None, *, quiet: bool = False) -> 
     from .cluster import open_cluster
     from .settings import get_settings
 
-    address = scheduler or (config.dask.scheduler if config is not None else None) or get_settings().dask_scheduler
+    address = (
+        scheduler or (config.dask.scheduler if config is not None else None) or get_settings().dask_scheduler
+    )
     dask_cfg = config.dask if config is not None else None
     with open_cluster(address, config=dask_cfg) as client:
         if client is not None and getattr(client, "dashboard_link", None):
@@ -140,8 +142,12 @@ def discover(
             json.dumps(
                 {
                     s: [
-                        {"id": i.item.id, "datetime": str(i.item.datetime), "cloud_cover": i.cloud_cover,
-                         "valid_fraction": round(i.valid_fraction, 4)}
+                        {
+                            "id": i.item.id,
+                            "datetime": str(i.item.datetime),
+                            "cloud_cover": i.cloud_cover,
+                            "valid_fraction": round(i.valid_fraction, 4),
+                        }
                         for i in infos
                     ]
                     for s, infos in scenes.items()
@@ -153,7 +159,10 @@ def discover(
     for season, infos in scenes.items():
         typer.echo(f"{season}: {len(infos)} scene(s)")
         for i in infos:
-            typer.echo(f"  {i.item.id}  {i.item.datetime:%Y-%m-%d}  cloud {i.cloud_cover:5.1f}%  valid {i.valid_fraction:.2f}")
+            typer.echo(
+                f"  {i.item.id}  {i.item.datetime:%Y-%m-%d}  "
+                f"cloud {i.cloud_cover:5.1f}%  valid {i.valid_fraction:.2f}"
+            )
 
 
 def _step_command(steps: tuple[str, ...]) -> Callable[..., None]:
@@ -183,14 +192,21 @@ def _register(name: str, steps: tuple[str, ...], doc: str) -> None:
 _register("composite", ("discover", "composite"), "Discover scenes and write seasonal composites (Zarr).")
 _register("train", ("discover", "composite", "train"), "Extract samples and train the hierarchical model.")
 _register("classify", ("discover", "classify"), "Classify the area with the trained model (COG + Zarr maps).")
-_register("run", ("discover", "composite", "train", "classify"), "Run the whole workflow: discover → composite → train → classify.")
+_register(
+    "run",
+    ("discover", "composite", "train", "classify"),
+    "Run the whole workflow: discover → composite → train → classify.",
+)
 
 
 @app.command()
 @handle_errors
 def demo(
     storage: Annotated[
-        Path, typer.Option(help="Folder for the demo area (config.yaml, stac/, ...) and its outputs (lcstack-data/).")
+        Path,
+        typer.Option(
+            help="Folder for the demo area (config.yaml, stac/, ...) and its outputs (lcstack-data/)."
+        ),
     ] = Path("lcstack-demo"),
     size: Annotated[int, typer.Option(help="Pixels per side at 10 m (256..10980).")] = 512,
     seed: Annotated[int, typer.Option(help="Random seed of the synthetic area.")] = 0,
@@ -200,8 +216,8 @@ def demo(
 ) -> None:
     """Generate the offline demo area and run the whole workflow on it; report accuracy against truth."""
     from .demo import make_demo_area
-    from .scoring import score_maps
     from .inputs import load_config
+    from .scoring import score_maps
 
     _setup_logging(quiet, verbose)
     area = make_demo_area(storage, size=size, seed=seed, progress=not quiet)

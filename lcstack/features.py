@@ -41,5 +41,5 @@ def stack_features(composites: Mapping[str, xr.Dataset], terrain: xr.Dataset | N
 
 
 def feature_names(cube: xr.DataArray) -> list[str]:
-    """The feature names of a cube, in order."""
+    """Return the feature names of a cube, in order."""
     return [str(v) for v in cube["feature"].values]

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 def utm_crs(lon: float, lat: float) -> CRS:
-    """The WGS 84 / UTM zone CRS containing ``(lon, lat)``."""
+    """Return the WGS 84 / UTM zone CRS containing ``(lon, lat)``."""
     zone = int(math.floor((lon + 180.0) / 6.0)) % 60 + 1
     return CRS(f"EPSG:{(32600 if lat >= 0 else 32700) + zone}")
 
@@ -68,7 +68,7 @@ def aoi_geometry(aoi: object) -> Geometry:
 
 
 def aoi_geobox(aoi: object, *, crs: str | CRS | None = None, resolution: float = 10.0) -> GeoBox:
-    """The output grid covering ``aoi``, snapped to whole multiples of ``resolution``.
+    """Return the output grid covering ``aoi``, snapped to whole multiples of ``resolution``.
 
     The CRS defaults to the UTM zone of the AOI centre (or the AOI's own CRS when it is projected).
     """

@@ -76,7 +76,8 @@ def _read_json(path: Path) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as err:
         raise InvalidInputError(
-            f"{path}, line {err.lineno}, column {err.colno}: not valid JSON ({err.msg}). Fix the syntax there."
+            f"{path}, line {err.lineno}, column {err.colno}: not valid JSON ({err.msg}). "
+            "Fix the syntax there."
         ) from None
 
 
@@ -114,6 +115,7 @@ def read_points(path: os.PathLike | str) -> pd.DataFrame:
     ------
     InvalidInputError
         A column is missing, a coordinate is not a number or out of range, or a category is empty.
+
     """
     p = _require_file(path, "Points")
     text = p.read_text(encoding="utf-8-sig")
@@ -193,6 +195,7 @@ def validate_points_labels(
     ------
     InvalidInputError
         Naming the lines whose category or subcategory is unknown and the label file to extend.
+
     """
     problems: list[str] = []
     for name, group in points.groupby("category", sort=True):
@@ -240,7 +243,7 @@ class Season:
 def _parse_date(value: Any, path: Path, where: str) -> dt.date:
     if not isinstance(value, str):
         raise InvalidInputError(
-            f"{path}, {where}: {value!r} is not a date string. Write dates as \"YYYY-MM-DD\"."
+            f'{path}, {where}: {value!r} is not a date string. Write dates as "YYYY-MM-DD".'
         )
     text = value.strip()
     if len(text) > 10 and text[10] in "T ":
@@ -249,7 +252,7 @@ def _parse_date(value: Any, path: Path, where: str) -> dt.date:
         return dt.date.fromisoformat(text)
     except ValueError:
         raise InvalidInputError(
-            f"{path}, {where}: cannot parse {value!r} as a date. Write dates as \"YYYY-MM-DD\"."
+            f'{path}, {where}: cannot parse {value!r} as a date. Write dates as "YYYY-MM-DD".'
         ) from None
 
 
@@ -268,7 +271,11 @@ def read_seasons(path: os.PathLike | str) -> dict[str, Season]:
         )
     seasons: dict[str, Season] = {}
     for name, spec in data.items():
-        if not isinstance(name, str) or not name.strip() or not name.replace("-", "").replace("_", "").isalnum():
+        if (
+            not isinstance(name, str)
+            or not name.strip()
+            or not name.replace("-", "").replace("_", "").isalnum()
+        ):
             raise InvalidInputError(
                 f"{p}, season {name!r}: season names must be non-empty and use letters, digits, '-' or '_' "
                 "(they become feature and folder names)."
@@ -319,7 +326,8 @@ def _read_labels(path: os.PathLike | str, *, minimum: int, what: str, reserved: 
             )
         if code in seen:
             raise InvalidInputError(
-                f"{p}, key {name!r}: code {code} is already used by {seen[code]!r}. Give each label its own code."
+                f"{p}, key {name!r}: code {code} is already used by {seen[code]!r}. "
+                "Give each label its own code."
             )
         seen[code] = name
         out[name] = code
@@ -414,7 +422,9 @@ class RunConfig(_Strict):
             if len(v) != 4:
                 raise ValueError("a bbox needs 4 numbers [lon_min, lat_min, lon_max, lat_max]")
             lon0, lat0, lon1, lat1 = (float(x) for x in v)
-            if not (lon0 < lon1 and lat0 < lat1 and -180 <= lon0 and lon1 <= 180 and -90 <= lat0 and lat1 <= 90):
+            if not (
+                lon0 < lon1 and lat0 < lat1 and -180 <= lon0 and lon1 <= 180 and -90 <= lat0 and lat1 <= 90
+            ):
                 raise ValueError(
                     f"bbox {list(v)} is not [lon_min, lat_min, lon_max, lat_max] in degrees with min < max"
                 )
@@ -481,6 +491,7 @@ def load_config(path: os.PathLike | str, **overrides: Any) -> RunConfig:
         Unknown key, wrong type or value, with the file, line and key.
     InputFileNotFoundError
         The config file or an input file it names does not exist.
+
     """
     p = _require_file(path, "Config")
     text = p.read_text(encoding="utf-8")

@@ -77,6 +77,7 @@ class Workflow:
         file ``<storage>/registry.sqlite`` for local storage.
     progress
         Show progress bars.
+
     """
 
     def __init__(
@@ -262,12 +263,16 @@ class Workflow:
                 }
                 key = _digest(ident)
                 url = self.storage.url("composites", tile_id, f"{season}_{key[:8]}.zarr")
-                plan.append((tile_id, season, key, url, {"items": sorted(i.id for i in items), "_items": items}))
+                plan.append(
+                    (tile_id, season, key, url, {"items": sorted(i.id for i in items), "_items": items})
+                )
             if self.config.dem_collection:
                 ident = {"grid": _grid_token(gbox), "dem": sorted(i.id for i in dem), "lcstack": __version__}
                 key = _digest(ident)
                 url = self.storage.url("composites", tile_id, f"terrain_{key[:8]}.zarr")
-                plan.append((tile_id, "terrain", key, url, {"items": sorted(i.id for i in dem), "_items": dem}))
+                plan.append(
+                    (tile_id, "terrain", key, url, {"items": sorted(i.id for i in dem), "_items": dem})
+                )
         return plan
 
     def _is_complete(self, kind: str, key: str, url: str) -> bool:
@@ -288,8 +293,14 @@ class Workflow:
                 continue
             gbox = self.tiles[tile_id]
             items = rec.pop("_items")
-            doc = {**rec, "tile": tile_id, "season": season, "url": url, "status": "pending",
-                   "params": self._composite_params()}
+            doc = {
+                **rec,
+                "tile": tile_id,
+                "season": season,
+                "url": url,
+                "status": "pending",
+                "params": self._composite_params(),
+            }
             self.registry.put("composites", key, doc)
             t0 = time.perf_counter()
             if season == "terrain":
@@ -315,14 +326,15 @@ class Workflow:
         return results
 
     def features(self, tile_id: str) -> xr.DataArray:
-        """The feature cube of one tile, read lazily from the stored composites."""
+        """Return the feature cube of one tile, read lazily from the stored composites."""
         from .features import stack_features
 
         plan = [p for p in self.composite_plan() if p[0] == tile_id]
         missing = [p[1] for p in plan if not self._is_complete("composites", p[2], p[3])]
         if missing:
             raise StorageError(
-                f"tile {tile_id}: composites {', '.join(missing)} are not complete; run `lcstack composite` first."
+                f"tile {tile_id}: composites {', '.join(missing)} are not complete; "
+                "run `lcstack composite` first."
             )
         seasonal = {
             season: self.storage.open_zarr(url) for _, season, _, url, _ in plan if season != "terrain"
@@ -380,10 +392,8 @@ class Workflow:
         outside = points.loc[~placed, "line"].tolist()
         if outside or skipped_nodata:
             warnings.warn(
-                f"{cfg_name(self.config.points)}: left out {len(outside)} point(s) outside the area"
-                f"{' (lines ' + ', '.join(map(str, outside[:5])) + (', ...' if len(outside) > 5 else '') + ')' if outside else ''}"
-                f" and {len(skipped_nodata)} on nodata pixels"
-                f"{' (lines ' + ', '.join(map(str, skipped_nodata[:5])) + (', ...' if len(skipped_nodata) > 5 else '') + ')' if skipped_nodata else ''}.",
+                f"{self.config.points}: left out {len(outside)} point(s) outside the area{_lines(outside)} "
+                f"and {len(skipped_nodata)} on nodata pixels{_lines(skipped_nodata)}.",
                 SkippedPointsWarning,
                 stacklevel=2,
             )
@@ -411,7 +421,9 @@ class Workflow:
 
     def model_key(self) -> str:
         """Identity of the model: training table + model options + lcstack version."""
-        return _digest({"dataset": self.dataset_key(), "model": self.config.model.model_dump(), "v": __version__})
+        return _digest(
+            {"dataset": self.dataset_key(), "model": self.config.model.model_dump(), "v": __version__}
+        )
 
     def model_url(self) -> str:
         """Where the model artefact of this run lives."""
@@ -483,7 +495,9 @@ class Workflow:
             self.registry.put(
                 "maps", key, {"tile": tile_id, "model": model_key, "urls": urls, "status": "pending"}
             )
-            maps = classify_cube(self.features(tile_id), model_url, storage_options=self.storage.storage_options)
+            maps = classify_cube(
+                self.features(tile_id), model_url, storage_options=self.storage.storage_options
+            )
             write_maps_zarr(maps, urls["zarr"], storage=self.storage, progress=self.progress)
             stored = self.storage.open_zarr(urls["zarr"])
             write_cog(stored["level1"], urls["level1"], labels=lc, storage=self.storage)
@@ -514,17 +528,30 @@ class Workflow:
         return out
 
     def status(self) -> dict[str, list[dict[str, Any]]]:
-        """What is complete and what is pending, per kind of output, for this config."""
+        """Report what is complete and what is pending, per kind of output, for this config."""
         out: dict[str, list[dict[str, Any]]] = {"composites": [], "datasets": [], "models": [], "maps": []}
         for tile_id, season, key, url, _ in self.composite_plan():
-            out["composites"].append({"tile": tile_id, "season": season, "key": key,
-                                      "done": self._is_complete("composites", key, url)})
+            out["composites"].append(
+                {
+                    "tile": tile_id,
+                    "season": season,
+                    "key": key,
+                    "done": self._is_complete("composites", key, url),
+                }
+            )
         dkey = self.dataset_key()
-        out["datasets"].append({"key": dkey, "done": bool((self.registry.get("datasets", dkey) or {}).get("status") == "complete")})
+        out["datasets"].append(
+            {
+                "key": dkey,
+                "done": bool((self.registry.get("datasets", dkey) or {}).get("status") == "complete"),
+            }
+        )
         mkey = self.model_key()
         out["models"].append({"key": mkey, "done": self._is_complete("models", mkey, self.model_url())})
         for rec in self.registry.find("maps", model=mkey):
-            out["maps"].append({"tile": rec.get("tile"), "key": rec["key"], "done": rec.get("status") == "complete"})
+            out["maps"].append(
+                {"tile": rec.get("tile"), "key": rec["key"], "done": rec.get("status") == "complete"}
+            )
         return out
 
     def clean(self, what: str) -> int:
@@ -577,9 +604,11 @@ def auto_chunk_size(memory_budget: str | int, *, n_time: int, n_features: int, f
     return int(min(2048, max(256, side // 256 * 256)))
 
 
-def cfg_name(path: Any) -> str:
-    """A short name for messages."""
-    return str(path)
+def _lines(lines: Sequence[int], shown: int = 5) -> str:
+    if not lines:
+        return ""
+    more = ", ..." if len(lines) > shown else ""
+    return " (lines " + ", ".join(map(str, lines[:shown])) + more + ")"
 
 
 def _points_in(points: pd.DataFrame, gbox: GeoBox) -> np.ndarray:

@@ -16,7 +16,9 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def progress_iter(items: Iterable[T], *, desc: str, progress: bool = True, total: int | None = None) -> Iterator[T]:
+def progress_iter(
+    items: Iterable[T], *, desc: str, progress: bool = True, total: int | None = None
+) -> Iterator[T]:
     """Iterate over ``items`` with a progress bar unless ``progress`` is false."""
     yield from tqdm(items, desc=desc, total=total, disable=not progress, leave=False)
 

@@ -40,14 +40,18 @@ class Settings(BaseSettings):
         Memory per Dask worker that chunk sizes are chosen for, e.g. ``"2GB"``.
     progress
         Show progress bars (``LCSTACK_PROGRESS=0`` silences them).
+
     """
 
     model_config = SettingsConfigDict(env_prefix="LCSTACK_", env_file=".env", extra="ignore")
 
     s3_endpoint_url: str | None = Field(
-        None, validation_alias=AliasChoices("LCSTACK_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+        None,
+        validation_alias=AliasChoices("LCSTACK_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
     )
-    s3_region: str | None = Field(None, validation_alias=AliasChoices("LCSTACK_S3_REGION", "AWS_DEFAULT_REGION"))
+    s3_region: str | None = Field(
+        None, validation_alias=AliasChoices("LCSTACK_S3_REGION", "AWS_DEFAULT_REGION")
+    )
     s3_path_style: bool | None = None
     aws_access_key_id: SecretStr | None = Field(
         None, validation_alias=AliasChoices("LCSTACK_AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID")
@@ -66,7 +70,7 @@ class Settings(BaseSettings):
     progress: bool = True
 
     def storage_options(self, url: str) -> dict[str, Any]:
-        """fsspec ``storage_options`` for ``url`` built from these settings (empty for local paths)."""
+        """Fsspec ``storage_options`` for ``url`` built from these settings (empty for local paths)."""
         if not url.startswith(("s3://", "s3a://")):
             return {}
         opts: dict[str, Any] = {}
@@ -88,5 +92,5 @@ class Settings(BaseSettings):
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The settings of this process (read once; call ``get_settings.cache_clear()`` after changing env)."""
+    """Return the settings of this process, read once (``get_settings.cache_clear()`` re-reads them)."""
     return Settings()

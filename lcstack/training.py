@@ -22,31 +22,55 @@ __all__ = ["META_COLUMNS", "feature_columns", "make_estimator", "train_model"]
 
 logger = logging.getLogger(__name__)
 
-META_COLUMNS = ("category", "subcategory", "category_name", "subcategory_name", "latitude", "longitude", "line")
+META_COLUMNS = (
+    "category",
+    "subcategory",
+    "category_name",
+    "subcategory_name",
+    "latitude",
+    "longitude",
+    "line",
+)
 
 _ESTIMATORS: dict[str, Any] = {
     # Capping leaves per tree bounds the artefact size (≈ 30 MB for 100k samples) whatever the sample count,
     # and leaves small training sets unaffected (see lcstack.model.default_estimator).
     "random_forest": lambda rs, p: RandomForestClassifier(
-        **{"n_estimators": 100, "min_samples_leaf": 2, "max_leaf_nodes": 4096, "n_jobs": -1, "random_state": rs, **p}
+        **{
+            "n_estimators": 100,
+            "min_samples_leaf": 2,
+            "max_leaf_nodes": 4096,
+            "n_jobs": -1,
+            "random_state": rs,
+            **p,
+        }
     ),
     "extra_trees": lambda rs, p: ExtraTreesClassifier(
-        **{"n_estimators": 100, "min_samples_leaf": 2, "max_leaf_nodes": 4096, "n_jobs": -1, "random_state": rs, **p}
+        **{
+            "n_estimators": 100,
+            "min_samples_leaf": 2,
+            "max_leaf_nodes": 4096,
+            "n_jobs": -1,
+            "random_state": rs,
+            **p,
+        }
     ),
     "hist_gradient_boosting": lambda rs, p: HistGradientBoostingClassifier(**{"random_state": rs, **p}),
 }
 
 
 def make_estimator(options: ModelConfig) -> Any:
-    """The base estimator named by the model options."""
+    """Return the base estimator named by the model options."""
     try:
         return _ESTIMATORS[options.estimator](options.random_state, dict(options.params))
     except TypeError as err:
-        raise InvalidInputError(f"model.params: {err}; check the parameter names of {options.estimator}.") from None
+        raise InvalidInputError(
+            f"model.params: {err}; check the parameter names of {options.estimator}."
+        ) from None
 
 
 def feature_columns(table: pd.DataFrame) -> list[str]:
-    """The feature columns of a sample table, in order."""
+    """Return the feature columns of a sample table, in order."""
     return [c for c in table.columns if c not in META_COLUMNS]
 
 
@@ -71,6 +95,7 @@ def train_model(
     -------
     dict
         The metadata written to ``metadata.json``.
+
     """
     from .evaluate import evaluate, location_split, plot_confusion
     from .model import HierarchicalClassifier, save_model
@@ -97,7 +122,9 @@ def train_model(
     metrics["n_train"], metrics["n_test"] = int(len(train_idx)), int(len(test_idx))
 
     model.fit(X, y, y_sub)
-    table_hash = hashlib.sha256(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes()).hexdigest()
+    table_hash = hashlib.sha256(
+        pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes()
+    ).hexdigest()
     metadata = {
         "features": features,
         "lc_labels": dict(lc_labels),
@@ -119,5 +146,7 @@ def train_model(
             storage.write_bytes(storage._join(url, f"confusion_{level}.png"), buf.getvalue())
     save_model(model, url, metadata=metadata, storage_options=storage_options)
     oa = metrics["level1"]["overall_accuracy"]
-    logger.info("model trained on %d samples; held-out level-1 accuracy %.3f; saved to %s", len(table), oa, url)
+    logger.info(
+        "model trained on %d samples; held-out level-1 accuracy %.3f; saved to %s", len(table), oa, url
+    )
     return metadata

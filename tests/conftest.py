@@ -15,7 +15,13 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 # The suite never reads settings from the developer's environment or a .env file.
-for _var in ("MONGO_URI", "LCSTACK_REGISTRY", "DASK_CLUSTER_IP", "LCSTACK_DASK_SCHEDULER", "LCSTACK_S3_ENDPOINT_URL"):
+for _var in (
+    "MONGO_URI",
+    "LCSTACK_REGISTRY",
+    "DASK_CLUSTER_IP",
+    "LCSTACK_DASK_SCHEDULER",
+    "LCSTACK_S3_ENDPOINT_URL",
+):
     os.environ.pop(_var, None)
 os.environ.setdefault("LCSTACK_PROGRESS", "0")
 

@@ -22,13 +22,20 @@ BANDS = ("blue", "green", "red", "rededge1", "nir", "nir08", "swir16")
 
 
 def _series(n_time: int = 6, size: int = 32, chunks: int = 16) -> xr.Dataset:
-    gbox = GeoBox.from_bbox((360000, 4079680, 360000 + 10 * size, 4079680 + 10 * size), "EPSG:32630", resolution=10)
+    gbox = GeoBox.from_bbox(
+        (360000, 4079680, 360000 + 10 * size, 4079680 + 10 * size), "EPSG:32630", resolution=10
+    )
     rng = np.random.default_rng(0)
     times = [np.datetime64("2023-03-05") + np.timedelta64(20 * i, "D") for i in range(n_time)]
     coords = {"time": times, **xr_coords(gbox)}
     data = {
-        b: (("time", "y", "x"), dsa.from_array(rng.uniform(0.01, 0.6, (n_time, size, size)).astype("float32"),
-                                                chunks=(n_time, chunks, chunks)))
+        b: (
+            ("time", "y", "x"),
+            dsa.from_array(
+                rng.uniform(0.01, 0.6, (n_time, size, size)).astype("float32"),
+                chunks=(n_time, chunks, chunks),
+            ),
+        )
         for b in BANDS
     }
     scl = rng.choice([4, 4, 4, 5, 8, 9, 3], size=(n_time, size, size)).astype("uint8")

@@ -22,13 +22,25 @@ def test_help(command: str) -> None:
     assert "Usage" in result.output
 
 
-def _inputs(tmp_path: Path, *, config_extra: str = "", points: str | None = None, seasons: dict | None = None,
-            lc: str = '{"forest": 2, "water": 7}') -> Path:
-    (tmp_path / "dataset.csv").write_text(points or "latitude;longitude;category\n36.7;-4.4;forest\n36.71;-4.41;water\n")
-    (tmp_path / "seasons.json").write_text(json.dumps(seasons or {"spring": {"start": "2023-03-01", "end": "2023-05-31"}}))
+def _inputs(
+    tmp_path: Path,
+    *,
+    config_extra: str = "",
+    points: str | None = None,
+    seasons: dict | None = None,
+    lc: str = '{"forest": 2, "water": 7}',
+) -> Path:
+    (tmp_path / "dataset.csv").write_text(
+        points or "latitude;longitude;category\n36.7;-4.4;forest\n36.71;-4.41;water\n"
+    )
+    (tmp_path / "seasons.json").write_text(
+        json.dumps(seasons or {"spring": {"start": "2023-03-01", "end": "2023-05-31"}})
+    )
     (tmp_path / "lc.json").write_text(lc)
     (tmp_path / "catalog.json").write_text(
-        json.dumps({"type": "Catalog", "id": "empty", "stac_version": "1.0.0", "description": "x", "links": []})
+        json.dumps(
+            {"type": "Catalog", "id": "empty", "stac_version": "1.0.0", "description": "x", "links": []}
+        )
     )
     cfg = tmp_path / "config.yaml"
     cfg.write_text(
@@ -40,10 +52,22 @@ def _inputs(tmp_path: Path, *, config_extra: str = "", points: str | None = None
 
 BAD_INPUTS = {
     "unknown key": ({"config_extra": "colection: x\n"}, "unknown key 'colection'"),
-    "missing column": ({"points": "lat;longitude;category\n36.7;-4.4;forest\n"}, "missing column(s) latitude"),
-    "latitude out of range": ({"points": "latitude;longitude;category\n136.7;-4.4;forest\n"}, "line 2, column latitude"),
-    "unparsable date": ({"seasons": {"spring": {"start": "2023-02-30", "end": "2023-05-31"}}}, "cannot parse '2023-02-30'"),
-    "end before start": ({"seasons": {"spring": {"start": "2023-05-01", "end": "2023-03-01"}}}, "is before start"),
+    "missing column": (
+        {"points": "lat;longitude;category\n36.7;-4.4;forest\n"},
+        "missing column(s) latitude",
+    ),
+    "latitude out of range": (
+        {"points": "latitude;longitude;category\n136.7;-4.4;forest\n"},
+        "line 2, column latitude",
+    ),
+    "unparsable date": (
+        {"seasons": {"spring": {"start": "2023-02-30", "end": "2023-05-31"}}},
+        "cannot parse '2023-02-30'",
+    ),
+    "end before start": (
+        {"seasons": {"spring": {"start": "2023-05-01", "end": "2023-03-01"}}},
+        "is before start",
+    ),
     "label code 0": ({"lc": '{"forest": 0, "water": 7}'}, "code 0 is not allowed"),
     "duplicated code": ({"lc": '{"forest": 7, "water": 7}'}, "code 7 is already used by 'forest'"),
     "category absent": ({"lc": '{"forest": 2}'}, "category 'water' on line(s) 3 is not in"),

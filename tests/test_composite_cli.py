@@ -28,7 +28,10 @@ MASK = (0, 3, 8, 9, 10, 11)
 def composited(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cli512") / "a"
     env = {**os.environ, "LCSTACK_PROGRESS": "0"}
-    for args in (["demo-data", str(root), "--size", "512"], ["composite", str(root / "config.yaml"), "--quiet"]):
+    for args in (
+        ["demo-data", str(root), "--size", "512"],
+        ["composite", str(root / "config.yaml"), "--quiet"],
+    ):
         proc = subprocess.run([LCSTACK, *args], capture_output=True, text=True, env=env, timeout=900)
         assert proc.returncode == 0, proc.stderr[-3000:]
     return root

@@ -1,4 +1,4 @@
-"""Band names and reflectance scale/offset against real catalog JSON (tests/data/stac-fixtures, see its README)."""
+"""Band names and reflectance scale/offset against real catalog JSON (tests/data/stac-fixtures)."""
 
 from __future__ import annotations
 

@@ -32,9 +32,12 @@ def test_points_separator_detected(tmp_path: Path, sep: str) -> None:
     p = write(
         tmp_path,
         "d.csv",
-        sep.join(["latitude", "longitude", "category", "subcategory"]) + "\n"
-        + sep.join(["36.7", "-4.4", "forest", "conifers"]) + "\n"
-        + sep.join(["36.8", "-4.5", "water", ""]) + "\n",
+        sep.join(["latitude", "longitude", "category", "subcategory"])
+        + "\n"
+        + sep.join(["36.7", "-4.4", "forest", "conifers"])
+        + "\n"
+        + sep.join(["36.8", "-4.5", "water", ""])
+        + "\n",
     )
     df = read_points(p)
     assert list(df["category"]) == ["forest", "water"]
@@ -54,11 +57,15 @@ def test_points_missing_column(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError) as err:
         read_points(p)
     msg = str(err.value)
-    assert str(p) in msg and "line 1" in msg and "longitude" in msg and "found: latitude, lon, category" in msg
+    assert (
+        str(p) in msg and "line 1" in msg and "longitude" in msg and "found: latitude, lon, category" in msg
+    )
 
 
 def test_points_latitude_out_of_range_names_line(tmp_path: Path) -> None:
-    p = write(tmp_path, "d.csv", "latitude;longitude;category\n36.7;-4.4;forest\n-4.4;136.7;forest\n95;-4.4;water\n")
+    p = write(
+        tmp_path, "d.csv", "latitude;longitude;category\n36.7;-4.4;forest\n-4.4;136.7;forest\n95;-4.4;water\n"
+    )
     with pytest.raises(InvalidInputError) as err:
         read_points(p)
     msg = str(err.value)
@@ -84,7 +91,9 @@ def test_points_missing_file(tmp_path: Path) -> None:
 
 
 def test_points_category_absent_from_labels(tmp_path: Path) -> None:
-    p = write(tmp_path, "d.csv", "latitude;longitude;category;subcategory\n36.7;-4.4;forest;x\n36.7;-4.4;forrest;\n")
+    p = write(
+        tmp_path, "d.csv", "latitude;longitude;category;subcategory\n36.7;-4.4;forest;x\n36.7;-4.4;forrest;\n"
+    )
     df = read_points(p)
     with pytest.raises(InvalidInputError) as err:
         validate_points_labels(df, {"forest": 2}, {"x": 2}, source=p, lc_source="lc.json")
@@ -103,7 +112,9 @@ def test_seasons_ranges_and_lists(tmp_path: Path) -> None:
     p = write(
         tmp_path,
         "s.json",
-        json.dumps({"spring": {"start": "2021-03-01", "end": "2021-04-30"}, "summer": ["2021-07-10", "2021-06-01"]}),
+        json.dumps(
+            {"spring": {"start": "2021-03-01", "end": "2021-04-30"}, "summer": ["2021-07-10", "2021-06-01"]}
+        ),
     )
     s = read_seasons(p)
     assert s["spring"].start == dt.date(2021, 3, 1) and s["spring"].dates is None
@@ -133,13 +144,18 @@ def test_seasons_bad_json_names_line(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------ labels
 def test_labels_ok(tmp_path: Path) -> None:
-    assert read_lc_labels(write(tmp_path, "lc.json", '{"forest": 2, "water": 1}')) == {"forest": 2, "water": 1}
+    assert read_lc_labels(write(tmp_path, "lc.json", '{"forest": 2, "water": 1}')) == {
+        "forest": 2,
+        "water": 1,
+    }
     assert read_sl_labels(write(tmp_path, "sl.json", '{"conifers": 2}')) == {"conifers": 2}
 
 
 def test_lc_label_code_zero(tmp_path: Path) -> None:
     p = write(tmp_path, "lc.json", '{"forest": 0}')
-    with pytest.raises(InvalidInputError, match="key 'forest': code 0 is not allowed.*0 is reserved for nodata"):
+    with pytest.raises(
+        InvalidInputError, match="key 'forest': code 0 is not allowed.*0 is reserved for nodata"
+    ):
         read_lc_labels(p)
 
 
@@ -170,7 +186,11 @@ BASE = "stac: catalog/catalog.json\nseasons: seasons.json\npoints: dataset.csv\n
 
 
 def test_config_resolves_relative_paths(inputs: Path) -> None:
-    cfg = load_config(write(inputs, "config.yaml", BASE + "aoi: {bbox: [360000, 4074880, 365120, 4080000], crs: EPSG:32630}\n"))
+    cfg = load_config(
+        write(
+            inputs, "config.yaml", BASE + "aoi: {bbox: [360000, 4074880, 365120, 4080000], crs: EPSG:32630}\n"
+        )
+    )
     assert cfg.points == inputs / "dataset.csv"
     assert cfg.stac == str(inputs / "catalog" / "catalog.json")
     assert cfg.storage == str(inputs / "lcstack-data")
@@ -180,7 +200,12 @@ def test_config_resolves_relative_paths(inputs: Path) -> None:
 
 def test_config_keeps_urls(inputs: Path) -> None:
     cfg = load_config(
-        write(inputs, "c.yaml", BASE.replace("catalog/catalog.json", "https://earth-search.aws.element84.com/v1") + "storage: s3://bucket/lc\n")
+        write(
+            inputs,
+            "c.yaml",
+            BASE.replace("catalog/catalog.json", "https://earth-search.aws.element84.com/v1")
+            + "storage: s3://bucket/lc\n",
+        )
     )
     assert cfg.stac.startswith("https://") and cfg.storage == "s3://bucket/lc"
 

@@ -30,7 +30,10 @@ def _run(config: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "LCSTACK_PROGRESS": "0"}
     return subprocess.run(
         [LCSTACK, "run", str(config), "--scheduler", "threads", "--quiet"],
-        capture_output=True, text=True, env=env, timeout=900,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
     )
 
 
@@ -39,7 +42,9 @@ def _run_and_kill(config: Path, storage: Path, when: str) -> None:
     env = {**os.environ, "LCSTACK_PROGRESS": "0"}
     proc = subprocess.Popen(
         [LCSTACK, "run", str(config), "--scheduler", "threads", "--quiet"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
     )
     deadline = time.monotonic() + 600
     try:

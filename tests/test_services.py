@@ -17,14 +17,13 @@ import numpy as np
 import pymongo
 import pytest
 import xarray as xr
+from mongo_server import NxMongoServer, nx_executable  # noqa: E402
+from s3_server import S3Endpoint, s3_endpoint  # noqa: E402
 
 from lcstack.errors import RegistryError, StorageError
 from lcstack.inputs import load_config
 from lcstack.pipeline import Workflow
 from lcstack.settings import get_settings
-
-from mongo_server import NxMongoServer, nx_executable  # noqa: E402
-from s3_server import S3Endpoint, s3_endpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +62,9 @@ def _config(area: Any, storage: str, registry: str) -> Any:
     return load_config(area.config, storage=storage, registry=registry)
 
 
-def test_workflow_on_s3_and_mongodb(demo_area: Any, s3: S3Endpoint, mongo_uri: str, services_env: str,
-                                    caplog: pytest.LogCaptureFixture) -> None:
+def test_workflow_on_s3_and_mongodb(
+    demo_area: Any, s3: S3Endpoint, mongo_uri: str, services_env: str, caplog: pytest.LogCaptureFixture
+) -> None:
     bucket = s3.create_bucket()
     cfg = _config(demo_area, f"s3://{bucket}/lc", mongo_uri)
     caplog.set_level(logging.DEBUG, logger="lcstack")
@@ -93,7 +93,7 @@ def test_workflow_on_s3_and_mongodb(demo_area: Any, s3: S3Endpoint, mongo_uri: s
     assert {r["status"] for r in records["maps"]} == {"complete"}
 
     secret_places = json.dumps(records, default=str) + caplog.text
-    meta = fs.cat_file(f"{model_url[len('s3://'):]}/metadata.json").decode()
+    meta = fs.cat_file(f"{model_url[len('s3://') :]}/metadata.json").decode()
     for secret in (s3.key, s3.secret):
         assert secret not in secret_places and secret not in meta
 

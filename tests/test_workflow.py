@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import warnings
@@ -36,7 +35,7 @@ def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str
 def _read(path: str | Path) -> tuple[np.ndarray, Any, Any]:
     with rasterio.open(path) as src:
         return src.read(1), src.transform, src
-    
+
 
 def _on_truth_grid(map_path: str | Path, truth_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     """The map's pixels at the truth raster's pixel centres (both on 10 m grids in the same CRS)."""
@@ -94,18 +93,26 @@ def test_demo_outputs_are_valid_cogs_with_colour_tables(demo512: tuple[Path, Any
     maps = xr.open_zarr(zarr)
     assert maps["level1"].dtype == np.uint8
     assert list(maps["level1"].attrs["flag_values"]) == [0, *sorted(lc.values())]
-    assert maps["level1"].attrs["flag_meanings"].split()[1:] == [k for k, _ in sorted(lc.items(), key=lambda kv: kv[1])]
+    assert maps["level1"].attrs["flag_meanings"].split()[1:] == [
+        k for k, _ in sorted(lc.items(), key=lambda kv: kv[1])
+    ]
 
 
 def test_demo_rerun_reuses_everything(demo512: tuple[Path, Any]) -> None:
     root, _ = demo512
     data = root / "lcstack-data"
-    before = {p: p.stat().st_mtime_ns for p in data.rglob("*") if p.is_file() and p.name != "registry.sqlite" and "registry.sqlite" not in p.name}
+    before = {
+        p: p.stat().st_mtime_ns
+        for p in data.rglob("*")
+        if p.is_file() and p.name != "registry.sqlite" and "registry.sqlite" not in p.name
+    }
     proc = _cli("run", str(root / "config.yaml"), "--scheduler", "threads", "--quiet")
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     assert lines and all("reused" in ln for ln in lines), proc.stdout
-    after = {p: p.stat().st_mtime_ns for p in data.rglob("*") if p.is_file() and "registry.sqlite" not in p.name}
+    after = {
+        p: p.stat().st_mtime_ns for p in data.rglob("*") if p.is_file() and "registry.sqlite" not in p.name
+    }
     assert after == before, "a re-run of an unchanged config rewrites nothing"
 
 
@@ -141,9 +148,7 @@ def test_accessor_classify_is_lazy_and_matches(demo_run: Any) -> None:
     assert dask.is_dask_collection(maps["level1"])
     stored = xr.open_zarr(rec["urls"]["zarr"])
     window = {"x": slice(20, 90), "y": slice(40, 120)}
-    np.testing.assert_array_equal(
-        maps["level1"].isel(window).values, stored["level1"].isel(window).values
-    )
+    np.testing.assert_array_equal(maps["level1"].isel(window).values, stored["level1"].isel(window).values)
 
 
 def test_points_with_class_absent_from_labels(demo_run: Any, tmp_path: Path) -> None:
@@ -152,7 +157,9 @@ def test_points_with_class_absent_from_labels(demo_run: Any, tmp_path: Path) -> 
     text = Path(cfg.points).read_text().splitlines()
     text.append(text[1].replace(text[1].split(";")[2], "vineyard", 1))
     bad.write_text("\n".join(text) + "\n")
-    with pytest.raises(InvalidInputError, match=rf"category 'vineyard' on line\(s\) {len(text)} is not in .*lc_labels.json"):
+    with pytest.raises(
+        InvalidInputError, match=rf"category 'vineyard' on line\(s\) {len(text)} is not in .*lc_labels.json"
+    ):
         Workflow(load_config(cfg.source, points=str(bad), storage=str(tmp_path / "out")), progress=False)
     assert not (tmp_path / "out").exists()
 
