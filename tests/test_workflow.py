@@ -232,3 +232,16 @@ def test_status_and_clean_commands(tmp_path: Path) -> None:
     assert not any(data.rglob("*.zarr")) and not any(data.rglob("model.skops"))
     assert "composites: 0/3 done" in _cli("status", config).stdout
     assert _cli("clean", config, "--what", "everything").returncode == 2
+
+
+def test_discover_command_lists_best_scenes(demo_area: Any) -> None:
+    proc = _cli("discover", str(demo_area.config), "--json", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)
+    seasons = json.loads(Path(demo_area.seasons).read_text())
+    assert list(found) == list(seasons)
+    for season, scenes in found.items():
+        assert len(scenes) == 4, season  # max_scenes_per_season; the cloudy scene is filtered out
+        assert all(s["cloud_cover"] < 60 for s in scenes)
+        start, end = seasons[season]["start"], seasons[season]["end"]
+        assert all(start <= s["datetime"][:10] <= end for s in scenes)
