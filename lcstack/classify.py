@@ -80,11 +80,12 @@ def _predict_rows(model: Any, rows: np.ndarray, engine: Engine = "auto") -> tupl
     if engine not in ("auto", "sklearn", "numba"):
         raise InvalidInputError(f"`engine` must be 'auto', 'sklearn' or 'numba', not {engine!r}.")
     fast = None
-    if engine != "sklearn":
+    # "auto" is scikit-learn: benchmarks/RESULTS.md shows its Cython tree walk as fast as or faster
+    # than the compiled numba forest on 31 of 33 models; numba stays an opt-in engine.
+    if engine == "numba":
         from lcstack import fastpredict
 
-        if engine == "numba" or fastpredict.numba_available():
-            fast = fastpredict
+        fast = fastpredict
     if fast is not None:
         from lcstack.model import HierarchicalClassifier
 
@@ -117,7 +118,7 @@ def predict_block(X: np.ndarray, model: Any, *, engine: Engine = "auto") -> np.n
         :class:`~lcstack.model.HierarchicalClassifier`) with the compiled kernel of
         :mod:`lcstack.fastpredict` (identical predictions, several times faster) and any other estimator
         with its own ``predict``; ``"sklearn"`` always calls the model's ``predict_levels``/``predict``;
-        ``"auto"`` is ``"numba"`` when numba is installed.
+        ``"auto"`` is ``"sklearn"``, as fast or faster on the models measured (benchmarks/RESULTS.md).
 
     Returns
     -------
@@ -267,6 +268,15 @@ def _load_artefact(ref: ModelRef) -> tuple[Any, dict[str, Any]]:
     return load_model(ref.url, storage_options=dict(ref.storage_options) or None)
 
 
+def _single_threaded(model: Any) -> None:
+    """Predict with one thread per dask task: dask already runs one task per worker thread."""
+    level2 = getattr(model, "estimators_level2_", {}).values()
+    estimators = [model, getattr(model, "estimator_level1_", None), *level2]
+    for est in estimators:
+        if est is not None and "n_jobs" in getattr(est, "get_params", dict)():
+            est.set_params(n_jobs=1)
+
+
 def get_model(ref: ModelRef) -> tuple[Any, dict[str, Any]]:
     """Return ``(model, metadata)`` for ``ref``, loading it at most once per process.
 
@@ -281,6 +291,7 @@ def get_model(ref: ModelRef) -> tuple[Any, dict[str, Any]]:
             return hit
         logger.info("Loading model %s (token %s) in process %d", ref.url, ref.token, os.getpid())
         loaded = _load_artefact(ref)
+        _single_threaded(loaded[0])
         _CACHE[key] = loaded
         _LOADS[key] = _LOADS.get(key, 0) + 1
         while len(_CACHE) > _MAX_CACHED_MODELS:

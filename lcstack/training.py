@@ -17,6 +17,7 @@ from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifie
 from . import __version__
 from .errors import InvalidInputError
 from .inputs import ModelConfig
+from .model import DEFAULT_FOREST_PARAMS
 
 __all__ = ["META_COLUMNS", "feature_columns", "make_estimator", "train_model"]
 
@@ -33,27 +34,12 @@ META_COLUMNS = (
 )
 
 _ESTIMATORS: dict[str, Any] = {
-    # Capping leaves per tree bounds the artefact size (≈ 30 MB for 100k samples) whatever the sample count,
-    # and leaves small training sets unaffected (see lcstack.model.default_estimator).
+    # Size-limited forests (lcstack.model.DEFAULT_FOREST_PARAMS): small artefacts and fast inference.
     "random_forest": lambda rs, p: RandomForestClassifier(
-        **{
-            "n_estimators": 100,
-            "min_samples_leaf": 2,
-            "max_leaf_nodes": 4096,
-            "n_jobs": -1,
-            "random_state": rs,
-            **p,
-        }
+        **{**DEFAULT_FOREST_PARAMS, "n_jobs": -1, "random_state": rs, **p}
     ),
     "extra_trees": lambda rs, p: ExtraTreesClassifier(
-        **{
-            "n_estimators": 100,
-            "min_samples_leaf": 2,
-            "max_leaf_nodes": 4096,
-            "n_jobs": -1,
-            "random_state": rs,
-            **p,
-        }
+        **{**DEFAULT_FOREST_PARAMS, "n_jobs": -1, "random_state": rs, **p}
     ),
     "hist_gradient_boosting": lambda rs, p: HistGradientBoostingClassifier(**{"random_state": rs, **p}),
 }

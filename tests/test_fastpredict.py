@@ -209,6 +209,7 @@ def test_predict_block_engines_agree_and_numba_skips_sklearn(monkeypatch: pytest
     cube = X[:2400].T.reshape(X.shape[1], 40, 60).copy()
     cube[2, :3, :] = np.nan
     expected = predict_block(cube, model, engine="sklearn")
+    np.testing.assert_array_equal(predict_block(cube, model), expected)  # "auto" is sklearn
 
     def boom(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("sklearn predict called on the numba path")
@@ -216,7 +217,6 @@ def test_predict_block_engines_agree_and_numba_skips_sklearn(monkeypatch: pytest
     for est in [model.estimator_level1_, *model.estimators_level2_.values()]:
         monkeypatch.setattr(est, "predict", boom)
     np.testing.assert_array_equal(predict_block(cube, model, engine="numba"), expected)
-    np.testing.assert_array_equal(predict_block(cube, model), expected)
     assert (expected[:, :3, :] == 0).all() and (expected[0, 3:] > 0).all()
     with pytest.raises(InvalidInputError, match="engine"):
         predict_block(cube, model, engine="cuda")  # type: ignore[arg-type]
