@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -27,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from _common import cpu_model  # noqa: E402
+
 DATA = HERE / ".data"
 RESULTS = HERE / "RESULTS.md"
 BOUND = 2 * 1024**3
@@ -34,16 +36,6 @@ BOUND = 2 * 1024**3
 
 def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def area_for(size: int) -> Path:
@@ -160,7 +152,7 @@ def main() -> None:
         "## Scale: bounded memory per worker",
         "",
         f"Command: `{cmd}`  ",
-        f"Machine: {os.cpu_count()} cores ({_cpu()}), {_gb(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES'))} RAM; "
+        f"Machine: {os.cpu_count()} cores ({cpu_model()}), {_gb(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES'))} RAM; "
         f"load average before the run {load[0]:.2f}. Workers: single-threaded processes, memory limit 2 GB each. "
         "Peak RSS is the kernel's `ru_maxrss` of each worker process (the largest is shown).",
         "",

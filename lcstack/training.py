@@ -18,20 +18,13 @@ from . import __version__
 from .errors import InvalidInputError
 from .inputs import ModelConfig
 from .model import DEFAULT_FOREST_PARAMS
+from .samples import SAMPLE_COLUMNS
 
 __all__ = ["META_COLUMNS", "feature_columns", "make_estimator", "train_model"]
 
 logger = logging.getLogger(__name__)
 
-META_COLUMNS = (
-    "category",
-    "subcategory",
-    "category_name",
-    "subcategory_name",
-    "latitude",
-    "longitude",
-    "line",
-)
+META_COLUMNS = SAMPLE_COLUMNS
 
 _ESTIMATORS: dict[str, Any] = {
     # Size-limited forests (lcstack.model.DEFAULT_FOREST_PARAMS): small artefacts and fast inference.
