@@ -51,9 +51,8 @@ def area_for(size: int) -> Path:
 
 
 def run(size: int, workers: int, *, storage: Path, chunk_size: int | None = None) -> dict[str, Any]:
-    from distributed import Client, LocalCluster
-
-    from lcstack.inputs import load_config
+    from lcstack.cluster import open_cluster
+    from lcstack.inputs import DaskConfig, load_config
     from lcstack.pipeline import Workflow
 
     config = area_for(size)
@@ -63,17 +62,8 @@ def run(size: int, workers: int, *, storage: Path, chunk_size: int | None = None
         overrides["chunk_size"] = chunk_size
     cfg = load_config(config, **overrides)
     out: dict[str, Any] = {"size": size, "workers": workers}
-    with (
-        LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            memory_limit="2GB",
-            dashboard_address=":0",
-        ) as cluster,
-        Client(cluster) as client,
-        Workflow(cfg, progress=False) as wf,
-    ):
+    dask_cfg = DaskConfig(n_workers=workers, threads_per_worker=1, memory_limit="2GB", processes=True)
+    with open_cluster("local", config=dask_cfg) as client, Workflow(cfg, progress=False) as wf:
         out["chunk"] = wf.chunks["x"]
         t0 = time.perf_counter()
         wf.discover()

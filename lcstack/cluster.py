@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -134,13 +135,31 @@ def _local_cluster_kwargs(config: Any, settings: Settings) -> dict[str, Any]:
     else:
         budget = _parse_memory(settings.memory_budget, "LCSTACK_MEMORY_BUDGET")
         memory = min(budget, MEMORY_LIMIT // n_workers)
-    return {
+    kwargs: dict[str, Any] = {
         "n_workers": n_workers,
         "threads_per_worker": threads,
         "processes": processes,
         "memory_limit": memory,
         "dashboard_address": ":0",  # any free port: several runs on one machine must not clash on 8787
     }
+    if processes:
+        kwargs["env"] = worker_env(
+            memory if isinstance(memory, int) and memory > 0 else MEMORY_LIMIT // n_workers
+        )
+    return kwargs
+
+
+def worker_env(memory_limit: int) -> dict[str, str]:
+    """Environment of worker processes: GDAL's raster block cache sized to the worker's memory.
+
+    GDAL caches decoded COG blocks up to ``GDAL_CACHEMAX``, 5 % of the *machine's* memory by default, per
+    process. That cache fills as a run reads more blocks, so a worker's memory would grow with the area
+    up to that cap; an eighth of the worker's own limit (at most 512 MB) keeps it flat and small. A value
+    already set in the environment wins.
+    """
+    if "GDAL_CACHEMAX" in os.environ:
+        return {"GDAL_CACHEMAX": os.environ["GDAL_CACHEMAX"]}
+    return {"GDAL_CACHEMAX": str(max(32, min(512, memory_limit // 8 // 2**20)))}
 
 
 def _dashboard_link(client: Client) -> str | None:
