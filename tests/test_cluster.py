@@ -139,6 +139,7 @@ def test_malformed_address_raises_invalid_input(address: str, fragment: str) -> 
 def test_local_sizing_follows_cores_budget_and_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("dask.system.CPU_COUNT", 8)
     monkeypatch.setattr("distributed.system.MEMORY_LIMIT", 64 * 2**30)
+    monkeypatch.delenv("GDAL_CACHEMAX", raising=False)
     kw = _local_cluster_kwargs(None, Settings(memory_budget="2GB"))
     assert kw == {
         "n_workers": 8,
@@ -146,6 +147,7 @@ def test_local_sizing_follows_cores_budget_and_memory(monkeypatch: pytest.Monkey
         "processes": True,
         "memory_limit": 2_000_000_000,
         "dashboard_address": ":0",
+        "env": {"GDAL_CACHEMAX": "238"},  # an eighth of the worker's limit, in MB
     }
     # A small machine: the budget is capped by each worker's share of physical memory.
     monkeypatch.setattr("distributed.system.MEMORY_LIMIT", 8 * 2**30)
