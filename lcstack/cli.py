@@ -13,7 +13,7 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -269,6 +269,3 @@ def clean(
 def main() -> None:
     """Entry point."""
     app()
-
-
-_ = Literal

@@ -9,7 +9,6 @@ never leaves an output that looks finished.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ from odc.geo.geobox import GeoBox
 from . import __version__
 from .errors import InvalidInputError, SkippedPointsWarning, StorageError
 from .grid import aoi_geobox, points_bbox, tile_geoboxes
-from .inputs import AoiBox, RunConfig, Season
+from .inputs import RunConfig, Season
 from .progress import progress_iter
 from .settings import Settings, get_settings
 from .store import Storage, redact
@@ -621,6 +620,3 @@ def _points_in(points: pd.DataFrame, gbox: GeoBox) -> np.ndarray:
     col, row = inv * (np.asarray(x), np.asarray(y))
     ny, nx = gbox.shape.yx
     return (col >= 0) & (col < nx) & (row >= 0) & (row < ny)
-
-
-_ = (io, AoiBox)
