@@ -240,7 +240,7 @@ def seasonal_composite(
             NoCloudMaskWarning,
             stacklevel=2,
         )
-    load_chunks = {"time": 1, **{k: v for k, v in (chunks or {}).items() if k in ("y", "x")}}
+    load_chunks = {"time": -1, **{k: v for k, v in (chunks or {}).items() if k in ("y", "x")}}
     ds = load_scenes(
         items,
         geobox,
