@@ -6,10 +6,12 @@ of every worker process is read from the kernel (``getrusage(RUSAGE_SELF).ru_max
 
 Usage::
 
-    python benchmarks/bench_scale.py --sizes 2048 4096 10980 --workers 2
     python benchmarks/bench_scale.py --sizes 2048 --speedup      # 1 vs 2 workers on the same inputs
+    python benchmarks/bench_scale.py --sizes 4096
+    python benchmarks/bench_scale.py --sizes 10980               # a full tile: ~20 min to generate, ~1 h to run
 
-Results are printed as markdown and written to ``benchmarks/RESULTS.md`` (section "Scale").
+Each run's row replaces the stored row of its (size, workers) in ``benchmarks/results/scale_runs.json``;
+the table of all stored rows is printed and written to ``benchmarks/RESULTS.md`` (section "Scale").
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from _common import cpu_model  # noqa: E402
 
 DATA = HERE / ".data"
 RESULTS = HERE / "RESULTS.md"
+RUNS = HERE / "results" / "scale_runs.json"
 BOUND = 2 * 1024**3
 
 
@@ -50,7 +53,14 @@ def area_for(size: int) -> Path:
     return root / "config.yaml"
 
 
-def run(size: int, workers: int, *, storage: Path, chunk_size: int | None = None) -> dict[str, Any]:
+def run(
+    size: int,
+    workers: int,
+    *,
+    storage: Path,
+    chunk_size: int | None = None,
+    concurrent_outputs: int | None = None,
+) -> dict[str, Any]:
     from lcstack.cluster import open_cluster
     from lcstack.inputs import DaskConfig, load_config
     from lcstack.pipeline import Workflow
@@ -61,10 +71,23 @@ def run(size: int, workers: int, *, storage: Path, chunk_size: int | None = None
     if chunk_size:
         overrides["chunk_size"] = chunk_size
     cfg = load_config(config, **overrides)
-    out: dict[str, Any] = {"size": size, "workers": workers}
-    dask_cfg = DaskConfig(n_workers=workers, threads_per_worker=1, memory_limit="2GB", processes=True)
+    out: dict[str, Any] = {
+        "size": size,
+        "workers": workers,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "command": "python benchmarks/bench_scale.py " + " ".join(sys.argv[1:]),
+        "load_before": round(os.getloadavg()[0], 2),
+    }
+    dask_cfg = DaskConfig(
+        n_workers=workers,
+        threads_per_worker=1,
+        memory_limit="2GB",
+        processes=True,
+        concurrent_outputs=concurrent_outputs,
+    )
     with open_cluster("local", config=dask_cfg) as client, Workflow(cfg, progress=False) as wf:
         out["chunk"] = wf.chunks["x"]
+        out["tiles"] = len(wf.tiles)
         t0 = time.perf_counter()
         wf.discover()
         wf.composite()
@@ -81,6 +104,7 @@ def run(size: int, workers: int, *, storage: Path, chunk_size: int | None = None
         gbox = wf.geobox
         out["pixels"] = gbox.shape[0] * gbox.shape[1]
     out["client_peak_rss"] = _peak_rss()
+    out["load_after"] = round(os.getloadavg()[0], 2)
     return out
 
 
@@ -90,18 +114,41 @@ def _gb(n: float) -> str:
 
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| area (px) | workers | chunk | features | composite | classify | Mpx/s/core (composite) | Mpx/s/core (classify) | peak RSS per worker | target |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| area (px) | tiles | workers | chunk | features | composite | classify | Mpx/s/core (composite) | "
+        "Mpx/s/core (classify) | peak RSS per worker | target | load before / after | measured |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         mpx = r["pixels"] / 1e6
         lines.append(
-            f"| {r['size']}² | {r['workers']} | {r['chunk']} | {r['n_features']} | {r['composite_s']:.1f} s | "
-            f"{r['classify_s']:.1f} s | {mpx / r['composite_s'] / r['workers']:.2f} | "
+            f"| {r['size']}² | {r.get('tiles', 1)} | {r['workers']} | {r['chunk']} | {r['n_features']} | "
+            f"{r['composite_s']:.1f} s | {r['classify_s']:.1f} s | {mpx / r['composite_s'] / r['workers']:.2f} | "
             f"{mpx / r['classify_s'] / r['workers']:.2f} | {_gb(r['worker_peak_rss'])} | "
-            f"≤ 2 GB: {'met' if r['worker_peak_rss'] <= BOUND else 'MISSED'} |"
+            f"≤ 2 GB: {'met' if r['worker_peak_rss'] <= BOUND else 'MISSED'} | "
+            f"{r.get('load_before', float('nan')):.2f} / {r.get('load_after', float('nan')):.2f} | "
+            f"{r.get('date', '')} |"
         )
     return "\n".join(lines)
+
+
+def speedups(rows: list[dict[str, Any]]) -> list[str]:
+    out = []
+    by = {(r["size"], r["workers"]): r for r in rows}
+    for (size, workers), r in sorted(by.items()):
+        one = by.get((size, 1))
+        if workers == 1 or one is None:
+            continue
+        parts = {
+            "composite": one["composite_s"] / r["composite_s"],
+            "classify": one["classify_s"] / r["classify_s"],
+        }
+        total = (one["composite_s"] + one["classify_s"]) / (r["composite_s"] + r["classify_s"])
+        out.append(
+            f"Speed-up of composite + classify with {workers} workers vs 1 on {size}²: **{total:.2f}×** "
+            f"(target ≥ 1.7×: {'met' if total >= 1.7 else 'missed'}); composite {parts['composite']:.2f}×, "
+            f"classify {parts['classify']:.2f}×."
+        )
+    return out
 
 
 def write_section(body: str) -> None:
@@ -121,40 +168,40 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--speedup", action="store_true", help="also run 1 worker on the first size")
     parser.add_argument("--chunk-size", type=int, default=None)
+    parser.add_argument(
+        "--concurrent-outputs", type=int, default=None, help="outputs written at once (default: lcstack's)"
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
 
-    rows = [
-        run(s, args.workers, storage=DATA / f"out-{s}-{args.workers}", chunk_size=args.chunk_size)
-        for s in args.sizes
-    ]
-    speed = None
+    kw = {"chunk_size": args.chunk_size, "concurrent_outputs": args.concurrent_outputs}
+    rows = [run(s, args.workers, storage=DATA / f"out-{s}-{args.workers}", **kw) for s in args.sizes]
     if args.speedup:
-        one = run(args.sizes[0], 1, storage=DATA / f"out-{args.sizes[0]}-1", chunk_size=args.chunk_size)
-        rows.insert(0, one)
-        two = next(r for r in rows if r["workers"] == args.workers and r["size"] == args.sizes[0])
-        t1 = one["composite_s"] + one["classify_s"]
-        t2 = two["composite_s"] + two["classify_s"]
-        speed = t1 / t2
-    load = os.getloadavg()
-    cmd = "python benchmarks/bench_scale.py " + " ".join(sys.argv[1:])
+        rows.insert(0, run(args.sizes[0], 1, storage=DATA / f"out-{args.sizes[0]}-1", **kw))
+    # Every run replaces the stored row of its (size, workers); the others are kept with their own
+    # command, date and load, so one table can hold runs too long to repeat together.
+    stored = json.loads(RUNS.read_text()) if RUNS.exists() else []
+    fresh = {(r["size"], r["workers"]) for r in rows}
+    keep = [r for r in stored if (r["size"], r["workers"]) not in fresh]
+    all_rows = sorted([*keep, *rows], key=lambda r: (r["size"], r["workers"]))
+    if not args.no_write:
+        RUNS.write_text(json.dumps(all_rows, indent=1) + "\n")
+    commands = sorted({r["command"] for r in all_rows if "command" in r})
     body = [
         "## Scale: bounded memory per worker",
         "",
-        f"Command: `{cmd}`  ",
-        f"Machine: {os.cpu_count()} cores ({cpu_model()}), {_gb(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES'))} RAM; "
-        f"load average before the run {load[0]:.2f}. Workers: single-threaded processes, memory limit 2 GB each. "
-        "Peak RSS is the kernel's `ru_maxrss` of each worker process (the largest is shown).",
+        "Commands: " + ", ".join(f"`{c}`" for c in commands) + "  ",
+        f"Machine: {os.cpu_count()} cores ({cpu_model()}), "
+        f"{_gb(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES'))} RAM. Workers: single-threaded "
+        "processes, memory limit 2 GB each, on a LocalCluster of lcstack's `open_cluster`; the client and the "
+        "scheduler share the same cores. Peak RSS is the kernel's `ru_maxrss` of each worker process (the "
+        "largest is shown). Composite includes discovery; classify includes the Zarr maps and both COGs. "
+        f"Every run's figures: `{RUNS.relative_to(HERE.parent)}`.",
         "",
-        table(rows),
+        table(all_rows),
+        "",
+        *speedups(all_rows),
     ]
-    if speed is not None:
-        body += [
-            "",
-            f"Speed-up of composite + classify with {args.workers} workers vs 1 on {args.sizes[0]}²: "
-            f"**{speed:.2f}×** (target ≥ 1.7×: {'met' if speed >= 1.7 else 'missed'}).",
-        ]
-    body += ["", "```json", json.dumps(rows, indent=1), "```"]
     text = "\n".join(body)
     print(text)
     if not args.no_write:

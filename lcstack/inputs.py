@@ -376,6 +376,10 @@ class DaskConfig(_Strict):
     threads_per_worker: int | None = Field(None, ge=1)
     memory_limit: str | None = None
     processes: bool = True
+    #: How many outputs (composites of every tile and season, maps of every tile) are written at once on a
+    #: distributed cluster; each is its own graph, so the cluster stays busy between outputs. ``None``:
+    #: all of a run's tiles and seasons, up to 8. The local threaded scheduler always writes one at a time.
+    concurrent_outputs: int | None = Field(None, ge=1)
 
 
 class AoiBox(_Strict):

@@ -278,51 +278,103 @@ class Workflow:
         rec = self.registry.get(kind, key)
         return bool(rec and rec.get("status") == "complete" and self.storage.exists(url))
 
+    def _concurrency(self, n_jobs: int) -> int:
+        """How many outputs to write at once: several on a distributed cluster, one otherwise."""
+        from .progress import _client
+
+        if n_jobs <= 1 or _client() is None:
+            return 1
+        return min(n_jobs, self.config.dask.concurrent_outputs or 8)
+
+    def _run_jobs(self, jobs: Sequence[Any], fn: Any, *, desc: str) -> list[Any]:
+        """Run ``fn(job)`` for every job, several at once on a distributed cluster; results in job order.
+
+        Each job writes its own output and records it complete on its own, so when one fails the others
+        still finish (nothing already written is lost) and the first error is raised afterwards.
+        """
+        workers = self._concurrency(len(jobs))
+        if workers == 1:
+            return [fn(job) for job in progress_iter(jobs, desc=desc, progress=self.progress)]
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+
+        results: dict[int, Any] = {}
+        errors: list[tuple[int, BaseException]] = []
+        logger.info("%s: writing %d outputs, %d at a time", desc, len(jobs), workers)
+        with ThreadPoolExecutor(workers, thread_name_prefix="lcstack-output") as pool:
+            futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
+            done = as_completed(futures)
+            for fut in progress_iter(done, desc=desc, progress=self.progress, total=len(futures)):
+                i = futures[fut]
+                try:
+                    results[i] = fut.result()
+                except BaseException as exc:  # noqa: BLE001 - re-raised below, once all jobs ended
+                    errors.append((i, exc))
+        if errors:
+            errors.sort(key=lambda e: e[0])
+            if len(errors) > 1:
+                logger.error("%s: %d outputs failed; raising the first", desc, len(errors))
+            raise errors[0][1]
+        return [results[i] for i in range(len(jobs))]
+
     def composite(self) -> list[StepResult]:
-        """Compute and store every seasonal composite (and terrain) of every tile not already complete."""
+        """Compute and store every seasonal composite (and terrain) of every tile not already complete.
+
+        On a distributed cluster the composites of all tiles and seasons are written concurrently (up to
+        ``dask.concurrent_outputs`` at once), so the workers never wait for the tail of one output.
+        """
+        results: dict[str, StepResult] = {}
+        todo = []
+        for tile_id, season, key, url, rec in self.composite_plan():
+            if self._is_complete("composites", key, url):
+                logger.info("composite %s/%s is complete: reused", tile_id, season)
+                results[key] = StepResult("composite", key, url, True, {"tile": tile_id, "season": season})
+            else:
+                todo.append((tile_id, season, key, url, rec))
+        inner_bars = self.progress and self._concurrency(len(todo)) == 1
+        written = self._run_jobs(
+            todo, lambda job: self._write_composite(*job, progress=inner_bars), desc="composites"
+        )
+        results.update({r.key: r for r in written})
+        return [results[key] for _, _, key, _, _ in self.composite_plan()]
+
+    def _write_composite(
+        self, tile_id: str, season: str, key: str, url: str, rec: dict[str, Any], *, progress: bool
+    ) -> StepResult:
         from .composite import seasonal_composite
         from .terrain import load_terrain
 
-        results = []
-        plan = self.composite_plan()
-        for tile_id, season, key, url, rec in progress_iter(plan, desc="composites", progress=self.progress):
-            if self._is_complete("composites", key, url):
-                logger.info("composite %s/%s is complete: reused", tile_id, season)
-                results.append(StepResult("composite", key, url, True, {"tile": tile_id, "season": season}))
-                continue
-            gbox = self.tiles[tile_id]
-            items = rec.pop("_items")
-            doc = {
-                **rec,
-                "tile": tile_id,
-                "season": season,
-                "url": url,
-                "status": "pending",
-                "params": self._composite_params(),
-            }
-            self.registry.put("composites", key, doc)
-            t0 = time.perf_counter()
-            if season == "terrain":
-                ds = load_terrain(items, gbox, chunks=self.chunks)
-            else:
-                ds = seasonal_composite(
-                    items,
-                    gbox,
-                    season=season,
-                    bands=self.config.bands,
-                    mask_classes=self.config.mask.classes,
-                    dilation_m=self.config.mask.dilation_m,
-                    chunks=self.chunks,
-                    loader=self.config.loader,
-                    **({"indices": self.config.indices} if self.config.indices is not None else {}),
-                )
-            ds.attrs["lcstack_key"] = key
-            self.storage.write_zarr(ds, url, progress=self.progress, desc=f"{tile_id} {season}")
-            seconds = round(time.perf_counter() - t0, 3)
-            self.registry.update("composites", key, {"status": "complete", "seconds": seconds})
-            logger.info("composite %s/%s written to %s in %.1f s", tile_id, season, redact(url), seconds)
-            results.append(StepResult("composite", key, url, False, {"tile": tile_id, "season": season}))
-        return results
+        gbox = self.tiles[tile_id]
+        items = rec.pop("_items")
+        doc = {
+            **rec,
+            "tile": tile_id,
+            "season": season,
+            "url": url,
+            "status": "pending",
+            "params": self._composite_params(),
+        }
+        self.registry.put("composites", key, doc)
+        t0 = time.perf_counter()
+        if season == "terrain":
+            ds = load_terrain(items, gbox, chunks=self.chunks)
+        else:
+            ds = seasonal_composite(
+                items,
+                gbox,
+                season=season,
+                bands=self.config.bands,
+                mask_classes=self.config.mask.classes,
+                dilation_m=self.config.mask.dilation_m,
+                chunks=self.chunks,
+                loader=self.config.loader,
+                **({"indices": self.config.indices} if self.config.indices is not None else {}),
+            )
+        ds.attrs["lcstack_key"] = key
+        self.storage.write_zarr(ds, url, progress=progress, desc=f"{tile_id} {season}")
+        seconds = round(time.perf_counter() - t0, 3)
+        self.registry.update("composites", key, {"status": "complete", "seconds": seconds})
+        logger.info("composite %s/%s written to %s in %.1f s", tile_id, season, redact(url), seconds)
+        return StepResult("composite", key, url, False, {"tile": tile_id, "season": season})
 
     def features(self, tile_id: str) -> xr.DataArray:
         """Return the feature cube of one tile, read lazily from the stored composites."""
@@ -464,20 +516,19 @@ class Workflow:
 
     # ------------------------------------------------------------------------------------ classify
     def classify(self) -> list[StepResult]:
-        """Classify every tile with the run's model; write level-1/level-2 maps as Zarr and COG."""
-        from .classify import classify as classify_cube
-        from .classify import write_maps_zarr
-        from .cog import write_cog
+        """Classify every tile with the run's model; write level-1/level-2 maps as Zarr and COG.
 
+        On a distributed cluster the tiles are classified concurrently (up to ``dask.concurrent_outputs``
+        at once) and the two COGs of a tile are written at the same time.
+        """
         model_key = self.model_key()
         model_url = self.model_url()
         if not self._is_complete("models", model_key, model_url):
             raise StorageError("no complete model for this config; run `lcstack train` first.")
-        lc = self.config.read_lc_labels()
-        sl = self.config.read_sl_labels()
         plan = self.composite_plan()
-        results = []
-        for tile_id in progress_iter(list(self.tiles), desc="maps", progress=self.progress):
+        results: dict[str, StepResult] = {}
+        todo = []
+        for tile_id in self.tiles:
             comp = sorted(p[2] for p in plan if p[0] == tile_id)
             if not comp:
                 continue
@@ -489,23 +540,60 @@ class Workflow:
                 "level2": self.storage._join(base, "level2.tif"),
             }
             if self._is_complete("maps", key, urls["level2"]):
-                results.append(StepResult("classify", key, base, True, {"tile": tile_id}))
-                continue
-            self.registry.put(
-                "maps", key, {"tile": tile_id, "model": model_key, "urls": urls, "status": "pending"}
-            )
-            maps = classify_cube(
-                self.features(tile_id), model_url, storage_options=self.storage.storage_options
-            )
-            write_maps_zarr(maps, urls["zarr"], storage=self.storage, progress=self.progress)
-            stored = self.storage.open_zarr(urls["zarr"])
-            write_cog(stored["level1"], urls["level1"], labels=lc, storage=self.storage)
-            if "level2" in stored:
-                labels2 = {"unclassified": 1, **(sl or {})}
-                write_cog(stored["level2"], urls["level2"], labels=labels2, storage=self.storage)
-            self.registry.update("maps", key, {"status": "complete"})
-            results.append(StepResult("classify", key, base, False, {"tile": tile_id}))
-        return results
+                results[tile_id] = StepResult("classify", key, base, True, {"tile": tile_id})
+            else:
+                todo.append((tile_id, key, base, urls))
+        inner_bars = self.progress and self._concurrency(len(todo)) == 1
+        written = self._run_jobs(
+            todo,
+            lambda job: self._write_maps(*job, model_key=model_key, model_url=model_url, progress=inner_bars),
+            desc="maps",
+        )
+        results.update({r.details["tile"]: r for r in written})
+        return [results[t] for t in self.tiles if t in results]
+
+    def _write_maps(
+        self,
+        tile_id: str,
+        key: str,
+        base: str,
+        urls: dict[str, str],
+        *,
+        model_key: str,
+        model_url: str,
+        progress: bool,
+    ) -> StepResult:
+        from .classify import classify as classify_cube
+        from .classify import write_maps_zarr
+        from .cog import write_cog
+
+        lc = self.config.read_lc_labels()
+        sl = self.config.read_sl_labels()
+        self.registry.put(
+            "maps", key, {"tile": tile_id, "model": model_key, "urls": urls, "status": "pending"}
+        )
+        maps = classify_cube(self.features(tile_id), model_url, storage_options=self.storage.storage_options)
+        write_maps_zarr(maps, urls["zarr"], storage=self.storage, progress=progress)
+        stored = self.storage.open_zarr(urls["zarr"])
+        cogs = [(stored["level1"], urls["level1"], lc)]
+        if "level2" in stored:
+            cogs.append((stored["level2"], urls["level2"], {"unclassified": 1, **(sl or {})}))
+        if self._concurrency(len(cogs)) > 1:
+            # GDAL releases the GIL: the two COGs (block reads from the cluster, overviews, deflate)
+            # are built side by side.
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(len(cogs), thread_name_prefix="lcstack-cog") as pool:
+                futures = [
+                    pool.submit(write_cog, da, u, labels=lab, storage=self.storage) for da, u, lab in cogs
+                ]
+                for f in futures:
+                    f.result()
+        else:
+            for da, u, lab in cogs:
+                write_cog(da, u, labels=lab, storage=self.storage)
+        self.registry.update("maps", key, {"status": "complete"})
+        return StepResult("classify", key, base, False, {"tile": tile_id})
 
     # ------------------------------------------------------------------------------------ run
     def run(self, steps: Iterable[str] = STEPS) -> list[StepResult]:

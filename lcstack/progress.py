@@ -45,6 +45,16 @@ class _TqdmCallback(Callback):
 
 
 def _client() -> Any:
+    """The ``distributed`` client dask.compute would use now, or None for a local scheduler.
+
+    An explicit ``dask.config.set(scheduler="threads")`` (or "sync", "processes", a get function) wins
+    over a default client, as it does for ``dask.compute``.
+    """
+    scheduler = dask.config.get("scheduler", None)
+    if scheduler is not None and scheduler not in ("dask.distributed", "distributed"):
+        owner = getattr(scheduler, "__self__", None)
+        if not (owner is not None and type(owner).__name__ == "Client"):
+            return None
     try:
         from distributed import default_client
 
