@@ -45,7 +45,7 @@ class _TqdmCallback(Callback):
 
 
 def _client() -> Any:
-    """The ``distributed`` client dask.compute would use now, or None for a local scheduler.
+    """Return the ``distributed`` client dask.compute would use now, or None for a local scheduler.
 
     An explicit ``dask.config.set(scheduler="threads")`` (or "sync", "processes", a get function) wins
     over a default client, as it does for ``dask.compute``.
