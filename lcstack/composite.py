@@ -184,6 +184,8 @@ def seasonal_composite(
     indices: Sequence[str] = DEFAULT_INDICES,
     loader: Literal["odc", "stackstac"] = "odc",
     resampling: str = "nearest",
+    fuse_chunks: bool = False,
+    eager: bool = False,
 ) -> xr.Dataset:
     """Lazy cloud-masked median composite of one season on one tile, with spectral indices.
 
@@ -210,6 +212,14 @@ def seasonal_composite(
         See :func:`lcstack.load.load_scenes`.
     resampling : str
         Resampling of 20/60 m reflectance onto the grid (``scl`` is always nearest).
+    fuse_chunks : bool, default False
+        Build one task per spatial chunk instead of a fine-grained graph (a load task per band, a
+        median task per band, ...). Each task loads every band and scene of its chunk (plus a halo of the
+        mask dilation radius), masks them, takes the median and the indices, all in the worker that runs
+        it: nothing travels between workers and the scheduler handles ~100× fewer tasks. The values are
+        the same as the fine-grained graph's; ``band`` is then one chunk. The workflow uses this.
+    eager : bool, default False
+        Compute now, in this thread, with NumPy (``chunks`` ignored): what each fused task does.
 
     Returns
     -------
@@ -220,6 +230,19 @@ def seasonal_composite(
         is computed until the result is.
 
     """
+    if fuse_chunks:
+        return _fused_composite(
+            items,
+            geobox,
+            season=season,
+            bands=bands,
+            mask_classes=mask_classes,
+            dilation_m=dilation_m,
+            chunks=chunks,
+            indices=indices,
+            loader=loader,
+            resampling=resampling,
+        )
     items = list(items)
     if not items:
         raise InvalidInputError(f"season {season!r}: no items to composite; discover scenes first")
@@ -248,6 +271,7 @@ def seasonal_composite(
         chunks=load_chunks,
         loader=loader,
         resampling=resampling,
+        eager=eager,
     )
     refl = to_reflectance(ds)
     invalid = None
@@ -287,3 +311,63 @@ def seasonal_composite(
     out = xr.Dataset({"composite": composite, "valid_count": valid_count}, attrs=attrs)
     logger.debug("season %s: composite of %d items, bands %s", season, len(items), names)
     return out
+
+
+def _fused_composite(
+    items: Sequence[pystac.Item], geobox: GeoBox, *, chunks: Mapping[str, int] | None, **kw: object
+) -> xr.Dataset:
+    """``seasonal_composite`` with one task per spatial chunk (see its ``fuse_chunks``)."""
+    items = list(items)
+    ych = dsa.core.normalize_chunks((chunks or {}).get("y", DEFAULT_CHUNK), (geobox.shape[0],))[0]
+    xch = dsa.core.normalize_chunks((chunks or {}).get("x", DEFAULT_CHUNK), (geobox.shape[1],))[0]
+    # The fine-grained lazy composite of the whole tile is the template: coordinates, band names and
+    # attributes (and its warnings, raised once here rather than once per chunk).
+    template = seasonal_composite(items, geobox, chunks={"y": ych[0], "x": xch[0]}, **kw)  # type: ignore[arg-type]
+    n_bands = template.sizes["band"]
+    dilation_m = float(kw.get("dilation_m", 0.0) or 0.0)  # type: ignore[arg-type]
+    halo = int(math.floor(dilation_m / abs(geobox.resolution.x))) if dilation_m else 0
+    stacked = dsa.map_blocks(
+        _composite_chunk,
+        dtype=np.float32,
+        chunks=((1,), (n_bands + 1,), ych, xch),
+        meta=np.empty((0, 0, 0, 0), np.float32),
+        name=f"lcstack-composite-{dask_tokenize(items, geobox, ych, xch, kw)}",
+        items=items,
+        geobox=geobox,
+        offsets=(np.cumsum((0, *ych)).tolist(), np.cumsum((0, *xch)).tolist()),
+        halo=halo,
+        kw=kw,
+    )
+    composite = template["composite"].copy(data=stacked[:, :n_bands])
+    valid_count = template["valid_count"].copy(data=stacked[:, n_bands].astype(np.uint8))
+    return xr.Dataset({"composite": composite, "valid_count": valid_count}, attrs=template.attrs)
+
+
+def dask_tokenize(*args: object) -> str:
+    from dask.base import tokenize
+
+    return tokenize(*args)
+
+
+def _composite_chunk(
+    *,
+    items: list[pystac.Item],
+    geobox: GeoBox,
+    offsets: tuple[list[int], list[int]],
+    halo: int,
+    kw: dict[str, object],
+    block_id: tuple[int, ...],
+) -> np.ndarray:
+    """Compute one spatial chunk of a composite in this task: ``(1, band + valid_count, y, x)``."""
+    (ys, xs), (iy, ix) = offsets, block_id[2:]
+    y0, y1, x0, x1 = ys[iy], ys[iy + 1], xs[ix], xs[ix + 1]
+    # the mask dilation needs the neighbours' pixels, as map_overlap gives them in the tiled graph
+    py0, py1 = max(0, y0 - halo), min(geobox.shape[0], y1 + halo)
+    px0, px1 = max(0, x0 - halo), min(geobox.shape[1], x1 + halo)
+    sub = geobox[py0:py1, px0:px1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoCloudMaskWarning)
+        ds = seasonal_composite(items, sub, eager=True, **kw)  # type: ignore[arg-type]
+    comp, count = np.asarray(ds["composite"].data), np.asarray(ds["valid_count"].data)
+    out = np.concatenate([comp, count[:, None].astype(np.float32)], axis=1)
+    return out[:, :, y0 - py0 : y1 - py0, x0 - px0 : x1 - px0]

@@ -150,6 +150,7 @@ def load_scenes(
     chunks: Mapping[str, int] | None = None,
     loader: Literal["odc", "stackstac"] = "odc",
     resampling: str = "nearest",
+    eager: bool = False,
 ) -> xr.Dataset:
     """Load scenes lazily onto ``geobox``, keeping the on-disk integers.
 
@@ -168,13 +169,16 @@ def load_scenes(
     resampling : str
         Resampling of reflectance bands when their native grid differs from ``geobox``
         (``"nearest"``, ``"bilinear"``, ``"average"``, ...). ``scl`` is always nearest.
+    eager : bool, default False
+        Read into NumPy arrays now, in this thread, instead of building a dask graph (``chunks`` is then
+        ignored). For one chunk inside a dask task, as ``seasonal_composite(fuse_chunks=True)`` does.
 
     Returns
     -------
     xarray.Dataset
-        dask-backed; one variable per band (``uint16``, ``uint8`` for ``scl``, nodata 0) with dims
-        ``(time, y, x)``; coordinates ``id`` (item id), ``scale_<band>`` and ``offset_<band>``
-        (float32, on ``time``) for every reflectance band.
+        dask-backed (NumPy-backed with ``eager``); one variable per band (``uint16``, ``uint8`` for
+        ``scl``, nodata 0) with dims ``(time, y, x)``; coordinates ``id`` (item id), ``scale_<band>``
+        and ``offset_<band>`` (float32, on ``time``) for every reflectance band.
 
     Raises
     ------
@@ -196,9 +200,11 @@ def load_scenes(
     copies = [_canonical_copy(it, m, bands) for it, m in zip(items, mappings, strict=True)]
 
     if loader == "odc":
-        ds = _load_odc(copies, geobox, bands, ch, resampling)
+        ds = _load_odc(copies, geobox, bands, None if eager else ch, resampling)
     else:
         ds = _load_stackstac(copies, geobox, bands, ch, resampling)
+        if eager:
+            ds = ds.compute(scheduler="sync")
 
     coords: dict[str, Any] = {"id": ("time", [it.id for it in items])}
     for band in bands:
@@ -215,7 +221,11 @@ def load_scenes(
 
 
 def _load_odc(
-    items: list[pystac.Item], geobox: GeoBox, bands: Sequence[str], chunks: dict[str, int], resampling: str
+    items: list[pystac.Item],
+    geobox: GeoBox,
+    bands: Sequence[str],
+    chunks: dict[str, int] | None,
+    resampling: str,
 ) -> xr.Dataset:
     import odc.stac
 
@@ -224,7 +234,7 @@ def _load_odc(
         items,
         bands=list(bands),
         geobox=geobox,
-        chunks=dict(chunks),
+        chunks=None if chunks is None else dict(chunks),
         groupby="id",  # one time step per item; per-item scale/offset need it
         resampling={"scl": "nearest", "*": resampling},
         stac_cfg=stac_cfg,

@@ -356,7 +356,8 @@ class Workflow:
         self.registry.put("composites", key, doc)
         t0 = time.perf_counter()
         if season == "terrain":
-            ds = load_terrain(items, gbox, chunks=self.chunks)
+            # all terrain bands of a chunk in one Zarr chunk, as the seasonal composites have
+            ds = load_terrain(items, gbox, chunks=self.chunks).chunk({"band": -1})
         else:
             ds = seasonal_composite(
                 items,
@@ -367,6 +368,7 @@ class Workflow:
                 dilation_m=self.config.mask.dilation_m,
                 chunks=self.chunks,
                 loader=self.config.loader,
+                fuse_chunks=True,
                 **({"indices": self.config.indices} if self.config.indices is not None else {}),
             )
         ds.attrs["lcstack_key"] = key

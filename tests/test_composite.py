@@ -282,3 +282,31 @@ def test_demo_composite_matches_independent_numpy(demo_area):
     chosen = [it for it in items if window["start"] <= it.datetime.strftime("%Y-%m-%d") <= window["end"]]
     assert chosen, f"no demo item in season {name} {window}"
     _check_against_independent(chosen, demo_area.geobox, ["blue", "red", "nir", "rededge1", "swir16"], name)
+
+
+@pytest.mark.parametrize(
+    ("chunks", "dilation_m", "with_scl"),
+    [({"y": 16, "x": 16}, 0.0, True), ({"y": 13, "x": 21}, 30.0, True), ({"y": 11, "x": 7}, 0.0, False)],
+)
+def test_fused_composite_equals_the_fine_grained_graph(tmp_path, chunks, dilation_m, with_scl):
+    items, _ = make_s2_items(tmp_path, with_scl=with_scl)
+    gbox = demo_geobox(32)
+    kw = {"season": "spring", "chunks": chunks, "dilation_m": dilation_m}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoCloudMaskWarning)
+        fine = seasonal_composite(items, gbox, **kw)
+        with dask.config.set(scheduler=_raising_scheduler):
+            fused = seasonal_composite(items, gbox, fuse_chunks=True, **kw)
+    # one task per spatial chunk, band in one chunk, the same layout otherwise
+    n_chunks = len(fused["composite"].data.chunks[2]) * len(fused["composite"].data.chunks[3])
+    roots = [k for k in dict(fused.__dask_graph__()) if str(k[0]).startswith("lcstack-composite-")]
+    assert len(roots) == n_chunks
+    assert fused["composite"].data.chunks[1] == (fine.sizes["band"],)
+    assert fused["composite"].data.chunks[2:] == fine["composite"].data.chunks[2:]
+    assert fused.attrs == fine.attrs and fused.odc.geobox == gbox
+    fused_c, fine_c = fused.compute(scheduler="sync"), fine.compute(scheduler="sync")
+    # bit for bit, NaN where NaN: the dilation halo makes chunk edges see their neighbours' pixels
+    xr.testing.assert_identical(fused_c, fine_c)
+    if dilation_m:
+        no_halo = seasonal_composite(items, gbox, **{**kw, "dilation_m": 0.0}).compute(scheduler="sync")
+        assert (no_halo["valid_count"] != fused_c["valid_count"]).any(), "dilation must change the mask"
