@@ -77,6 +77,7 @@ def run(
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "command": "python benchmarks/bench_scale.py " + " ".join(sys.argv[1:]),
         "load_before": round(os.getloadavg()[0], 2),
+        "commit": _commit(),
     }
     dask_cfg = DaskConfig(
         n_workers=workers,
@@ -108,6 +109,21 @@ def run(
     return out
 
 
+def _commit() -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "lcstack"], cwd=HERE.parent, capture_output=True
+        )
+        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def _gb(n: float) -> str:
     return f"{n / 1024**3:.2f} GB"
 
@@ -115,8 +131,8 @@ def _gb(n: float) -> str:
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| area (px) | tiles | workers | chunk | features | composite | classify | Mpx/s/core (composite) | "
-        "Mpx/s/core (classify) | peak RSS per worker | target | load before / after | measured |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "Mpx/s/core (classify) | peak RSS per worker | target | load before / after | measured | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         mpx = r["pixels"] / 1e6
@@ -126,7 +142,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{mpx / r['classify_s'] / r['workers']:.2f} | {_gb(r['worker_peak_rss'])} | "
             f"≤ 2 GB: {'met' if r['worker_peak_rss'] <= BOUND else 'MISSED'} | "
             f"{r.get('load_before', float('nan')):.2f} / {r.get('load_after', float('nan')):.2f} | "
-            f"{r.get('date', '')} |"
+            f"{r.get('date', '')} | {r.get('commit', '')} |"
         )
     return "\n".join(lines)
 
