@@ -18,6 +18,7 @@ import dask.array as dsa
 import numpy as np
 import pystac
 import xarray as xr
+from dask.base import tokenize
 from odc.geo.geobox import GeoBox
 from scipy import ndimage
 
@@ -331,7 +332,7 @@ def _fused_composite(
         dtype=np.float32,
         chunks=((1,), (n_bands + 1,), ych, xch),
         meta=np.empty((0, 0, 0, 0), np.float32),
-        name=f"lcstack-composite-{dask_tokenize(items, geobox, ych, xch, kw)}",
+        name=f"lcstack-composite-{tokenize(items, geobox, ych, xch, kw)}",
         items=items,
         geobox=geobox,
         offsets=(np.cumsum((0, *ych)).tolist(), np.cumsum((0, *xch)).tolist()),
@@ -341,12 +342,6 @@ def _fused_composite(
     composite = template["composite"].copy(data=stacked[:, :n_bands])
     valid_count = template["valid_count"].copy(data=stacked[:, n_bands].astype(np.uint8))
     return xr.Dataset({"composite": composite, "valid_count": valid_count}, attrs=template.attrs)
-
-
-def dask_tokenize(*args: object) -> str:
-    from dask.base import tokenize
-
-    return tokenize(*args)
 
 
 def _composite_chunk(

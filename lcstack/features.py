@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import dask.array as dsa
 import numpy as np
 import xarray as xr
+from dask.base import tokenize
 
 from .errors import InvalidInputError
 
-__all__ = ["stack_features", "feature_names"]
+__all__ = ["stack_features", "feature_names", "open_feature_cube"]
 
 
 def stack_features(composites: Mapping[str, xr.Dataset], terrain: xr.Dataset | None = None) -> xr.DataArray:
@@ -82,3 +87,112 @@ def _stack_blockwise(arrays: list[dsa.Array]) -> dsa.Array:
 def feature_names(cube: xr.DataArray) -> list[str]:
     """Return the feature names of a cube, in order."""
     return [str(v) for v in cube["feature"].values]
+
+
+# ----------------------------------------------------------------------------------------------------
+# A feature cube over stored composites whose tasks read their own pixels
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Source:
+    """One stored Zarr variable as it travels in a task graph: where it is, never its data."""
+
+    url: str
+    variable: str
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __dask_tokenize__(self) -> tuple[str, str, str]:
+        return ("lcstack.features._Source", self.url, self.variable)
+
+
+_OPEN: OrderedDict[tuple[str, str], xr.DataArray] = OrderedDict()
+_OPEN_LOCK = threading.Lock()
+_OPEN_MAX = 64
+
+
+def _open(src: _Source) -> xr.DataArray:
+    """Open a stored variable lazily (metadata only), once per process; stores never change in place."""
+    key = (src.url, src.variable)
+    with _OPEN_LOCK:
+        if key in _OPEN:
+            _OPEN.move_to_end(key)
+            return _OPEN[key]
+    remote = "://" in src.url and not src.url.startswith("file://")
+    path = src.url if remote else src.url.removeprefix("file://")
+    ds = xr.open_zarr(
+        path, chunks=None, consolidated=True, storage_options=dict(src.storage_options) if remote else None
+    )
+    var = ds[src.variable].transpose(..., "y", "x")
+    with _OPEN_LOCK:
+        _OPEN[key] = var
+        while len(_OPEN) > _OPEN_MAX:
+            _OPEN.popitem(last=False)
+    return var
+
+
+def _read_block(sources: tuple[_Source, ...], block_info: dict[Any, Any] | None = None) -> np.ndarray:
+    """Read the ``(feature, y, x)`` window of this block from every source, in this task."""
+    assert block_info is not None
+    (_, _), (y0, y1), (x0, x1) = block_info[None]["array-location"]
+    parts = []
+    for src in sources:
+        window = np.asarray(_open(src)[..., y0:y1, x0:x1].values)
+        parts.append(window.reshape(-1, y1 - y0, x1 - x0))
+    return _stack_blocks(*parts)
+
+
+def open_feature_cube(
+    composites: Mapping[str, str],
+    terrain: str | None = None,
+    *,
+    storage_options: Mapping[str, Any] | None = None,
+) -> xr.DataArray:
+    """Lazy ``(feature, y, x)`` cube over stored composites, one task per chunk reading its own pixels.
+
+    The same cube as :func:`stack_features` of the opened stores (names, order, coordinates, values),
+    but its graph has no read tasks: each block reads its window of every store where it runs (stores
+    opened once per process), so a worker never fetches features from another worker, and dask fuses the
+    reads with the classification that follows. Chunks are those of the first store.
+
+    Parameters
+    ----------
+    composites : mapping
+        Season name -> URL of its composite Zarr store (variable ``composite``), in feature order.
+    terrain : str, optional
+        URL of the terrain Zarr store (variable ``terrain``).
+    storage_options : mapping, optional
+        fsspec options for remote URLs.
+
+    """
+    opts = dict(storage_options or {})
+    opened = {
+        season: xr.open_zarr(_path(url), chunks={}, consolidated=True, storage_options=_opts(url, opts))
+        for season, url in composites.items()
+    }
+    terrain_ds = (
+        xr.open_zarr(_path(terrain), chunks={}, consolidated=True, storage_options=_opts(terrain, opts))
+        if terrain
+        else None
+    )
+    template = stack_features(opened, terrain_ds)
+    sources = tuple(_Source(url, "composite", _opts(url, opts) or {}) for url in composites.values())
+    if terrain:
+        sources += (_Source(terrain, "terrain", _opts(terrain, opts) or {}),)
+    data = dsa.map_blocks(
+        _read_block,
+        sources,
+        chunks=template.data.chunks,
+        dtype=np.float32,
+        meta=np.empty((0, 0, 0), np.float32),
+        name=f"lcstack-features-{tokenize(sources)}",
+    )
+    return template.copy(data=data)
+
+
+def _path(url: str) -> str:
+    return url.removeprefix("file://")
+
+
+def _opts(url: str, opts: Mapping[str, Any]) -> dict[str, Any] | None:
+    return dict(opts) if "://" in url and not url.startswith("file://") else None

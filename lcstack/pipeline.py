@@ -380,7 +380,7 @@ class Workflow:
 
     def features(self, tile_id: str) -> xr.DataArray:
         """Return the feature cube of one tile, read lazily from the stored composites."""
-        from .features import stack_features
+        from .features import open_feature_cube
 
         plan = [p for p in self.composite_plan() if p[0] == tile_id]
         missing = [p[1] for p in plan if not self._is_complete("composites", p[2], p[3])]
@@ -389,12 +389,14 @@ class Workflow:
                 f"tile {tile_id}: composites {', '.join(missing)} are not complete; "
                 "run `lcstack composite` first."
             )
-        seasonal = {
-            season: self.storage.open_zarr(url) for _, season, _, url, _ in plan if season != "terrain"
-        }
+        seasonal = {season: url for _, season, _, url, _ in plan if season != "terrain"}
         ordered = {s: seasonal[s] for s in self.seasons if s in seasonal}
-        terrain = next((self.storage.open_zarr(url) for _, s, _, url, _ in plan if s == "terrain"), None)
-        return stack_features(ordered, terrain)
+        terrain = next((url for _, s, _, url, _ in plan if s == "terrain"), None)
+        return self.storage._call(
+            lambda: open_feature_cube(ordered, terrain, storage_options=self.storage.storage_options),
+            "open the composites",
+            next(iter(ordered.values())),
+        )
 
     def _composite_keys(self) -> list[str]:
         return sorted(p[2] for p in self.composite_plan())

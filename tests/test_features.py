@@ -65,3 +65,30 @@ def test_dask_cube_equals_the_in_memory_cube(season_chunks, terrain_chunks):
     # feature axis in one chunk; y/x chunks those of the first season
     assert lazy.data.chunks == ((9,), (8, 8, 7), (5, 5, 5, 2))
     xr.testing.assert_identical(lazy.compute(), eager)
+
+
+def test_cube_over_stored_composites_reads_in_its_own_tasks(tmp_path):
+    from lcstack.features import open_feature_cube
+
+    bands = ["red", "nir", "ndvi"]
+    urls = {}
+    for i, season in enumerate(["spring", "summer"]):
+        urls[season] = str(tmp_path / f"{season}.zarr")
+        _season(season, bands, i, {"band": -1, "y": 8, "x": 5}).to_zarr(urls[season], consolidated=True)
+    terrain = str(tmp_path / "terrain.zarr")
+    _terrain({"band": 1, "y": 8, "x": 5}).to_zarr(terrain, consolidated=True)
+    expected = stack_features(
+        {s: xr.open_zarr(u, chunks={}) for s, u in urls.items()}, xr.open_zarr(terrain, chunks={})
+    )
+    cube = open_feature_cube(urls, "file://" + terrain)
+    # one task per chunk and nothing else: no read task whose output would travel between workers
+    graph = dict(cube.data.__dask_graph__())
+    assert len(graph) == cube.data.npartitions == 3 * 4
+    assert cube.data.chunks == ((9,), (8, 8, 7), (5, 5, 5, 2))
+    assert feature_names(cube) == feature_names(expected)
+    xr.testing.assert_identical(cube.compute(scheduler="sync"), expected.compute())
+    # a window anywhere in the cube (blocks straddled) reads the same pixels
+    xr.testing.assert_identical(
+        cube.isel(y=slice(5, 20), x=slice(3, 11)).compute(),
+        expected.isel(y=slice(5, 20), x=slice(3, 11)).compute(),
+    )
