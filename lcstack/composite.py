@@ -1,8 +1,9 @@
 """Cloud masking and per-pixel median compositing of Sentinel-2 scenes.
 
 Everything here builds dask graphs and computes nothing: the seasonal composite is
-evaluated chunk by chunk when it is written (one ``(time, y, x)`` chunk of one band
-in memory at a time, never a whole scene).
+evaluated chunk by chunk when it is written, never a whole scene in memory. With
+``fuse_chunks=True`` (what the workflow uses) each spatial chunk is one task that reads
+and composites every band of its window; otherwise the graph has a task per band and step.
 """
 
 from __future__ import annotations
