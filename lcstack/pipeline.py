@@ -300,15 +300,23 @@ class Workflow:
         results: dict[int, Any] = {}
         errors: list[tuple[int, BaseException]] = []
         logger.info("%s: writing %d outputs, %d at a time", desc, len(jobs), workers)
-        with ThreadPoolExecutor(workers, thread_name_prefix="lcstack-output") as pool:
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="lcstack-output")
+        try:
             futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
             done = as_completed(futures)
             for fut in progress_iter(done, desc=desc, progress=self.progress, total=len(futures)):
                 i = futures[fut]
                 try:
                     results[i] = fut.result()
-                except BaseException as exc:  # noqa: BLE001 - re-raised below, once all jobs ended
+                except Exception as exc:  # noqa: BLE001 - re-raised below, once all jobs ended
                     errors.append((i, exc))
+        except BaseException:
+            # Ctrl-C: outputs not started are dropped; those being written finish and are recorded
+            # complete (or stay pending), so a re-run picks up from there.
+            logger.warning("%s: interrupted; waiting for the outputs being written", desc)
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
         if errors:
             errors.sort(key=lambda e: e[0])
             if len(errors) > 1:
