@@ -250,7 +250,9 @@ def _read_model_metadata(url: str, storage_options: Mapping[str, Any] | None) ->
     h = hashlib.sha256(raw)
     try:
         listing = fs.ls(root, detail=True)
-    except (FileNotFoundError, NotImplementedError):  # pragma: no cover - exotic filesystems
+    except (FileNotFoundError, NotImplementedError):  # pragma: no cover - filesystems that cannot list
+        # The token then rests on metadata.json alone, which save_model rewrites with every save.
+        logger.debug("cannot list %s: the model token covers metadata.json only", url)
         listing = []
     for entry in sorted(listing, key=lambda e: str(e.get("name"))):
         stamp = entry.get("mtime") or entry.get("LastModified") or entry.get("ETag") or entry.get("created")

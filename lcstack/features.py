@@ -14,6 +14,7 @@ import xarray as xr
 from dask.base import tokenize
 
 from .errors import InvalidInputError
+from .store import _is_local, _strip_file
 
 __all__ = ["stack_features", "feature_names", "open_feature_cube"]
 
@@ -118,10 +119,11 @@ def _open(src: _Source) -> xr.DataArray:
         if key in _OPEN:
             _OPEN.move_to_end(key)
             return _OPEN[key]
-    remote = "://" in src.url and not src.url.startswith("file://")
-    path = src.url if remote else src.url.removeprefix("file://")
     ds = xr.open_zarr(
-        path, chunks=None, consolidated=True, storage_options=dict(src.storage_options) if remote else None
+        _strip_file(src.url),
+        chunks=None,
+        consolidated=True,
+        storage_options=_opts(src.url, src.storage_options),
     )
     var = ds[src.variable].transpose(..., "y", "x")
     with _OPEN_LOCK:
@@ -166,15 +168,12 @@ def open_feature_cube(
 
     """
     opts = dict(storage_options or {})
-    opened = {
-        season: xr.open_zarr(_path(url), chunks={}, consolidated=True, storage_options=_opts(url, opts))
-        for season, url in composites.items()
-    }
-    terrain_ds = (
-        xr.open_zarr(_path(terrain), chunks={}, consolidated=True, storage_options=_opts(terrain, opts))
-        if terrain
-        else None
-    )
+
+    def lazy(url: str) -> xr.Dataset:
+        return xr.open_zarr(_strip_file(url), chunks={}, consolidated=True, storage_options=_opts(url, opts))
+
+    opened = {season: lazy(url) for season, url in composites.items()}
+    terrain_ds = lazy(terrain) if terrain else None
     template = stack_features(opened, terrain_ds)
     sources = tuple(_Source(url, "composite", _opts(url, opts) or {}) for url in composites.values())
     if terrain:
@@ -190,9 +189,6 @@ def open_feature_cube(
     return template.copy(data=data)
 
 
-def _path(url: str) -> str:
-    return url.removeprefix("file://")
-
-
 def _opts(url: str, opts: Mapping[str, Any]) -> dict[str, Any] | None:
-    return dict(opts) if "://" in url and not url.startswith("file://") else None
+    """Return fsspec options for a remote URL, none for a local path (S3 options must not reach it)."""
+    return None if _is_local(url) else dict(opts)

@@ -286,15 +286,18 @@ class Workflow:
             return 1
         return min(n_jobs, self.config.dask.concurrent_outputs or 8)
 
-    def _run_jobs(self, jobs: Sequence[Any], fn: Any, *, desc: str) -> list[Any]:
+    def _run_jobs(
+        self, jobs: Sequence[Any], fn: Any, *, desc: str, progress: bool | None = None
+    ) -> list[Any]:
         """Run ``fn(job)`` for every job, several at once on a distributed cluster; results in job order.
 
         Each job writes its own output and records it complete on its own, so when one fails the others
         still finish (nothing already written is lost) and the first error is raised afterwards.
         """
+        progress = self.progress if progress is None else progress
         workers = self._concurrency(len(jobs))
         if workers == 1:
-            return [fn(job) for job in progress_iter(jobs, desc=desc, progress=self.progress)]
+            return [fn(job) for job in progress_iter(jobs, desc=desc, progress=progress)]
         from concurrent.futures import ThreadPoolExecutor, as_completed
 
         results: dict[int, Any] = {}
@@ -304,7 +307,7 @@ class Workflow:
         try:
             futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
             done = as_completed(futures)
-            for fut in progress_iter(done, desc=desc, progress=self.progress, total=len(futures)):
+            for fut in progress_iter(done, desc=desc, progress=progress, total=len(futures)):
                 i = futures[fut]
                 try:
                     results[i] = fut.result()
@@ -555,10 +558,13 @@ class Workflow:
                 results[tile_id] = StepResult("classify", key, base, True, {"tile": tile_id})
             else:
                 todo.append((tile_id, key, base, urls))
+        labels = (self.config.read_lc_labels(), {"unclassified": 1, **(self.config.read_sl_labels() or {})})
         inner_bars = self.progress and self._concurrency(len(todo)) == 1
         written = self._run_jobs(
             todo,
-            lambda job: self._write_maps(*job, model_key=model_key, model_url=model_url, progress=inner_bars),
+            lambda job: self._write_maps(
+                *job, model_key=model_key, model_url=model_url, labels=labels, progress=inner_bars
+            ),
             desc="maps",
         )
         results.update({r.details["tile"]: r for r in written})
@@ -573,37 +579,30 @@ class Workflow:
         *,
         model_key: str,
         model_url: str,
+        labels: tuple[dict[str, int], dict[str, int]],
         progress: bool,
     ) -> StepResult:
         from .classify import classify as classify_cube
         from .classify import write_maps_zarr
         from .cog import write_cog
 
-        lc = self.config.read_lc_labels()
-        sl = self.config.read_sl_labels()
         self.registry.put(
             "maps", key, {"tile": tile_id, "model": model_key, "urls": urls, "status": "pending"}
         )
         maps = classify_cube(self.features(tile_id), model_url, storage_options=self.storage.storage_options)
         write_maps_zarr(maps, urls["zarr"], storage=self.storage, progress=progress)
         stored = self.storage.open_zarr(urls["zarr"])
-        cogs = [(stored["level1"], urls["level1"], lc)]
+        cogs = [(stored["level1"], urls["level1"], labels[0])]
         if "level2" in stored:
-            cogs.append((stored["level2"], urls["level2"], {"unclassified": 1, **(sl or {})}))
-        if self._concurrency(len(cogs)) > 1:
-            # GDAL releases the GIL: the two COGs (block reads from the cluster, overviews, deflate)
-            # are built side by side.
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(len(cogs), thread_name_prefix="lcstack-cog") as pool:
-                futures = [
-                    pool.submit(write_cog, da, u, labels=lab, storage=self.storage) for da, u, lab in cogs
-                ]
-                for f in futures:
-                    f.result()
-        else:
-            for da, u, lab in cogs:
-                write_cog(da, u, labels=lab, storage=self.storage)
+            cogs.append((stored["level2"], urls["level2"], labels[1]))
+        # On a cluster the two COGs (block reads, overviews, deflate: GDAL releases the GIL) are built
+        # side by side.
+        self._run_jobs(
+            cogs,
+            lambda c: write_cog(c[0], c[1], labels=c[2], storage=self.storage),
+            desc="COGs",
+            progress=False,
+        )
         self.registry.update("maps", key, {"status": "complete"})
         return StepResult("classify", key, base, False, {"tile": tile_id})
 
