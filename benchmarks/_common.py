@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: machine facts and RESULTS.md section updates."""
+"""Helpers shared by the benchmark scripts: machine facts, RESULTS.md section updates, LandCoverPy's predictor."""
 
 from __future__ import annotations
 
@@ -6,6 +6,10 @@ import os
 import re
 import time
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
@@ -52,3 +56,26 @@ def write_section(header: str, body: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section
     RESULTS.write_text(text.rstrip("\n") + "\n")
+
+
+def landcoverpy_window(
+    window: np.ndarray, clf: Any, lc_mapping: dict[str, int], features: list[str]
+) -> np.ndarray:
+    """LandCoverPy's per-window level-1 prediction, as its classification code does it.
+
+    A pandas DataFrame per window with one column per feature, ``predict`` of string labels, nodata rows
+    set to "nodata", and the strings mapped to codes with one ``np.where`` per class. The reference
+    every lcstack inference path is timed and checked against.
+    """
+    height, width = window.shape[1:]
+    window_tile_df = pd.DataFrame({name: window[i].ravel() for i, name in enumerate(features)})
+    nodata_rows = (~np.isfinite(window_tile_df)).any(axis=1)
+    for column in features:
+        window_tile_df[column] = window_tile_df.pop(column).replace([np.inf, -np.inf, -np.nan], 0)
+    predictions = clf.predict(window_tile_df)
+    predictions[nodata_rows] = "nodata"
+    predictions = np.reshape(predictions, (1, height, width))
+    encoded_predictions = np.zeros_like(predictions, dtype=np.uint8)
+    for class_, value in lc_mapping.items():
+        encoded_predictions = np.where(predictions == class_, value, encoded_predictions)
+    return encoded_predictions[0]

@@ -31,8 +31,10 @@ import pandas as pd
 import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import landcoverpy_window as _landcoverpy_window  # noqa: E402
 from _common import load1, machine_line, wait_for_quiet, write_section  # noqa: E402
 
+from lcstack._demo_spectra import LC_LABELS  # noqa: E402
 from lcstack.classify import classify, predict_block  # noqa: E402
 from lcstack.fastpredict import compile_estimator  # noqa: E402
 from lcstack.model import HierarchicalClassifier, default_estimator, save_model  # noqa: E402
@@ -43,16 +45,6 @@ BANDS = (
     "ndvi evi2 mndwi ndre osavi cri1 ri ndyi moisture"
 ).split()
 FEATURES = [f"{s}_{b}" for s in SEASONS for b in BANDS] + ["elevation", "slope", "aspect"]
-LC_LABELS = {
-    "builtUp": 1,
-    "forest": 2,
-    "shrubland": 3,
-    "grassland": 4,
-    "cropland": 5,
-    "bareSoil": 6,
-    "water": 7,
-    "wetland": 8,
-}
 
 
 def make_data(seed: int, n_train: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -78,20 +70,8 @@ def make_data(seed: int, n_train: int, size: int) -> tuple[np.ndarray, np.ndarra
 
 
 def landcoverpy_window(window: np.ndarray, clf: object, lc_mapping: dict[str, int]) -> np.ndarray:
-    """LandCoverPy's per-window prediction (level 1), as in ``_process_tile_predict``."""
-    height, width = window.shape[1:]
-    window_tile_dict = {name: window[i].ravel() for i, name in enumerate(FEATURES)}
-    window_tile_df = pd.DataFrame(window_tile_dict)
-    nodata_rows = (~np.isfinite(window_tile_df)).any(axis=1)
-    for column in FEATURES:
-        window_tile_df[column] = window_tile_df.pop(column).replace([np.inf, -np.inf, -np.nan], 0)
-    predictions = clf.predict(window_tile_df)
-    predictions[nodata_rows] = "nodata"
-    predictions = np.reshape(predictions, (1, height, width))
-    encoded_predictions = np.zeros_like(predictions, dtype=np.uint8)
-    for class_, value in lc_mapping.items():
-        encoded_predictions = np.where(predictions == class_, value, encoded_predictions)
-    return encoded_predictions[0]
+    """LandCoverPy's per-window prediction with this benchmark's feature names."""
+    return _landcoverpy_window(window, clf, lc_mapping, FEATURES)
 
 
 def windows_of(cube: np.ndarray, step: int) -> list[tuple[slice, slice]]:

@@ -42,7 +42,7 @@ import pandas as pd
 import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, cpu_model, load1  # noqa: E402
+from _common import RESULTS, cpu_model, landcoverpy_window, load1  # noqa: E402
 from bench_inference import windows_of  # noqa: E402
 
 
@@ -59,24 +59,6 @@ def timed(fn, repeat: int) -> tuple[float, float, object]:
         cpu = min(cpu, time.process_time() - c)
         wall = min(wall, time.perf_counter() - t)
     return wall, cpu, out
-
-
-def landcoverpy_window(
-    window: np.ndarray, clf: Any, lc_mapping: dict[str, int], features: list[str]
-) -> np.ndarray:
-    """LandCoverPy's per-window level-1 prediction (``bench_inference.landcoverpy_window``, demo feature names)."""
-    height, width = window.shape[1:]
-    window_tile_df = pd.DataFrame({name: window[i].ravel() for i, name in enumerate(features)})
-    nodata_rows = (~np.isfinite(window_tile_df)).any(axis=1)
-    for column in features:
-        window_tile_df[column] = window_tile_df.pop(column).replace([np.inf, -np.inf, -np.nan], 0)
-    predictions = clf.predict(window_tile_df)
-    predictions[nodata_rows] = "nodata"
-    predictions = np.reshape(predictions, (1, height, width))
-    encoded_predictions = np.zeros_like(predictions, dtype=np.uint8)
-    for class_, value in lc_mapping.items():
-        encoded_predictions = np.where(predictions == class_, value, encoded_predictions)
-    return encoded_predictions[0]
 
 
 SUBSECTION = "### Model size vs accuracy and throughput"
