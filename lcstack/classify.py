@@ -76,26 +76,34 @@ def _as_codes(pred: Any, what: str) -> np.ndarray:
 Engine = Literal["auto", "sklearn", "numba"]
 
 
-def _predict_rows(model: Any, rows: np.ndarray, engine: Engine = "auto") -> tuple[np.ndarray, np.ndarray]:
+def _use_numba(engine: Engine) -> bool:
     if engine not in ("auto", "sklearn", "numba"):
         raise InvalidInputError(f"`engine` must be 'auto', 'sklearn' or 'numba', not {engine!r}.")
-    fast = None
-    # "auto" is scikit-learn: benchmarks/RESULTS.md shows its Cython tree walk as fast as or faster
-    # than the compiled numba forest on 31 of 33 models; numba stays an opt-in engine.
-    if engine == "numba":
-        from lcstack import fastpredict
+    if engine == "auto":
+        from lcstack.fastpredict import numba_available
 
-        fast = fastpredict
-    if fast is not None:
-        from lcstack.model import HierarchicalClassifier
+        return numba_available()
+    return engine == "numba"
 
-        # n_threads=1: dask already runs one block per thread.
-        if isinstance(model, HierarchicalClassifier):
-            level1, level2 = fast.fast_predict_levels(model, rows, n_threads=1)
-            return _as_codes(level1, "level-1"), _as_codes(level2, "level-2")
-        if not hasattr(model, "predict_levels"):
-            level1 = _as_codes(fast.fast_predict(model, rows, n_threads=1), "level-1")
-            return level1, np.full(level1.shape, UNCLASSIFIED, dtype=np.uint8)
+
+def _predict_columns(model: Any, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codes of the valid pixels with the numba engine, from ``(n_features, n_pixels)`` columns."""
+    from lcstack import fastpredict
+    from lcstack.model import HierarchicalClassifier
+
+    # n_threads=1: dask already runs one block per thread. The kernel reads feature-major columns, the
+    # layout of a (feature, y, x) block, so the pixels are never transposed.
+    if isinstance(model, HierarchicalClassifier):
+        level1, level2 = fastpredict.fast_predict_levels(model, columns, n_threads=1, feature_major=True)
+        return _as_codes(level1, "level-1"), _as_codes(level2, "level-2")
+    if not hasattr(model, "predict_levels"):
+        level1 = fastpredict.fast_predict(model, columns, n_threads=1, feature_major=True)
+        level1 = _as_codes(level1, "level-1")
+        return level1, np.full(level1.shape, UNCLASSIFIED, dtype=np.uint8)
+    return _predict_rows(model, np.ascontiguousarray(columns.T))
+
+
+def _predict_rows(model: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if hasattr(model, "predict_levels"):
         level1, level2 = model.predict_levels(rows)
         return _as_codes(level1, "level-1"), _as_codes(level2, "level-2")
@@ -116,9 +124,10 @@ def predict_block(X: np.ndarray, model: Any, *, engine: Engine = "auto") -> np.n
     engine : {"auto", "sklearn", "numba"}
         ``"numba"`` predicts random forests, extra trees and decision trees (level 1 and level 2 of a
         :class:`~lcstack.model.HierarchicalClassifier`) with the compiled kernel of
-        :mod:`lcstack.fastpredict` (identical predictions, several times faster) and any other estimator
-        with its own ``predict``; ``"sklearn"`` always calls the model's ``predict_levels``/``predict``;
-        ``"auto"`` is ``"sklearn"``, as fast or faster on the models measured (benchmarks/RESULTS.md).
+        :mod:`lcstack.fastpredict` (identical predictions, 1.5-3x faster than scikit-learn on one core)
+        and any other estimator with its own ``predict``; ``"sklearn"`` always calls the model's
+        ``predict_levels``/``predict``; ``"auto"`` (default) is ``"numba"`` when numba can be imported,
+        else ``"sklearn"``.
 
     Returns
     -------
@@ -142,9 +151,12 @@ def predict_block(X: np.ndarray, model: Any, *, engine: Engine = "auto") -> np.n
     out = np.zeros((2, ny * nx), dtype=np.uint8)
     n_valid = int(valid.sum())
     if n_valid:
-        # One gather of the valid pixels straight into C-contiguous (n_pixels, n_features) float32 rows.
-        rows = np.ascontiguousarray(flat[:, valid].T, dtype=np.float32)
-        level1, level2 = _predict_rows(model, rows, engine)
+        if _use_numba(engine):
+            # One gather of the valid pixels into C-contiguous (n_features, n_pixels) float32 columns.
+            level1, level2 = _predict_columns(model, np.ascontiguousarray(flat[:, valid], dtype=np.float32))
+        else:
+            # One gather straight into C-contiguous (n_pixels, n_features) float32 rows.
+            level1, level2 = _predict_rows(model, np.ascontiguousarray(flat[:, valid].T, dtype=np.float32))
         if level1.shape != (n_valid,) or level2.shape != (n_valid,):
             raise ModelMismatchError(
                 f"The model returned predictions of shapes {level1.shape} and {level2.shape} for {n_valid} "

@@ -74,6 +74,68 @@ def test_predictions_identical_to_sklearn(make: Any, n_classes: int, discrete: b
     assert np.array_equal(ff.predict(probe, n_threads=2), est.predict(probe))
 
 
+def test_early_exit_skips_settled_rows_and_keeps_every_prediction() -> None:
+    # Separable classes plus a band of ambiguous rows: most rows settle after about half of the trees,
+    # the ambiguous ones need them all; predictions must match sklearn on both, over several blocks.
+    rng = np.random.default_rng(0)
+    n_classes = 5
+    centres = rng.normal(scale=4.0, size=(n_classes, 6))
+    y = rng.integers(0, n_classes, 4000)
+    X = (centres[y] + rng.normal(size=(4000, 6))).astype(np.float32)
+    est = RandomForestClassifier(n_estimators=40, random_state=0).fit(X, y)
+    clear = (centres[rng.integers(0, n_classes, 9000)] + rng.normal(size=(9000, 6))).astype(np.float32)
+    a, b = rng.integers(0, n_classes, 9000), rng.integers(0, n_classes, 9000)
+    mixed = ((centres[a] + centres[b]) / 2 + rng.normal(scale=0.3, size=(9000, 6))).astype(np.float32)
+    probe = np.concatenate([clear, mixed, _probe(X, 0)])
+    assert probe.shape[0] > 2 * fastpredict._BLOCK
+    ff = FastForest.from_estimator(est)
+    idx, _, walks = ff._run(probe, 1, want_proba=False)
+    np.testing.assert_array_equal(ff.classes_[idx], est.predict(probe))
+    np.testing.assert_array_equal(ff.predict(probe, n_threads=2), est.predict(probe))
+    full = probe.shape[0] * ff.n_trees
+    assert walks < 0.8 * full, "the early exit should skip the trees of settled rows"
+    # settled rows need more than half of the trees (a unanimous lead must exceed the trees left)
+    assert walks > 0.5 * full
+    _, proba, walks_proba = ff._run(probe, 1, want_proba=True)
+    assert walks_proba == full  # probabilities need every tree
+    assert np.array_equal(proba, est.predict_proba(probe))
+
+
+def test_early_exit_bound_uses_the_leaf_spread() -> None:
+    X, y = _data(4, 500, 4, 3, discrete=False)
+    pure = RandomForestClassifier(n_estimators=6, random_state=0).fit(X, y)
+    np.testing.assert_array_equal(FastForest.from_estimator(pure).spread, np.ones(6))  # one-hot leaves
+    shallow = RandomForestClassifier(n_estimators=6, max_depth=1, random_state=0).fit(X, y)
+    ff = FastForest.from_estimator(shallow)
+    assert ((ff.spread > 0) & (ff.spread < 1)).all()  # mixed leaves move the vote by less than 1
+    probe = _probe(X, 4)
+    np.testing.assert_array_equal(ff.predict(probe), shallow.predict(probe))
+    one_class = RandomForestClassifier(n_estimators=3, random_state=0).fit(X, np.zeros(len(X), int))
+    assert (FastForest.from_estimator(one_class).spread == 0).all()
+
+
+def test_feature_major_input_gives_the_same_predictions() -> None:
+    model, X = _hierarchical()
+    ff = compile_estimator(model.estimator_level1_)
+    columns = np.ascontiguousarray(X.T)
+    np.testing.assert_array_equal(ff.predict(columns, feature_major=True), ff.predict(X))
+    np.testing.assert_array_equal(
+        ff.predict_proba(columns, feature_major=True), model.estimator_level1_.predict_proba(X)
+    )
+    l1, l2 = fast_predict_levels(model, columns, feature_major=True)
+    e1, e2 = model.predict_levels(X)
+    np.testing.assert_array_equal(l1, e1)
+    np.testing.assert_array_equal(l2, e2)
+    with pytest.raises(InvalidInputError, match="feature_major=True"):
+        ff.predict(X, feature_major=True)
+    with pytest.raises(InvalidInputError, match="feature_major=True"):
+        fast_predict_levels(model, X, feature_major=True)
+    bad = columns.copy()
+    bad[0, 5] = np.nan
+    with pytest.raises(InvalidInputError, match="NaN"):
+        fast_predict_levels(model, bad, feature_major=True)
+
+
 @pytest.mark.parametrize("n_estimators", [1, 2, 5])
 def test_tied_votes_pick_the_first_class(n_estimators: int) -> None:
     # every cell of a 3x3 grid holds two classes in equal numbers: leaves of exactly 0.5 / 0.5
@@ -209,7 +271,6 @@ def test_predict_block_engines_agree_and_numba_skips_sklearn(monkeypatch: pytest
     cube = X[:2400].T.reshape(X.shape[1], 40, 60).copy()
     cube[2, :3, :] = np.nan
     expected = predict_block(cube, model, engine="sklearn")
-    np.testing.assert_array_equal(predict_block(cube, model), expected)  # "auto" is sklearn
 
     def boom(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("sklearn predict called on the numba path")
@@ -217,9 +278,14 @@ def test_predict_block_engines_agree_and_numba_skips_sklearn(monkeypatch: pytest
     for est in [model.estimator_level1_, *model.estimators_level2_.values()]:
         monkeypatch.setattr(est, "predict", boom)
     np.testing.assert_array_equal(predict_block(cube, model, engine="numba"), expected)
+    np.testing.assert_array_equal(predict_block(cube, model), expected)  # "auto" is numba when installed
     assert (expected[:, :3, :] == 0).all() and (expected[0, 3:] > 0).all()
     with pytest.raises(InvalidInputError, match="engine"):
         predict_block(cube, model, engine="cuda")  # type: ignore[arg-type]
+    # without numba, "auto" is scikit-learn
+    monkeypatch.setattr(fastpredict, "numba_available", lambda: False)
+    with pytest.raises(AssertionError, match="sklearn predict called"):
+        predict_block(cube, model)
 
 
 def test_classify_over_dask_with_fast_path_equals_sklearn_on_every_demo_pixel(demo_run: Any) -> None:
