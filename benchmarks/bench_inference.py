@@ -1,19 +1,25 @@
-"""Inference side by side: LandCoverPy-style windows vs lcstack with the sklearn and the numba engine.
+"""Inference side by side, same fitted model: LandCoverPy-style windows vs lcstack (sklearn and numba engines).
 
-All paths run in one process on the same pixels and the same fitted forest (lcstack's default forest:
-100 trees, ``min_samples_leaf=2``, ``max_leaf_nodes=4096``, trained on 20 000 samples x 66 features x 8
-classes), and must give the same class codes on every pixel.
+Every path runs in one process on the same pixels with the same fitted forest and must give the same
+class codes on every pixel (asserted). Four cases: two data sets x two forests.
 
-* LandCoverPy style (after ``workflow_predict._process_tile_predict``): per window a dict of per-feature
-  1-D arrays -> ``pd.DataFrame`` with feature-name columns, NaN rows found, every column popped and
-  ``replace([inf, -inf, nan], 0)``-ed back, ``model.predict(df)`` of a model trained on STRING labels,
-  nodata rows set to ``"nodata"``, then one ``np.where(predictions == name, code, encoded)`` per class.
-* lcstack sklearn: :func:`lcstack.classify.predict_block` with ``engine="sklearn"`` (float32 rows of the
-  valid pixels, ``HierarchicalClassifier.predict_levels``).
-* lcstack numba: the same with ``engine="numba"``; one thread, and :func:`lcstack.classify.classify` over
-  dask with 1 and 2 worker threads.
+* Data: (1) the offline demo area (``make_demo_area(512)`` through discover/composite, 66 features of
+  Sentinel-2-like spectra, trained on 20 000 of its pixels drawn per truth class); (2) a noisy synthetic
+  cube (768², 8 overlapping classes, 10 % label noise: the hard case, where trees grow deep and votes
+  stay split).
+* Forests: LandCoverPy's own classifier (scikit-learn defaults: 100 fully grown trees) and lcstack's
+  default (:data:`lcstack.model.DEFAULT_FOREST_PARAMS`).
 
-Run: ``.venv/bin/python benchmarks/bench_inference.py`` (``--size``, ``--window``, ``--no-write``).
+Paths:
+
+* LandCoverPy style (after ``workflow_predict._process_tile_predict``): per window a ``pd.DataFrame`` with
+  feature-name columns, NaN rows found, every column ``replace``-d, ``model.predict(df)`` of the model
+  trained on STRING labels, nodata set to ``"nodata"``, then one ``np.where`` per class.
+* lcstack ``predict_block`` with ``engine="sklearn"`` (float32 rows of the valid pixels, scikit-learn
+  ``predict``) and ``engine="numba"`` (the default; :mod:`lcstack.fastpredict`), one thread;
+  :func:`lcstack.classify.classify` over dask with 1 and 2 threads for the first case.
+
+Run: ``.venv/bin/python benchmarks/bench_inference.py`` (``--no-write`` to print only).
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ from _common import load1, machine_line, wait_for_quiet, write_section  # noqa: 
 from lcstack._demo_spectra import LC_LABELS  # noqa: E402
 from lcstack.classify import classify, predict_block  # noqa: E402
 from lcstack.fastpredict import compile_estimator  # noqa: E402
-from lcstack.model import HierarchicalClassifier, default_estimator, save_model  # noqa: E402
+from lcstack.model import HierarchicalClassifier, save_model  # noqa: E402
 
 SEASONS = ("spring", "summer", "autumn")
 BANDS = (
@@ -69,43 +75,40 @@ def make_data(seed: int, n_train: int, size: int) -> tuple[np.ndarray, np.ndarra
     return X, y, np.ascontiguousarray(cube)
 
 
-def landcoverpy_window(window: np.ndarray, clf: object, lc_mapping: dict[str, int]) -> np.ndarray:
-    """LandCoverPy's per-window prediction with this benchmark's feature names."""
-    return _landcoverpy_window(window, clf, lc_mapping, FEATURES)
-
-
 def windows_of(cube: np.ndarray, step: int) -> list[tuple[slice, slice]]:
     ny, nx = cube.shape[1:]
     return [(slice(y, y + step), slice(x, x + step)) for y in range(0, ny, step) for x in range(0, nx, step)]
 
 
-def timed(fn, repeat: int) -> tuple[float, object]:
-    best, out = float("inf"), None
+def timed(fn, repeat: int) -> tuple[float, float, object]:
+    """Best wall and CPU seconds of ``repeat`` runs (one thread: CPU seconds are the per-core cost)."""
+    wall, cpu, out = float("inf"), float("inf"), None
     for _ in range(repeat):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
+        cpu = min(cpu, time.process_time() - c)
+        wall = min(wall, time.perf_counter() - t)
+    return wall, cpu, out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=768, help="image side in pixels")
-    parser.add_argument("--window", type=int, default=384, help="window / dask chunk side in pixels")
-    parser.add_argument("--n-train", type=int, default=20_000)
-    parser.add_argument("--repeat", type=int, default=2, help="best of N for the lcstack paths")
-    parser.add_argument("--max-load", type=float, default=1.5)
-    parser.add_argument("--wait", type=float, default=120, help="seconds to wait for load < --max-load")
-    parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
-    args = parser.parse_args()
+def demo_data(size: int, n_train: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Demo area -> workflow composites -> (training rows, labels, (feature, y, x) cube, feature names)."""
+    from bench_model_size import demo_cube, large_table
 
-    X, y, cube = make_data(0, args.n_train, args.size)
+    with tempfile.TemporaryDirectory() as td:
+        cube_da, truth, _, _ = demo_cube(Path(td), size, seed)
+    X, y, _ = large_table(cube_da, truth, n_train, seed)
+    names = [str(f) for f in cube_da["feature"].values]
+    return X, y - 1, np.ascontiguousarray(cube_da.to_numpy(), dtype=np.float32), names
+
+
+def fit_pair(params: dict, X: np.ndarray, y: np.ndarray, features: list[str]):
+    """The LandCoverPy model (string labels, DataFrame) and the same trees as an lcstack model."""
+    from sklearn.ensemble import RandomForestClassifier
+
     names = np.array(sorted(LC_LABELS))
-    # the LandCoverPy model: string labels, fitted on a DataFrame with feature names
-    t = time.perf_counter()
-    clf = default_estimator().set_params(random_state=0, n_jobs=-1)
-    clf.fit(pd.DataFrame(X, columns=FEATURES), names[y % len(names)])
-    fit_s = time.perf_counter() - t
+    clf = RandomForestClassifier(**{**params, "random_state": 0, "n_jobs": -1})
+    clf.fit(pd.DataFrame(X, columns=features), names[y % len(names)])
     clf.set_params(n_jobs=1)  # per-core comparison
     # the same trees with integer codes: classes_ is only the argmax -> label lookup table
     forest = copy.deepcopy(clf)
@@ -114,28 +117,23 @@ def main() -> None:
     model = HierarchicalClassifier()
     model.estimator_level1_ = forest
     model.classes_ = forest.classes_
-    model.n_features_in_ = len(FEATURES)
+    model.n_features_in_ = len(features)
     model.estimators_level2_, model.constant_level2_ = {}, {}
-    tmp = tempfile.TemporaryDirectory()
-    model_dir = str(Path(tmp.name) / "model")
-    save_model(model, model_dir, metadata={"feature_names": FEATURES, "lc_labels": LC_LABELS})
-    skops_mb = (Path(model_dir) / "model.skops").stat().st_size / 1e6
-    n_nodes = sum(e.tree_.node_count for e in forest.estimators_)
-    compiled = compile_estimator(forest)
-    lc_mapping = {**LC_LABELS, "nodata": 0}
-    wins = windows_of(cube, args.window)
-    # warm up: numba kernels (on-disk cache), pandas, sklearn
-    small = cube[:, :32, :32]
-    predict_block(small, model, engine="numba")
-    landcoverpy_window(small, clf, lc_mapping)
+    return clf, model
 
-    load_before = wait_for_quiet(args.max_load, args.wait)
-    n_pix = args.size * args.size
+
+def run_case(cube, clf, model, features, window, repeat):
+    """Time every path on ``cube``; return the row of figures."""
+    lc_mapping = {**LC_LABELS, "nodata": 0}
+    wins = windows_of(cube, window)
+    small = cube[:, :32, :32]
+    predict_block(small, model, engine="numba")  # compile the FastForest, warm numba
+    _landcoverpy_window(small, clf, lc_mapping, features)
 
     def run_lcp() -> np.ndarray:
         out = np.zeros(cube.shape[1:], np.uint8)
         for ys, xs in wins:
-            out[ys, xs] = landcoverpy_window(cube[:, ys, xs], clf, lc_mapping)
+            out[ys, xs] = _landcoverpy_window(cube[:, ys, xs], clf, lc_mapping, features)
         return out
 
     def run_block(engine: str) -> np.ndarray:
@@ -144,73 +142,130 @@ def main() -> None:
             out[ys, xs] = predict_block(cube[:, ys, xs], model, engine=engine)[0]
         return out
 
-    da = xr.DataArray(cube, dims=("feature", "y", "x"), coords={"feature": FEATURES}).chunk(
-        {"feature": -1, "y": args.window, "x": args.window}
-    )
-
-    def run_dask(workers: int) -> np.ndarray:
-        with dask.config.set(scheduler="threads", num_workers=workers):
-            # the artefact-folder route: each process loads (and compiles) the model once
-            return classify(da, model_dir, engine="numba")["level1"].values
-
-    t_lcp, ref = timed(run_lcp, 1)
-    t_sk, out_sk = timed(lambda: run_block("sklearn"), 1)
-    t_nb1, out_nb = timed(lambda: run_block("numba"), args.repeat)
-    t_d1, out_d1 = timed(lambda: run_dask(1), args.repeat)
-    t_d2, out_d2 = timed(lambda: run_dask(2), args.repeat)
-    load_after = load1()
-    for name, out in (("sklearn", out_sk), ("numba", out_nb), ("dask 1", out_d1), ("dask 2", out_d2)):
+    w_lcp, c_lcp, ref = timed(run_lcp, 1)
+    w_sk, c_sk, out_sk = timed(lambda: run_block("sklearn"), 1)
+    w_nb, c_nb, out_nb = timed(lambda: run_block("numba"), repeat)
+    for name, out in (("sklearn", out_sk), ("numba", out_nb)):
         assert np.array_equal(out, ref), f"lcstack {name} differs from the LandCoverPy-style path"
+    forest = model.estimator_level1_
+    flat = cube.reshape(cube.shape[0], -1)
+    columns = np.ascontiguousarray(flat[:, np.isfinite(flat).all(axis=0)])
+    _, _, walks = compile_estimator(forest)._run(columns, 1, want_proba=False, feature_major=True)
+    n_trees = len(forest.estimators_)
+    return {
+        "n_nodes": sum(e.tree_.node_count for e in forest.estimators_),
+        "depth": np.mean([e.tree_.max_depth for e in forest.estimators_]),
+        "trees_walked": walks / columns.shape[1] / n_trees,
+        "n_trees": n_trees,
+        "lcp": (w_lcp, c_lcp),
+        "sklearn": (w_sk, c_sk),
+        "numba": (w_nb, c_nb),
+        "ref": ref,
+    }
 
-    def rate(seconds: float, cores: int) -> float:
-        return n_pix / seconds / 1e6 / cores
 
-    rows = [
-        ("LandCoverPy style (pandas, string labels)", 1, t_lcp),
-        ("lcstack `predict_block`, engine=sklearn", 1, t_sk),
-        ("lcstack `predict_block`, engine=numba", 1, t_nb1),
-        ("lcstack `classify` (dask, 1 thread), numba", 1, t_d1),
-        ("lcstack `classify` (dask, 2 threads), numba", 2, t_d2),
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=768, help="side of the noisy synthetic cube")
+    parser.add_argument("--demo-size", type=int, default=512, help="side of the demo area")
+    parser.add_argument("--window", type=int, default=256, help="window / dask chunk side in pixels")
+    parser.add_argument("--n-train", type=int, default=20_000)
+    parser.add_argument("--repeat", type=int, default=2, help="best of N for the numba engine")
+    parser.add_argument("--max-load", type=float, default=1.5)
+    parser.add_argument("--wait", type=float, default=120, help="seconds to wait for load < --max-load")
+    parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
+    args = parser.parse_args()
+
+    from lcstack.model import DEFAULT_FOREST_PARAMS
+
+    forests = [
+        ("LandCoverPy's forest (sklearn defaults: 100 fully grown trees)", {}),
+        (
+            "lcstack default (" + ", ".join(f"{k}={v}" for k, v in DEFAULT_FOREST_PARAMS.items()) + ")",
+            dict(DEFAULT_FOREST_PARAMS),
+        ),
     ]
+    Xd, yd, cube_d, names_d = demo_data(args.demo_size, args.n_train, 0)
+    Xs, ys, cube_s = make_data(0, args.n_train, args.size)
+    datasets = [
+        (f"demo area {args.demo_size}²", Xd, yd, cube_d, names_d),
+        (f"noisy synthetic {args.size}²", Xs, ys, cube_s, FEATURES),
+    ]
+    load_before = wait_for_quiet(args.max_load, args.wait)
+    results, dask_row = [], None
+    for data_label, X, y, cube, features in datasets:
+        for forest_label, params in forests:
+            clf, model = fit_pair(params, X, y, features)
+            res = run_case(cube, clf, model, features, args.window, args.repeat)
+            res.update(data=data_label, forest=forest_label, n_pix=cube.shape[1] * cube.shape[2])
+            print(data_label, forest_label, {k: v for k, v in res.items() if k != "ref"}, file=sys.stderr)
+            if dask_row is None:
+                dask_row = run_dask(cube, model, features, args.window, args.repeat, res["ref"])
+            results.append(res)
+    load_after = load1()
+
     table = [
-        "| path | threads | time (s) | Mpixel/s | Mpixel/s per core | per-core speed-up vs LandCoverPy |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| data | forest | mean depth | trees walked per pixel | LandCoverPy style Mpixel/s | lcstack sklearn "
+        "Mpixel/s | lcstack numba Mpixel/s | numba vs LandCoverPy (CPU time) | numba vs sklearn |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for label, cores, secs in rows:
+    speedups = []
+    for r in results:
+        n = r["n_pix"] / 1e6
+        speed = r["lcp"][1] / r["numba"][1]
+        speedups.append(speed)
         table.append(
-            f"| {label} | {cores} | {secs:.2f} | {rate(secs, 1):.3f} | {rate(secs, cores):.3f} | "
-            f"{rate(secs, cores) / rate(t_lcp, 1):.1f}x |"
+            f"| {r['data']} | {r['forest']} | {r['depth']:.1f} | {r['trees_walked'] * r['n_trees']:.0f} of "
+            f"{r['n_trees']} | {n / r['lcp'][0]:.3f} | {n / r['sklearn'][0]:.3f} | {n / r['numba'][0]:.3f} | "
+            f"**{speed:.1f}x** | {r['sklearn'][1] / r['numba'][1]:.1f}x |"
         )
-    speed_nb = t_lcp / t_nb1
+    t_d1, t_d2 = dask_row
     body = "\n".join(
         [
-            f"Command: `.venv/bin/python benchmarks/bench_inference.py --size {args.size} "
-            f"--window {args.window} --repeat {args.repeat}`",
+            f"Command: `.venv/bin/python benchmarks/bench_inference.py --size {args.size} --demo-size "
+            f"{args.demo_size} --window {args.window} --repeat {args.repeat}`",
             "",
             machine_line(load_before, load_after),
             "",
-            f"Data: {args.size}x{args.size} pixels (5 % nodata) x {len(FEATURES)} float32 features, "
-            f"{args.window}-pixel windows / dask chunks. Model: lcstack default forest (100 trees, "
-            f"min_samples_leaf=2, max_leaf_nodes=4096) fitted in {fit_s:.0f} s on {args.n_train} samples x "
-            f"{len(FEATURES)} features x {len(LC_LABELS)} classes (noisy synthetic classes); "
-            f"{n_nodes} nodes. Every path gives the same code on every pixel (asserted). "
-            "LandCoverPy and engine=sklearn: one run; "
-            f"numba paths: best of {args.repeat} (`classify` reads the model artefact folder, "
-            "loaded and compiled once per process).",
+            f"Same fitted model on both sides of every row: the LandCoverPy-style path predicts with the forest "
+            f"fitted on string labels, lcstack with the very same trees (integer class codes). Training: "
+            f"{args.n_train} samples x 66 features x 8 classes per data set (demo: pixels drawn per truth class; "
+            "synthetic: 10 % label noise). Every path gives the same code on every pixel (asserted). One "
+            f"thread; {args.window}-pixel windows; LandCoverPy and engine=sklearn one run, numba best of "
+            f"{args.repeat}. Speed-up = CPU seconds of the LandCoverPy-style path / CPU seconds of lcstack's "
+            "numba engine (`predict_block`, the code `classify` runs per chunk). *Trees walked*: the numba "
+            "engine stops walking a pixel's trees once its vote is settled (see `lcstack/fastpredict.py`).",
             "",
             *table,
             "",
-            f"* numba engine vs LandCoverPy style, per core: **{speed_nb:.1f}x** (target >= 5x: "
-            f"{'met' if speed_nb >= 5 else 'NOT met'}); vs lcstack engine=sklearn: {t_sk / t_nb1:.1f}x.",
-            f"* dask 1 -> 2 threads (numba): {t_d1 / t_d2:.2f}x.",
-            f"* Default model artefact (`model.skops`, deflate): **{skops_mb:.1f} MB**; compiled FastForest "
-            f"in memory: {compiled.nbytes / 1e6:.1f} MB.",
+            f"* Same-model inference vs the LandCoverPy-style path, target >= 5x: met on "
+            f"{sum(s >= 5 for s in speedups)} of {len(speedups)} cases ("
+            + ", ".join(f"{s:.1f}x" for s in speedups)
+            + ").",
+            f"* `classify` over dask (artefact folder, numba), first case: 1 thread {t_d1:.2f} s, 2 threads "
+            f"{t_d2:.2f} s ({t_d1 / t_d2:.2f}x).",
         ]
     )
     print(body)
     if not args.no_write:
         write_section("## Inference", body)
-    tmp.cleanup()
+
+
+def run_dask(cube, model, features, window, repeat, ref) -> tuple[float, float]:
+    """``classify`` over dask from a model artefact folder with 1 and 2 threads; checked against ``ref``."""
+    with tempfile.TemporaryDirectory() as td:
+        model_dir = str(Path(td) / "model")
+        save_model(model, model_dir, metadata={"feature_names": features, "lc_labels": LC_LABELS})
+        da = xr.DataArray(cube, dims=("feature", "y", "x"), coords={"feature": features}).chunk(
+            {"feature": -1, "y": window, "x": window}
+        )
+        times = []
+        for workers in (1, 2):
+            with dask.config.set(scheduler="threads", num_workers=workers):
+                wall, _, out = timed(lambda: classify(da, model_dir)["level1"].values, repeat)
+            assert np.array_equal(out, ref), "classify differs from the LandCoverPy-style path"
+            times.append(wall)
+    return times[0], times[1]
 
 
 if __name__ == "__main__":

@@ -146,17 +146,23 @@ def predict_block(X: np.ndarray, model: Any, *, engine: Engine = "auto") -> np.n
             f"The block has {n_features} features but the model was trained on {n_expected}. "
             "Classify the feature cube the model was trained on."
         )
-    flat = X.reshape(n_features, ny * nx)
-    valid = np.isfinite(flat).all(axis=0)
     out = np.zeros((2, ny * nx), dtype=np.uint8)
-    n_valid = int(valid.sum())
-    if n_valid:
-        if _use_numba(engine):
-            # One gather of the valid pixels into C-contiguous (n_features, n_pixels) float32 columns.
-            level1, level2 = _predict_columns(model, np.ascontiguousarray(flat[:, valid], dtype=np.float32))
-        else:
+    if _use_numba(engine):
+        from lcstack.fastpredict import valid_columns
+
+        # One fused pass: the valid pixels as feature-major float32 columns, the kernel's layout.
+        columns, valid = valid_columns(X)
+        n_valid = valid.size
+        if n_valid:
+            level1, level2 = _predict_columns(model, columns)
+    else:
+        flat = X.reshape(n_features, ny * nx)
+        valid = np.isfinite(flat).all(axis=0)
+        n_valid = int(valid.sum())
+        if n_valid:
             # One gather straight into C-contiguous (n_pixels, n_features) float32 rows.
             level1, level2 = _predict_rows(model, np.ascontiguousarray(flat[:, valid].T, dtype=np.float32))
+    if n_valid:
         if level1.shape != (n_valid,) or level2.shape != (n_valid,):
             raise ModelMismatchError(
                 f"The model returned predictions of shapes {level1.shape} and {level2.shape} for {n_valid} "

@@ -37,7 +37,14 @@ import numpy as np
 
 from lcstack.errors import InvalidInputError
 
-__all__ = ["FastForest", "compile_estimator", "fast_predict", "fast_predict_levels", "numba_available"]
+__all__ = [
+    "FastForest",
+    "compile_estimator",
+    "fast_predict",
+    "fast_predict_levels",
+    "numba_available",
+    "valid_columns",
+]
 
 #: Level-2 code of a pixel whose category has no level-2 model (same as :data:`lcstack.model.UNCLASSIFIED`).
 UNCLASSIFIED = 1
@@ -226,6 +233,24 @@ if numba is not None:
         return walks
 
     @numba.njit(nogil=True, cache=True)
+    def _valid_columns(X):  # pragma: no cover - compiled
+        """See :func:`valid_columns`: one pass finds the pixels, one gathers them, no temporaries."""
+        n_features, ny, nx = X.shape
+        valid = np.ones((ny, nx), dtype=np.bool_)
+        for f in range(np.uint64(n_features)):
+            for y in range(np.uint64(ny)):
+                for x in range(np.uint64(nx)):
+                    valid[y, x] &= np.isfinite(X[f, y, x])
+        index = np.flatnonzero(valid.ravel())
+        columns = np.empty((n_features, index.shape[0]), dtype=np.float32)
+        nx64 = np.uint64(nx)
+        for f in range(np.uint64(n_features)):
+            for k in range(np.uint64(index.shape[0])):
+                p = np.uint64(index[k])
+                columns[f, k] = X[f, p // nx64, p % nx64]
+        return columns, index
+
+    @numba.njit(nogil=True, cache=True)
     def _transpose(X, XT):  # pragma: no cover - compiled
         """``XT[:] = X.T`` in tiles of 16 rows (7x faster than element by element or NumPy's copy)."""
         n = np.uint64(X.shape[0])
@@ -270,7 +295,12 @@ if numba is not None:
 
 def _kernels() -> dict[str, Any]:
     _require_numba()
-    return {"serial": _predict_serial, "parallel": _predict_parallel, "transpose": _transpose}
+    return {
+        "serial": _predict_serial,
+        "parallel": _predict_parallel,
+        "transpose": _transpose,
+        "valid_columns": _valid_columns,
+    }
 
 
 def _threading_layer_is_safe() -> bool:
@@ -585,6 +615,31 @@ def _same_marker(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
     return len(a) == len(b) and all(
         x is y or (isinstance(x, int) and x == y) for x, y in zip(a, b, strict=True)
     )
+
+
+def valid_columns(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gather the pixels of a ``(feature, y, x)`` block whose features are all finite.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_features, ny, nx)
+        Any real dtype and memory layout (a window of a larger array is read in place).
+
+    Returns
+    -------
+    columns : ndarray of float32, shape (n_features, n_valid)
+        The valid pixels, feature-major: the layout :meth:`FastForest.predict` takes with
+        ``feature_major=True``.
+    index : ndarray of int64, shape (n_valid,)
+        Their flat indices into ``ny * nx``, in raster order.
+
+    """
+    X = np.asarray(X)
+    if X.ndim != 3:
+        raise InvalidInputError(f"valid_columns expects a (feature, y, x) block, got shape {X.shape}.")
+    if X.dtype not in (np.float32, np.float64):
+        X = X.astype(np.float64)
+    return _kernels()["valid_columns"](X)
 
 
 def compile_estimator(est: Any) -> FastForest | None:

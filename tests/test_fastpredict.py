@@ -114,6 +114,25 @@ def test_early_exit_bound_uses_the_leaf_spread() -> None:
     assert (FastForest.from_estimator(one_class).spread == 0).all()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
+def test_valid_columns_gathers_finite_pixels_of_any_layout(dtype: Any) -> None:
+    rng = np.random.default_rng(0)
+    big = (rng.normal(size=(5, 40, 50)) * 100).astype(dtype)
+    if np.issubdtype(dtype, np.floating):
+        big[1, 3, 4] = np.nan
+        big[4, 10, :7] = np.inf
+        big[0, 20, 20] = -np.inf
+    window = big[:, 5:35:2, 3:47]  # a strided view, read in place
+    columns, index = fastpredict.valid_columns(window)
+    flat = window.reshape(5, -1)
+    keep = np.isfinite(flat.astype(np.float64)).all(axis=0)
+    np.testing.assert_array_equal(index, np.flatnonzero(keep))
+    assert columns.dtype == np.float32 and columns.flags.c_contiguous
+    np.testing.assert_array_equal(columns, flat[:, keep].astype(np.float32))
+    with pytest.raises(InvalidInputError, match="feature, y, x"):
+        fastpredict.valid_columns(flat)
+
+
 def test_feature_major_input_gives_the_same_predictions() -> None:
     model, X = _hierarchical()
     ff = compile_estimator(model.estimator_level1_)
