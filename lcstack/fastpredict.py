@@ -243,11 +243,13 @@ if numba is not None:
                     valid[y, x] &= np.isfinite(X[f, y, x])
         index = np.flatnonzero(valid.ravel())
         columns = np.empty((n_features, index.shape[0]), dtype=np.float32)
-        nx64 = np.uint64(nx)
         for f in range(np.uint64(n_features)):
-            for k in range(np.uint64(index.shape[0])):
-                p = np.uint64(index[k])
-                columns[f, k] = X[f, p // nx64, p % nx64]
+            k = np.uint64(0)
+            for y in range(np.uint64(ny)):
+                for x in range(np.uint64(nx)):
+                    if valid[y, x]:
+                        columns[f, k] = X[f, y, x]
+                        k += np.uint64(1)
         return columns, index
 
     @numba.njit(nogil=True, cache=True)
