@@ -47,10 +47,13 @@ def machine_line(load_before: float, load_after: float) -> str:
 
 
 def write_section(header: str, body: str) -> None:
-    """Replace (or append) the ``header`` section of RESULTS.md; other sections are kept as they are."""
+    """Replace (or append) the ``header`` section of RESULTS.md up to its first ``###`` subsection.
+
+    Other sections, and the subsections other scripts write inside this one, are kept as they are.
+    """
     text = RESULTS.read_text() if RESULTS.exists() else "# lcstack benchmark results\n"
     section = f"{header}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^{re.escape(header)}\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^{re.escape(header)}\n.*?(?=^## |^### |\Z)", re.S | re.M)
     if pattern.search(text):
         text = pattern.sub(lambda _: section + "\n", text)
     else:
