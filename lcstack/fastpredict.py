@@ -17,6 +17,17 @@ exactly, so ``FastForest.predict`` equals ``estimator.predict`` on every row:
   (``_accumulate_prediction`` then ``proba /= len(self.estimators_)``); a single tree takes the raw leaf
   vector. ``predict`` is ``classes_.take(argmax)``, the first maximum winning.
 
+How it walks (``_descend``, ``_predict_range``): pixels come in blocks of ``_BLOCK`` rows, feature-major
+(``(n_features, n_pixels)``, the layout of a ``(feature, y, x)`` raster block, so classification never
+transposes them). For each tree, the block's rows are partitioned node by node, depth first: a split reads
+one contiguous feature column for the rows that reach it and writes them, branch-free, to its left or right
+child's range. A node is visited once per block instead of once per row, and no chain of dependent loads
+runs through one row's path. For ``predict`` (not ``predict_proba``), a row is dropped from the walk once
+its leading class leads the runner-up by more than the remaining trees could close (each tree can move a
+class against another by at most the spread of its leaf vectors) plus a margin for float64 rounding, so
+its argmax is settled and equals scikit-learn's; the others go on to the last tree. On clean data about
+half the trees are walked per pixel (a unanimous vote must exceed the trees left).
+
 A forest fitted with ``n_jobs > 1`` adds the trees in whatever order its joblib threads finish, so its own
 probabilities can differ from run to run in the last bit; the kernel always gives the ``n_jobs=1`` result.
 
@@ -360,8 +371,8 @@ class FastForest:
 
     Build it with :meth:`from_estimator`. Nodes of all trees share one set of arrays, each tree in
     breadth-first order with the two children of a node adjacent (``child`` is the left one, ``child + 1``
-    the right one). A leaf is its own child with threshold +inf, so a walk of exactly ``depth`` steps ends
-    on the leaf from any shorter path (identical leaf vectors are stored once in ``values``).
+    the right one). A leaf is its own child with threshold +inf (identical leaf vectors are stored once in
+    ``values``).
 
     Attributes
     ----------
@@ -370,9 +381,9 @@ class FastForest:
     n_features_in_ : int
         Number of features.
     roots, depth : ndarray of int32
-        Per tree, in tree order: index of the root node, ``max_depth``.
+        Per tree, in tree order: index of the root node, ``max_depth`` (sizes the walk's stack).
     nodes : ndarray of int32, shape (n_nodes, 4)
-        One 16-byte record per node, so that a step of the walk reads one cache line: split feature (leaf:
+        One 16-byte record per node: split feature (leaf:
         0); the bits of the float32 threshold, the largest float32 not above scikit-learn's float64 one
         (leaf: +inf); left child (leaf: itself); 1 if NaN goes left (``missing_go_to_left``) else 0, or for
         a leaf -1 minus its row in ``values``.
