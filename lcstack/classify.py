@@ -268,7 +268,7 @@ def _read_model_metadata(url: str, storage_options: Mapping[str, Any] | None) ->
     h = hashlib.sha256(raw)
     try:
         listing = fs.ls(root, detail=True)
-    except (FileNotFoundError, NotImplementedError):  # pragma: no cover - filesystems that cannot list
+    except (FileNotFoundError, NotImplementedError):  # filesystems that cannot list a folder
         # The token then rests on metadata.json alone, which save_model rewrites with every save.
         logger.debug("cannot list %s: the model token covers metadata.json only", url)
         listing = []

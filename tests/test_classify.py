@@ -436,3 +436,35 @@ def test_model_ref_token_changes_when_model_is_resaved(fitted, tmp_path):
     save_model(fitted, folder, metadata=meta)
     _, token2 = lcc._read_model_metadata(str(folder), None)
     assert token1 == again and token1 != token2
+
+
+def test_model_token_rests_on_metadata_when_the_folder_cannot_be_listed():
+    """Filesystems without a listing (e.g. plain HTTP) still get a token, from metadata.json alone."""
+    import json
+
+    import fsspec
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    class NoListFileSystem(MemoryFileSystem):
+        protocol = "lcstack-nolist"
+        store: dict = {}  # its own files, apart from memory://
+        pseudo_dirs = [""]
+
+        @classmethod
+        def _strip_protocol(cls, path):
+            return MemoryFileSystem._strip_protocol(str(path).removeprefix("lcstack-nolist://"))
+
+        def ls(self, path, detail=True, **kwargs):
+            raise NotImplementedError("this filesystem cannot list folders")
+
+    fsspec.register_implementation("lcstack-nolist", NoListFileSystem, clobber=True)
+    fs = NoListFileSystem()
+    url = "lcstack-nolist://models/m"
+    fs.pipe_file("/models/m/metadata.json", json.dumps({"feature_names": FEATURES}).encode())
+    fs.pipe_file("/models/m/model.skops", b"first")
+    metadata, token1 = lcc._read_model_metadata(url, None)
+    assert metadata["feature_names"] == FEATURES
+    fs.pipe_file("/models/m/model.skops", b"second")  # not seen without a listing
+    assert lcc._read_model_metadata(url, None)[1] == token1
+    fs.pipe_file("/models/m/metadata.json", json.dumps({"feature_names": FEATURES[:2]}).encode())
+    assert lcc._read_model_metadata(url, None)[1] != token1  # every save rewrites metadata.json
