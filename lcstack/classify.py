@@ -94,7 +94,9 @@ def _predict_columns(model: Any, columns: np.ndarray) -> tuple[np.ndarray, np.nd
     # n_threads=1: dask already runs one block per thread. The kernel reads feature-major columns, the
     # layout of a (feature, y, x) block, so the pixels are never transposed.
     if isinstance(model, HierarchicalClassifier):
-        level1, level2 = fastpredict.fast_predict_levels(model, columns, n_threads=1, feature_major=True)
+        level1, level2 = fastpredict.fast_predict_levels(
+            model, columns, n_threads=1, feature_major=True, assume_finite=True
+        )
         return _as_codes(level1, "level-1"), _as_codes(level2, "level-2")
     if not hasattr(model, "predict_levels"):
         level1 = fastpredict.fast_predict(model, columns, n_threads=1, feature_major=True)

@@ -244,23 +244,58 @@ if numba is not None:
         return walks
 
     @numba.njit(nogil=True, cache=True)
-    def _valid_columns(X):  # pragma: no cover - compiled
-        """See :func:`valid_columns`: one pass finds the pixels, one gathers them, no temporaries."""
-        n_features, ny, nx = X.shape
+    def _valid_mask(buf, n_features, ny, nx, sf, sy):  # pragma: no cover - compiled
+        """Per pixel, whether all features are finite; ``buf[f * sf + y * sy + x]`` is ``X[f, y, x]``.
+
+        The block is read through a 1-D contiguous view of its memory with unit stride along x, so the
+        loops vectorise for a window of a larger array too (numba cannot vectorise a strided 3-D array).
+        """
         valid = np.ones((ny, nx), dtype=np.bool_)
         for f in range(np.uint64(n_features)):
             for y in range(np.uint64(ny)):
+                row = np.uint64(f * sf + y * sy)
                 for x in range(np.uint64(nx)):
-                    valid[y, x] &= np.isfinite(X[f, y, x])
-        index = np.flatnonzero(valid.ravel())
-        columns = np.empty((n_features, index.shape[0]), dtype=np.float32)
+                    v = buf[row + x]
+                    valid[y, x] &= (v - v) == 0  # False for NaN and +-inf; vectorises, isfinite does not
+        return valid
+
+    @numba.njit(nogil=True, cache=True)
+    def _gather_runs(buf, n_features, ny, nx, sf, sy, valid):  # pragma: no cover - compiled
+        """Copy the valid pixels into float32 ``(n_features, n_valid)`` columns, run by run along x."""
+        one = np.uint64(1)
+        # runs of valid pixels along x: start offset within a feature plane, length, destination column
+        run_src = np.empty(ny * ((nx + 1) // 2), dtype=np.uint64)
+        run_len = np.empty_like(run_src)
+        run_dst = np.empty_like(run_src)
+        n_runs = np.uint64(0)
+        k = np.uint64(0)
+        for y in range(np.uint64(ny)):
+            x = np.uint64(0)
+            while x < nx:
+                if not valid[y, x]:
+                    x += one
+                    continue
+                x0 = x
+                while x < nx and valid[y, x]:
+                    x += one
+                run_src[n_runs] = y * sy + x0
+                run_len[n_runs] = x - x0
+                run_dst[n_runs] = k
+                k += x - x0
+                n_runs += one
+        index = np.empty(k, dtype=np.int64)
+        for j in range(n_runs):
+            start = (run_src[j] // np.uint64(sy)) * np.uint64(nx) + run_src[j] % np.uint64(sy)
+            for i in range(run_len[j]):
+                index[run_dst[j] + i] = start + i
+        columns = np.empty((np.uint64(n_features), k), dtype=np.float32)
         for f in range(np.uint64(n_features)):
-            k = np.uint64(0)
-            for y in range(np.uint64(ny)):
-                for x in range(np.uint64(nx)):
-                    if valid[y, x]:
-                        columns[f, k] = X[f, y, x]
-                        k += np.uint64(1)
+            plane = np.uint64(f * sf)
+            for j in range(n_runs):
+                src = plane + run_src[j]
+                dst = run_dst[j]
+                for i in range(run_len[j]):
+                    columns[f, dst + i] = buf[src + i]
         return columns, index
 
     @numba.njit(nogil=True, cache=True)
@@ -312,7 +347,8 @@ def _kernels() -> dict[str, Any]:
         "serial": _predict_serial,
         "parallel": _predict_parallel,
         "transpose": _transpose,
-        "valid_columns": _valid_columns,
+        "valid_mask": _valid_mask,
+        "gather_runs": _gather_runs,
     }
 
 
@@ -636,13 +672,14 @@ def valid_columns(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     Parameters
     ----------
     X : ndarray of shape (n_features, ny, nx)
-        Any real dtype and memory layout (a window of a larger array is read in place).
+        Any real dtype and memory layout; a window of a larger array is read in place.
 
     Returns
     -------
     columns : ndarray of float32, shape (n_features, n_valid)
         The valid pixels, feature-major: the layout :meth:`FastForest.predict` takes with
-        ``feature_major=True``.
+        ``feature_major=True``. When every pixel of a C-contiguous float32 block is valid this is the
+        block itself, reshaped (no copy): do not write to it.
     index : ndarray of int64, shape (n_valid,)
         Their flat indices into ``ny * nx``, in raster order.
 
@@ -650,9 +687,25 @@ def valid_columns(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     X = np.asarray(X)
     if X.ndim != 3:
         raise InvalidInputError(f"valid_columns expects a (feature, y, x) block, got shape {X.shape}.")
+    n_features, ny, nx = X.shape
     if X.dtype not in (np.float32, np.float64):
-        X = X.astype(np.float64)
-    return _kernels()["valid_columns"](X)
+        X = X.astype(np.float32)  # what scikit-learn's predict does to any other dtype
+    if X.size == 0:
+        return np.empty((n_features, 0), dtype=np.float32), np.empty(0, dtype=np.int64)
+    item = X.itemsize
+    sf, sy, sx = X.strides
+    if sx != item or sf % item or sy % item or sf < 0 or sy < 0:
+        X = np.ascontiguousarray(X)
+        sf, sy, sx = X.strides
+    # A 1-D contiguous view from the first element to the last: the kernels index it with unit stride
+    # along x, whatever the window's row and plane strides.
+    span = (n_features - 1) * (sf // item) + (ny - 1) * (sy // item) + nx
+    buf = np.lib.stride_tricks.as_strided(X, shape=(span,), strides=(item,), writeable=False)
+    kernels = _kernels()
+    valid = kernels["valid_mask"](buf, n_features, ny, nx, sf // item, sy // item)
+    if X.dtype == np.float32 and X.flags.c_contiguous and valid.all():
+        return X.reshape(n_features, ny * nx), np.arange(ny * nx, dtype=np.int64)
+    return kernels["gather_runs"](buf, n_features, ny, nx, sf // item, sy // item, valid)
 
 
 def compile_estimator(est: Any) -> FastForest | None:
@@ -714,7 +767,7 @@ def fast_predict(est: Any, X: Any, *, n_threads: int | None = 1, feature_major: 
 
 
 def fast_predict_levels(
-    model: Any, X: Any, *, n_threads: int | None = 1, feature_major: bool = False
+    model: Any, X: Any, *, n_threads: int | None = 1, feature_major: bool = False, assume_finite: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """:meth:`lcstack.model.HierarchicalClassifier.predict_levels` through the compiled kernels.
 
@@ -732,6 +785,9 @@ def fast_predict_levels(
         See :meth:`FastForest.predict`.
     feature_major : bool, optional
         See :meth:`FastForest.predict`.
+    assume_finite : bool, optional
+        With ``feature_major=True``, skip the check for NaN and inf (a pass over all of ``X``): for
+        callers that already hold only valid pixels, such as the columns of :func:`valid_columns`.
 
     Returns
     -------
@@ -752,7 +808,7 @@ def fast_predict_levels(
                 f"X has shape {X.shape}; with feature_major=True the model expects ({model.n_features_in_}, "
                 "n_samples) features."
             )
-        if not np.isfinite(X).all():
+        if not assume_finite and not np.isfinite(X).all():
             raise InvalidInputError(
                 "X contains NaN or inf; predict only on valid pixels and mark the others as nodata "
                 "(lcstack.classify does)."

@@ -133,6 +133,42 @@ def test_valid_columns_gathers_finite_pixels_of_any_layout(dtype: Any) -> None:
         fastpredict.valid_columns(flat)
 
 
+@pytest.mark.parametrize(
+    "view",
+    [
+        lambda a: a[:, ::-1, :],  # negative row stride
+        lambda a: a[:, :, ::-1],  # negative x stride
+        lambda a: a.transpose(0, 2, 1),  # x is not the fastest axis
+        lambda a: a[::2, 1:, 2:-1],  # every stride and offset off the origin
+    ],
+)
+def test_valid_columns_reads_any_strides(view: Any) -> None:
+    rng = np.random.default_rng(1)
+    big = rng.normal(size=(6, 30, 20)).astype(np.float32)
+    big[2, 7, :] = np.nan  # a whole line invalid
+    big[3, :, 5] = np.nan
+    big[0, 11, 12] = np.inf
+    window = view(big)
+    columns, index = fastpredict.valid_columns(window)
+    flat = np.ascontiguousarray(window).reshape(window.shape[0], -1)
+    keep = np.isfinite(flat).all(axis=0)
+    np.testing.assert_array_equal(index, np.flatnonzero(keep))
+    np.testing.assert_array_equal(columns, flat[:, keep])
+
+
+def test_valid_columns_of_a_valid_contiguous_float32_block_is_the_block_itself() -> None:
+    block = np.random.default_rng(2).normal(size=(4, 8, 9)).astype(np.float32)
+    columns, index = fastpredict.valid_columns(block)
+    assert np.shares_memory(columns, block) and columns.shape == (4, 72)
+    np.testing.assert_array_equal(index, np.arange(72))
+    block[1, 2, 3] = np.nan  # one invalid pixel: a gathered copy without it
+    columns, index = fastpredict.valid_columns(block)
+    assert not np.shares_memory(columns, block) and columns.shape == (4, 71)
+    assert 2 * 9 + 3 not in index
+    empty_columns, empty_index = fastpredict.valid_columns(np.empty((4, 0, 3), np.float32))
+    assert empty_columns.shape == (4, 0) and empty_index.size == 0
+
+
 def test_feature_major_input_gives_the_same_predictions() -> None:
     model, X = _hierarchical()
     ff = compile_estimator(model.estimator_level1_)
