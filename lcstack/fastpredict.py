@@ -136,7 +136,7 @@ if numba is not None:
                         x = XT[np.uint64(nodes[nd, 0]), base + r]
                         # NaN: x > t and x <= t are both False; nodes[nd, 3] is 1 if NaN goes left
                         right = (x > nodes_f[nd, 1]) if nodes[nd, 3] == 1 else not (x <= nodes_f[nd, 1])
-                        nd = np.uint64(nodes[nd, 2]) + np.uint64(right)
+                        nd = np.uint64(nodes[nd, 2]) if right else nd + one
                     leaf[r] = np.uint32(-1 - nodes[nd, 3])
                 continue
             dst = bufs[1 - p]
@@ -160,15 +160,14 @@ if numba is not None:
                     dst[nr] = r
                     nl += one - right
                     nr -= right
-            child = nodes[node, 2]
-            if hi > nl:
-                stack[sp, 0] = child + 1
+            if hi > nl:  # right child: nodes[node, 2]
+                stack[sp, 0] = nodes[node, 2]
                 stack[sp, 1] = nl
                 stack[sp, 2] = hi
                 stack[sp, 3] = 1 - p
                 sp += 1
-            if nl > lo:
-                stack[sp, 0] = child
+            if nl > lo:  # left child: the next node (depth-first pre-order)
+                stack[sp, 0] = node + one
                 stack[sp, 1] = lo
                 stack[sp, 2] = nl
                 stack[sp, 3] = 1 - p
@@ -244,6 +243,74 @@ if numba is not None:
         return walks
 
     @numba.njit(nogil=True, cache=True)
+    def _predict_votes_range(  # pragma: no cover - compiled
+        XT, start, stop, roots, max_depth, nodes, nodes_f, vote_class, divisor, early, out_idx, out_proba,
+    ):  # fmt: skip
+        """:func:`_predict_range` for a forest whose leaf vectors are all one-hot (fully grown trees).
+
+        scikit-learn's float64 sum of one-hot vectors is then an exact vote count, so the kernel counts
+        votes in uint16 instead: one increment per row and tree instead of an add per class, with the
+        leading and the runner-up count kept up to date as it goes, so the early exit (lead > trees left)
+        costs one comparison. ``out_proba`` is ``count / divisor``, bit-identical to scikit-learn's.
+        """
+        m = np.uint64(stop - start)
+        base = np.uint64(start)
+        n_trees = np.uint64(roots.shape[0])
+        n_classes = np.uint64(out_proba.shape[1])
+        bufs = np.empty((2, m), dtype=np.uint32)
+        active = np.arange(stop - start).astype(np.uint32)
+        leaf = np.empty(m, dtype=np.uint32)
+        counts = np.zeros((m, n_classes), dtype=np.uint16)
+        first = np.zeros(m, dtype=np.uint16)  # leading count
+        second = np.zeros(m, dtype=np.uint16)  # largest count of any other class (= first on a tie)
+        leader = np.zeros(m, dtype=np.uint16)
+        stack = np.empty((max_depth + 2, 4), dtype=np.int64)
+        n_active = m
+        walks = 0
+        for t in range(n_trees):
+            walks += n_active
+            bufs[0, :n_active] = active[:n_active]
+            _descend(XT, base, roots[t], nodes, nodes_f, bufs, n_active, leaf, stack)
+            for i in range(n_active):
+                r = active[i]
+                c = np.uint64(vote_class[leaf[r]])
+                v = counts[r, c] + np.uint16(1)
+                counts[r, c] = v
+                if c == leader[r]:
+                    first[r] = v
+                elif v > first[r]:
+                    second[r] = first[r]
+                    first[r] = v
+                    leader[r] = c
+                elif v > second[r]:
+                    second[r] = v
+            left = n_trees - np.uint64(1) - np.uint64(t)
+            if early and np.uint64(t) + np.uint64(1) > left:  # a lead needs more votes than trees left
+                j = np.uint64(0)
+                for i in range(n_active):
+                    r = active[i]
+                    if np.uint64(first[r] - second[r]) > left:  # first > second: the leader is unique
+                        out_idx[base + np.uint64(r)] = leader[r]
+                    else:
+                        active[j] = r
+                        j += np.uint64(1)
+                n_active = j
+                if n_active == 0:
+                    break
+        want_proba = out_proba.shape[0] > 0
+        for i in range(n_active):
+            r = active[i]
+            row = base + np.uint64(r)
+            best = np.uint64(0)
+            for c in range(n_classes):
+                if want_proba:
+                    out_proba[row, c] = counts[r, c] / divisor
+                if counts[r, c] > counts[r, best]:  # strict: the first maximum wins, as np.argmax
+                    best = c
+            out_idx[row] = best
+        return walks
+
+    @numba.njit(nogil=True, cache=True)
     def _valid_mask(buf, n_features, ny, nx, sf, sy):  # pragma: no cover - compiled
         """Per pixel, whether all features are finite; ``buf[f * sf + y * sy + x]`` is ``X[f, y, x]``.
 
@@ -312,32 +379,44 @@ if numba is not None:
 
     @numba.njit(nogil=True, cache=True)
     def _predict_serial(  # pragma: no cover - compiled
-        XT, roots, max_depth, nodes, nodes_f, values, lead_before, gain_after, tol, divisor, early, out_idx,
-        out_proba, block,
+        XT, roots, max_depth, nodes, nodes_f, values, vote_class, lead_before, gain_after, tol, divisor,
+        early, out_idx, out_proba, block,
     ):  # fmt: skip
         n = XT.shape[1]
         walks = 0
         for b in range((n + block - 1) // block):
             start = b * block
-            walks += _predict_range(
-                XT, start, min(start + block, n), roots, max_depth, nodes, nodes_f, values, lead_before,
-                gain_after, tol, divisor, early, out_idx, out_proba,
-            )  # fmt: skip
+            if vote_class.shape[0]:
+                walks += _predict_votes_range(
+                    XT, start, min(start + block, n), roots, max_depth, nodes, nodes_f, vote_class,
+                    divisor, early, out_idx, out_proba,
+                )  # fmt: skip
+            else:
+                walks += _predict_range(
+                    XT, start, min(start + block, n), roots, max_depth, nodes, nodes_f, values,
+                    lead_before, gain_after, tol, divisor, early, out_idx, out_proba,
+                )  # fmt: skip
         return walks
 
     @numba.njit(parallel=True, nogil=True, cache=True)
     def _predict_parallel(  # pragma: no cover - compiled
-        XT, roots, max_depth, nodes, nodes_f, values, lead_before, gain_after, tol, divisor, early, out_idx,
-        out_proba, block,
+        XT, roots, max_depth, nodes, nodes_f, values, vote_class, lead_before, gain_after, tol, divisor,
+        early, out_idx, out_proba, block,
     ):  # fmt: skip
         n = XT.shape[1]
         walks = 0
         for b in numba.prange((n + block - 1) // block):
             start = b * block
-            walks += _predict_range(
-                XT, start, min(start + block, n), roots, max_depth, nodes, nodes_f, values, lead_before,
-                gain_after, tol, divisor, early, out_idx, out_proba,
-            )  # fmt: skip
+            if vote_class.shape[0]:
+                walks += _predict_votes_range(
+                    XT, start, min(start + block, n), roots, max_depth, nodes, nodes_f, vote_class,
+                    divisor, early, out_idx, out_proba,
+                )  # fmt: skip
+            else:
+                walks += _predict_range(
+                    XT, start, min(start + block, n), roots, max_depth, nodes, nodes_f, values,
+                    lead_before, gain_after, tol, divisor, early, out_idx, out_proba,
+                )  # fmt: skip
         return walks
 
 
@@ -390,15 +469,25 @@ def _float32_floor(threshold: np.ndarray) -> np.ndarray:
     return t32
 
 
-def _bfs_order(left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """Node ids in breadth-first order with the two children of every node next to each other."""
-    order = [np.zeros(1, dtype=np.intp)]
-    frontier = order[0]
-    while frontier.size:
-        inner = frontier[left[frontier] >= 0]
-        frontier = np.column_stack((left[inner], right[inner])).ravel()
-        order.append(frontier)
-    return np.concatenate(order)
+def _preorder(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Node ids in depth-first pre-order, left subtree first: every left child follows its parent.
+
+    scikit-learn's depth-first builder already numbers nodes so (the order is then returned as is); a
+    tree grown best-first (``max_leaf_nodes``) is reordered.
+    """
+    inner = np.flatnonzero(left >= 0)
+    if (left[inner] == inner + 1).all():
+        return np.arange(left.size)
+    order = np.empty(left.size, dtype=np.intp)
+    stack, k = [0], 0
+    while stack:
+        node = stack.pop()
+        order[k] = node
+        k += 1
+        if left[node] >= 0:
+            stack.append(right[node])
+            stack.append(left[node])
+    return order
 
 
 @dataclass(frozen=True, eq=False)
@@ -406,9 +495,9 @@ class FastForest:
     """A fitted tree classifier flattened into arrays for the numba kernel.
 
     Build it with :meth:`from_estimator`. Nodes of all trees share one set of arrays, each tree in
-    breadth-first order with the two children of a node adjacent (``child`` is the left one, ``child + 1``
-    the right one). A leaf is its own child with threshold +inf (identical leaf vectors are stored once in
-    ``values``).
+    depth-first pre-order, left subtree first: a node's left child is the next node and a subtree is one
+    contiguous run of nodes, which is the order the kernel visits them in (identical leaf vectors are
+    stored once in ``values``, in order of first appearance).
 
     Attributes
     ----------
@@ -421,7 +510,7 @@ class FastForest:
     nodes : ndarray of int32, shape (n_nodes, 4)
         One 16-byte record per node: split feature (leaf:
         0); the bits of the float32 threshold, the largest float32 not above scikit-learn's float64 one
-        (leaf: +inf); left child (leaf: itself); 1 if NaN goes left (``missing_go_to_left``) else 0, or for
+        (leaf: +inf); right child (leaf: itself); 1 if NaN goes left (``missing_go_to_left``) else 0, or for
         a leaf -1 minus its row in ``values``.
     values : ndarray of float64, shape (n_distinct_leaves, n_classes)
         Leaf vectors as the estimator adds them.
@@ -454,6 +543,17 @@ class FastForest:
         object.__setattr__(self, "_gain_after", gain_after)
         object.__setattr__(self, "_lead_before", np.cumsum(self.spread))
         object.__setattr__(self, "_tol", float(tol))
+        # One-hot leaf vectors (fully grown trees): the kernel counts votes (see _predict_votes_range).
+        values = self.values
+        one_hot = (
+            values.ndim == 2
+            and values.shape[1] > 1
+            and self.n_trees < np.iinfo(np.uint16).max
+            and bool(np.isin(values, (0.0, 1.0)).all())
+            and bool((values.sum(axis=1) == 1.0).all())
+        )
+        vote_class = values.argmax(axis=1).astype(np.int32) if one_hot else np.empty(0, dtype=np.int32)
+        object.__setattr__(self, "_vote_class", vote_class)
 
     @property
     def n_trees(self) -> int:
@@ -500,13 +600,13 @@ class FastForest:
         for tree in trees:
             left = tree.children_left.astype(np.intp)
             right = tree.children_right.astype(np.intp)
-            order = _bfs_order(left, right)
+            order = _preorder(left, right)
             position = np.empty(tree.node_count, dtype=np.intp)
             position[order] = np.arange(order.size)
             is_leaf = left[order] < 0
             new_index = np.arange(offset, offset + order.size, dtype=np.int64)
-            new_child = new_index.copy()  # a leaf is its own child: extra steps stay on it
-            new_child[~is_leaf] = position[left[order][~is_leaf]] + offset
+            new_child = new_index.copy()  # a leaf is its own child
+            new_child[~is_leaf] = position[right[order][~is_leaf]] + offset
             new_feature = tree.feature[order].astype(np.int64)
             new_feature[is_leaf] = 0
             new_threshold = np.asarray(tree.threshold, dtype=np.float64)[order]
@@ -530,6 +630,15 @@ class FastForest:
         if offset >= np.iinfo(np.int32).max:  # pragma: no cover - billions of nodes
             raise InvalidInputError(f"The forest has {offset} nodes, more than FastForest can index (2**31).")
         distinct, inverse = np.unique(np.concatenate(leaf_values), axis=0, return_inverse=True)
+        # Keep the distinct vectors in order of first appearance, so the leaves of one tree (walked
+        # together) stay together in memory rather than spread over the whole table by the sort.
+        inverse = inverse.ravel()
+        first_seen = np.full(distinct.shape[0], inverse.size, dtype=np.int64)
+        np.minimum.at(first_seen, inverse, np.arange(inverse.size))
+        order = np.argsort(first_seen, kind="stable")
+        rank = np.empty_like(order)
+        rank[order] = np.arange(order.size)
+        distinct, inverse = distinct[order], rank[inverse]
         child_all = np.concatenate(child)
         leaf_all = np.concatenate(leaf)
         is_leaf_all = child_all == np.arange(offset)
@@ -584,8 +693,8 @@ class FastForest:
             return out_idx, out_proba, 0
         args = (
             XT, self.roots, int(self.depth.max(initial=0)), self.nodes, self.nodes.view(np.float32),
-            self.values, self._lead_before, self._gain_after, self._tol, self.divisor, not want_proba,
-            out_idx, out_proba, _BLOCK,
+            self.values, self._vote_class, self._lead_before, self._gain_after, self._tol, self.divisor,
+            not want_proba, out_idx, out_proba, _BLOCK,
         )  # fmt: skip
         kernels = _kernels()
         if n_threads == 1 or n <= _BLOCK:

@@ -74,31 +74,69 @@ def test_predictions_identical_to_sklearn(make: Any, n_classes: int, discrete: b
     assert np.array_equal(ff.predict(probe, n_threads=2), est.predict(probe))
 
 
-def test_early_exit_skips_settled_rows_and_keeps_every_prediction() -> None:
+@pytest.mark.parametrize("min_samples_leaf", [1, 8], ids=["one-hot-leaves-vote-counts", "mixed-leaves"])
+def test_early_exit_skips_settled_rows_and_keeps_every_prediction(min_samples_leaf: int) -> None:
     # Separable classes plus a band of ambiguous rows: most rows settle after about half of the trees,
     # the ambiguous ones need them all; predictions must match sklearn on both, over several blocks.
+    # Fully grown trees have one-hot leaves (the kernel counts votes); larger leaves mix classes (it adds
+    # float64 leaf vectors).
     rng = np.random.default_rng(0)
     n_classes = 5
     centres = rng.normal(scale=4.0, size=(n_classes, 6))
     y = rng.integers(0, n_classes, 4000)
     X = (centres[y] + rng.normal(size=(4000, 6))).astype(np.float32)
-    est = RandomForestClassifier(n_estimators=40, random_state=0).fit(X, y)
+    est = RandomForestClassifier(n_estimators=40, min_samples_leaf=min_samples_leaf, random_state=0)
+    est.fit(X, y)
     clear = (centres[rng.integers(0, n_classes, 9000)] + rng.normal(size=(9000, 6))).astype(np.float32)
     a, b = rng.integers(0, n_classes, 9000), rng.integers(0, n_classes, 9000)
     mixed = ((centres[a] + centres[b]) / 2 + rng.normal(scale=0.3, size=(9000, 6))).astype(np.float32)
     probe = np.concatenate([clear, mixed, _probe(X, 0)])
     assert probe.shape[0] > 2 * fastpredict._BLOCK
     ff = FastForest.from_estimator(est)
+    assert (ff._vote_class.size > 0) == (min_samples_leaf == 1)
     idx, _, walks = ff._run(probe, 1, want_proba=False)
     np.testing.assert_array_equal(ff.classes_[idx], est.predict(probe))
     np.testing.assert_array_equal(ff.predict(probe, n_threads=2), est.predict(probe))
     full = probe.shape[0] * ff.n_trees
     assert walks < 0.8 * full, "the early exit should skip the trees of settled rows"
-    # settled rows need more than half of the trees (a unanimous lead must exceed the trees left)
-    assert walks > 0.5 * full
+    if min_samples_leaf == 1:  # a unanimous lead of one vote per tree must exceed the trees left
+        assert walks > 0.5 * full
     _, proba, walks_proba = ff._run(probe, 1, want_proba=True)
     assert walks_proba == full  # probabilities need every tree
     assert np.array_equal(proba, est.predict_proba(probe))
+
+
+def test_vote_counting_only_for_one_hot_leaves() -> None:
+    X, y = _data(5, 800, 5, 4, discrete=False)
+    grown = RandomForestClassifier(n_estimators=5, random_state=0).fit(X, y)
+    ff = FastForest.from_estimator(grown)
+    np.testing.assert_array_equal(ff._vote_class, ff.values.argmax(axis=1))
+    weighted = RandomForestClassifier(n_estimators=5, max_depth=3, random_state=0).fit(X, y)
+    assert FastForest.from_estimator(weighted)._vote_class.size == 0
+    probe = _probe(X, 5)
+    for est in (grown, weighted):
+        assert np.array_equal(FastForest.from_estimator(est).predict_proba(probe), est.predict_proba(probe))
+
+
+@pytest.mark.parametrize("max_leaf_nodes", [None, 25], ids=["depth-first", "best-first"])
+def test_nodes_are_stored_in_preorder(max_leaf_nodes: int | None) -> None:
+    X, y = _data(6, 500, 4, 3, discrete=False)
+    tree = DecisionTreeClassifier(max_leaf_nodes=max_leaf_nodes, random_state=0).fit(X, y).tree_
+    left, right = tree.children_left, tree.children_right
+    order = fastpredict._preorder(left, right)
+    np.testing.assert_array_equal(np.sort(order), np.arange(tree.node_count))
+    position = np.empty_like(order)
+    position[order] = np.arange(order.size)
+    inner = np.flatnonzero(left >= 0)
+    np.testing.assert_array_equal(position[left[inner]], position[inner] + 1)  # left child follows
+    # a subtree is contiguous: the right child comes right after the whole left subtree
+    size = np.ones(tree.node_count, dtype=int)
+    for node in order[::-1]:
+        if left[node] >= 0:
+            size[node] += size[left[node]] + size[right[node]]
+    np.testing.assert_array_equal(position[right[inner]], position[inner] + 1 + size[left[inner]])
+    if max_leaf_nodes is None:  # scikit-learn's depth-first builder numbers nodes in pre-order already
+        np.testing.assert_array_equal(order, np.arange(tree.node_count))
 
 
 def test_early_exit_bound_uses_the_leaf_spread() -> None:
