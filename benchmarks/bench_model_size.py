@@ -305,7 +305,10 @@ def main() -> None:
 
     CANDIDATES[1] = ("(b) lcstack default", _ESTIMATORS["random_forest"](0, {}).get_params())
     b = CANDIDATES[1][1]
-    b_desc = f"{b['n_estimators']} trees, min_samples_leaf={b['min_samples_leaf']}, max_leaf_nodes={b['max_leaf_nodes']}"
+    b_desc = (
+        f"{b['n_estimators']} trees, max_depth={b['max_depth']}, min_samples_leaf={b['min_samples_leaf']}, "
+        f"max_leaf_nodes={b['max_leaf_nodes']}"
+    )
     CANDIDATES[1] = (f"(b) lcstack default: {b_desc}", b)
 
     t0 = time.perf_counter()
@@ -367,15 +370,16 @@ def main() -> None:
         f" --size {args.size} --window {args.window} --n-large {args.n_large} --noise {args.noise} "
         f"--repeat {args.repeat}"
     )
+    busy = "quiet" if max(float(x) for pair in loads for x in pair.split(" / ")) < 1.5 else "BUSY: shared"
     body = "\n".join(
         [
             f"Command: `{cmd}` (demo area + workflow discover/composite/train, then {len(CANDIDATES)} forests x "
             f"{len(sets)} training sets; {time.perf_counter() - t0:.0f} s in all).",
             "",
-            f"Machine: {os.cpu_count()} cores, CPU {cpu_model()}, run under `nice -n 15` next to other jobs; 1-min "
-            f"load average before / after each training set: {', '.join(loads)}. The machine was BUSY, so rates "
-            "are per CPU-second of the single predicting thread (`time.process_time`), which other processes "
-            "barely change; wall-clock rates are shown for reference and are pessimistic.",
+            f"Machine: {os.cpu_count()} cores, CPU {cpu_model()}, run under `nice -n 15`; 1-min load average "
+            f"before / after each training set: {', '.join(loads)} ({busy}). Rates are per CPU-second of the "
+            "single predicting thread (`time.process_time`), which other processes barely change; wall-clock "
+            "rates are shown for reference.",
             "",
             f"Data: demo area {args.size}² (seed {args.seed}), {len(features)} features from the workflow's "
             f"composites, put on the truth grid ({n_pix} pixels, {100 * nodata_frac:.1f} % nodata); "

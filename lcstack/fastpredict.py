@@ -22,7 +22,11 @@ How it walks (``_descend``, ``_predict_range``): pixels come in blocks of ``_BLO
 transposes them). For each tree, the block's rows are partitioned node by node, depth first: a split reads
 one contiguous feature column for the rows that reach it and writes them, branch-free, to its left or right
 child's range. A node is visited once per block instead of once per row, and no chain of dependent loads
-runs through one row's path. For ``predict`` (not ``predict_proba``), a row is dropped from the walk once
+runs through one row's path. Nodes are stored in the order the walk visits them (depth-first pre-order, a
+subtree in one run of memory), which on deep trees makes the walk a quarter faster than breadth-first
+storage. When every leaf vector is one-hot (fully grown trees), scikit-learn's float64 sums are exact vote
+counts, so the kernel counts votes in uint16 instead of adding vectors (``_predict_votes_range``).
+For ``predict`` (not ``predict_proba``), a row is dropped from the walk once
 its leading class leads the runner-up by more than the remaining trees could close (each tree can move a
 class against another by at most the spread of its leaf vectors) plus a margin for float64 rounding, so
 its argmax is settled and equals scikit-learn's; the others go on to the last tree. On clean data about
