@@ -196,38 +196,41 @@ if numba is not None:
             walks += n_active
             bufs[0, :n_active] = active[:n_active]
             _descend(XT, base, roots[t], nodes, nodes_f, bufs, n_active, leaf, stack)
+            # Early exit (predict only): a row whose leading class leads the runner-up by more than the
+            # remaining trees can close (each can add at most its max - min leaf-vector spread to any
+            # other class) has its argmax settled; the float64 rounding of the sums is within tol. The
+            # leader and the runner-up are found in the pass that adds the leaf vector, without branches.
+            if not (early and lead_before[t] > gain_after[t] + tol):  # no row can be settled yet
+                for i in range(n_active):
+                    r = active[i]
+                    v = leaf[r]
+                    for c in range(n_classes):
+                        acc[r, c] += values[v, c]
+                continue
+            bound = gain_after[t] + tol
+            j = np.uint64(0)
             for i in range(n_active):
                 r = active[i]
                 v = leaf[r]
+                first = -np.inf
+                second = -np.inf
                 for c in range(n_classes):
-                    acc[r, c] += values[v, c]
-            # Early exit (predict only): a row whose leading class leads the runner-up by more than the
-            # remaining trees can close (each can add at most its max - min leaf-vector spread to any
-            # other class) has its argmax settled; the float64 rounding of the sums is within tol.
-            if early and lead_before[t] > gain_after[t] + tol:
-                bound = gain_after[t] + tol
-                j = np.uint64(0)
-                for i in range(n_active):
-                    r = active[i]
+                    value = acc[r, c] + values[v, c]
+                    acc[r, c] = value
+                    low = value if value < first else first
+                    second = low if low > second else second
+                    first = value if value > first else first
+                if first - second > bound:
                     best = np.uint64(0)
-                    first = acc[r, 0]
-                    second = -np.inf
-                    for c in range(np.uint64(1), n_classes):
-                        value = acc[r, c]
-                        if value > first:
-                            second = first
-                            first = value
-                            best = c
-                        elif value > second:
-                            second = value
-                    if first - second > bound:
-                        out_idx[base + np.uint64(r)] = best
-                    else:
-                        active[j] = r
-                        j += np.uint64(1)
-                n_active = j
-                if n_active == 0:
-                    break
+                    while acc[r, best] != first:  # the first maximum, as np.argmax
+                        best += np.uint64(1)
+                    out_idx[base + np.uint64(r)] = best
+                else:
+                    active[j] = r
+                    j += np.uint64(1)
+            n_active = j
+            if n_active == 0:
+                break
         want_proba = out_proba.shape[0] > 0
         for i in range(n_active):
             r = active[i]
