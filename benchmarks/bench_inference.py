@@ -237,7 +237,8 @@ def main() -> None:
             f"fitted on string labels, lcstack with the very same trees (integer class codes). Training: "
             f"{args.n_train} samples x 66 features x 8 classes per data set (demo: pixels drawn per truth class; "
             "synthetic: 10 % label noise). Every path gives the same code on every pixel (asserted). One "
-            f"thread; {args.window}-pixel windows; every path best of {args.repeat} runs, interleaved. Speed-up = CPU seconds of the LandCoverPy-style path / CPU seconds of lcstack's "
+            f"thread; {args.window}-pixel windows; every path best of {args.repeat} runs, interleaved. "
+            "Speed-up = CPU seconds of the LandCoverPy-style path / CPU seconds of lcstack's "
             "numba engine (`predict_block`, the code `classify` runs per chunk). *Trees walked*: the numba "
             "engine stops walking a pixel's trees once its vote is settled (see `lcstack/fastpredict.py`).",
             "",
