@@ -555,7 +555,7 @@ class FastForest:
         one_hot = (
             values.ndim == 2
             and values.shape[1] > 1
-            and self.n_trees < np.iinfo(np.uint16).max
+            and max(self.n_trees, values.shape[1]) < np.iinfo(np.uint16).max  # uint16 counts and leader
             and bool(np.isin(values, (0.0, 1.0)).all())
             and bool((values.sum(axis=1) == 1.0).all())
         )
