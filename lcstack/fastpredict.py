@@ -385,6 +385,22 @@ if numba is not None:
                     XT[f, r] = X[r, f]
 
     @numba.njit(nogil=True, cache=True)
+    def _predict_block(  # pragma: no cover - compiled
+        XT, start, stop, roots, max_depth, nodes, nodes_f, values, vote_class, lead_before, gain_after, tol,
+        divisor, early, out_idx, out_proba,
+    ):  # fmt: skip
+        """Rows ``start:stop`` by vote counting (one-hot leaves) or by adding leaf vectors."""
+        if vote_class.shape[0]:
+            return _predict_votes_range(
+                XT, start, stop, roots, max_depth, nodes, nodes_f, vote_class, divisor, early, out_idx,
+                out_proba,
+            )  # fmt: skip
+        return _predict_range(
+            XT, start, stop, roots, max_depth, nodes, nodes_f, values, lead_before, gain_after, tol, divisor,
+            early, out_idx, out_proba,
+        )  # fmt: skip
+
+    @numba.njit(nogil=True, cache=True)
     def _predict_serial(  # pragma: no cover - compiled
         XT, roots, max_depth, nodes, nodes_f, values, vote_class, lead_before, gain_after, tol, divisor,
         early, out_idx, out_proba, block,
@@ -393,16 +409,10 @@ if numba is not None:
         walks = 0
         for b in range((n + block - 1) // block):
             start = b * block
-            if vote_class.shape[0]:
-                walks += _predict_votes_range(
-                    XT, start, min(start + block, n), roots, max_depth, nodes, nodes_f, vote_class,
-                    divisor, early, out_idx, out_proba,
-                )  # fmt: skip
-            else:
-                walks += _predict_range(
-                    XT, start, min(start + block, n), roots, max_depth, nodes, nodes_f, values,
-                    lead_before, gain_after, tol, divisor, early, out_idx, out_proba,
-                )  # fmt: skip
+            walks += _predict_block(
+                XT, start, min(start + block, n), roots, max_depth, nodes, nodes_f, values, vote_class,
+                lead_before, gain_after, tol, divisor, early, out_idx, out_proba,
+            )  # fmt: skip
         return walks
 
     @numba.njit(parallel=True, nogil=True, cache=True)
@@ -414,16 +424,10 @@ if numba is not None:
         walks = 0
         for b in numba.prange((n + block - 1) // block):
             start = b * block
-            if vote_class.shape[0]:
-                walks += _predict_votes_range(
-                    XT, start, min(start + block, n), roots, max_depth, nodes, nodes_f, vote_class,
-                    divisor, early, out_idx, out_proba,
-                )  # fmt: skip
-            else:
-                walks += _predict_range(
-                    XT, start, min(start + block, n), roots, max_depth, nodes, nodes_f, values,
-                    lead_before, gain_after, tol, divisor, early, out_idx, out_proba,
-                )  # fmt: skip
+            walks += _predict_block(
+                XT, start, min(start + block, n), roots, max_depth, nodes, nodes_f, values, vote_class,
+                lead_before, gain_after, tol, divisor, early, out_idx, out_proba,
+            )  # fmt: skip
         return walks
 
 
