@@ -341,6 +341,7 @@ if numba is not None:
         run_src = np.empty(ny * ((nx + 1) // 2), dtype=np.uint64)
         run_len = np.empty_like(run_src)
         run_dst = np.empty_like(run_src)
+        run_pix = np.empty_like(run_src)  # flat pixel index of the run's first pixel
         n_runs = np.uint64(0)
         k = np.uint64(0)
         for y in range(np.uint64(ny)):
@@ -353,13 +354,14 @@ if numba is not None:
                 while x < nx and valid[y, x]:
                     x += one
                 run_src[n_runs] = y * sy + x0
+                run_pix[n_runs] = y * nx + x0
                 run_len[n_runs] = x - x0
                 run_dst[n_runs] = k
                 k += x - x0
                 n_runs += one
         index = np.empty(k, dtype=np.int64)
         for j in range(n_runs):
-            start = (run_src[j] // np.uint64(sy)) * np.uint64(nx) + run_src[j] % np.uint64(sy)
+            start = run_pix[j]
             for i in range(run_len[j]):
                 index[run_dst[j] + i] = start + i
         columns = np.empty((np.uint64(n_features), k), dtype=np.float32)

@@ -178,6 +178,7 @@ def test_valid_columns_gathers_finite_pixels_of_any_layout(dtype: Any) -> None:
         lambda a: a[:, :, ::-1],  # negative x stride
         lambda a: a.transpose(0, 2, 1),  # x is not the fastest axis
         lambda a: a[::2, 1:, 2:-1],  # every stride and offset off the origin
+        lambda a: np.broadcast_to(a[:, 6:7, :], a.shape),  # row stride 0: every line the same
     ],
 )
 def test_valid_columns_reads_any_strides(view: Any) -> None:
