@@ -15,13 +15,22 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
 def cpu_model() -> str:
+    """The CPU's name, with its family / model numbers and L2 size (VMs often report a generic name)."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return "unknown"
+    name = fields.get("model name", "unknown")
+    extra = [f"family {fields['cpu family']} model {fields['model']}"] if "model" in fields else []
+    try:
+        l2 = Path("/sys/devices/system/cpu/cpu0/cache/index2/size").read_text().strip()
+        extra.append(f"L2 {l2} per core")
     except OSError:
         pass
-    return "unknown"
+    return f"{name} ({', '.join(extra)})" if extra else name
 
 
 def load1() -> float:
