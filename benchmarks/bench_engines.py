@@ -129,6 +129,8 @@ def run_case(forest, cube: np.ndarray, repeat: int, max_nodes: int, workdir: Pat
                 cpu, out = best_cpu(lambda row=row: row["predict"](X), 1)
                 row["cpu"] = min(row["cpu"], cpu)
                 row["agree"] = float((np.asarray(out) == ref).mean())
+    numba_row = next(r for r in rows if r["engine"].startswith("lcstack"))
+    assert numba_row["agree"] == 1.0, "lcstack's engine differs from scikit-learn's predict"
     sk = rows[0]["cpu"]
     for row in rows:
         row["n"] = n
