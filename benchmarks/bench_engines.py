@@ -27,21 +27,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load1, machine_line, wait_for_quiet, write_section  # noqa: E402
-from bench_inference import FEATURES, demo_data, fit_pair, make_data  # noqa: E402
+from bench_inference import both_datasets, fit_pair, timed  # noqa: E402
 
 from lcstack.fastpredict import compile_estimator, valid_columns  # noqa: E402
 
 HEADER = "### Other inference engines (same fitted forests)"
-
-
-def best_cpu(fn, repeat: int) -> tuple[float, object]:
-    """Best CPU seconds of ``repeat`` runs (one thread, so CPU seconds are the per-core cost)."""
-    best, out = float("inf"), None
-    for _ in range(repeat):
-        c = time.process_time()
-        out = fn()
-        best = min(best, time.process_time() - c)
-    return best, out
 
 
 def build_tl2cgen(forest, workdir: Path, max_nodes: int):
@@ -126,7 +116,7 @@ def run_case(forest, cube: np.ndarray, repeat: int, max_nodes: int, workdir: Pat
     for _ in range(repeat):  # interleaved, best of `repeat` each
         for row in rows:
             if "predict" in row:
-                cpu, out = best_cpu(lambda row=row: row["predict"](X), 1)
+                _, cpu, out = timed(lambda row=row: row["predict"](X), 1)
                 row["cpu"] = min(row["cpu"], cpu)
                 row["agree"] = float((np.asarray(out) == ref).mean())
     numba_row = next(r for r in rows if r["engine"].startswith("lcstack"))
@@ -156,12 +146,7 @@ def main() -> None:
         ("LandCoverPy's (100 fully grown trees)", {}),
         ("lcstack default", dict(DEFAULT_FOREST_PARAMS)),
     ]
-    Xd, yd, cube_d, names_d = demo_data(args.demo_size, args.n_train, 0)
-    Xs, ys, cube_s = make_data(0, args.n_train, args.size)
-    datasets = [
-        (f"demo area {args.demo_size}²", Xd, yd, cube_d, names_d),
-        (f"noisy synthetic {args.size}²", Xs, ys, cube_s, FEATURES),
-    ]
+    datasets = both_datasets(args.demo_size, args.size, args.n_train)
     load_before = wait_for_quiet(args.max_load, args.wait)
     table = [
         "| data | forest (nodes) | engine | build s | artefact MB | Mpixel per CPU-s | vs scikit-learn | "

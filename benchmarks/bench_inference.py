@@ -102,6 +102,16 @@ def demo_data(size: int, n_train: int, seed: int) -> tuple[np.ndarray, np.ndarra
     return X, y - 1, np.ascontiguousarray(cube_da.to_numpy(), dtype=np.float32), names
 
 
+def both_datasets(demo_size: int, size: int, n_train: int) -> list[tuple]:
+    """(label, training rows, labels, cube, feature names) of the demo area and of the noisy synthetic cube."""
+    Xd, yd, cube_d, names_d = demo_data(demo_size, n_train, 0)
+    Xs, ys, cube_s = make_data(0, n_train, size)
+    return [
+        (f"demo area {demo_size}²", Xd, yd, cube_d, names_d),
+        (f"noisy synthetic {size}²", Xs, ys, cube_s, FEATURES),
+    ]
+
+
 def fit_pair(params: dict, X: np.ndarray, y: np.ndarray, features: list[str]):
     """The LandCoverPy model (string labels, DataFrame) and the same trees as an lcstack model."""
     from sklearn.ensemble import RandomForestClassifier
@@ -194,12 +204,7 @@ def main() -> None:
             dict(DEFAULT_FOREST_PARAMS),
         ),
     ]
-    Xd, yd, cube_d, names_d = demo_data(args.demo_size, args.n_train, 0)
-    Xs, ys, cube_s = make_data(0, args.n_train, args.size)
-    datasets = [
-        (f"demo area {args.demo_size}²", Xd, yd, cube_d, names_d),
-        (f"noisy synthetic {args.size}²", Xs, ys, cube_s, FEATURES),
-    ]
+    datasets = both_datasets(args.demo_size, args.size, args.n_train)
     load_before = wait_for_quiet(args.max_load, args.wait)
     results, dask_row = [], None
     for data_label, X, y, cube, features in datasets:
