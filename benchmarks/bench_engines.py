@@ -92,13 +92,10 @@ def run_case(forest, cube: np.ndarray, repeat: int, max_nodes: int, workdir: Pat
     t = time.perf_counter()
     compiled = compile_estimator(forest)
     numba_build = time.perf_counter() - t
+    # every engine predicts rows[sl]: row-major X for the others, lcstack its feature-major columns
     engines: dict[str, object] = {
         "scikit-learn `predict`": (lambda X: forest.predict(X), None, None),
-        "lcstack numba (default)": (
-            lambda X: compiled.predict(columns, feature_major=True),
-            numba_build,
-            compiled.nbytes,
-        ),
+        "lcstack numba (default)": (None, numba_build, compiled.nbytes),
         "tl2cgen (treelite, gcc)": build_tl2cgen(forest, workdir, max_nodes),
         "ONNX Runtime (skl2onnx)": build_onnx(forest, X.shape[1]),
     }
@@ -108,15 +105,25 @@ def run_case(forest, cube: np.ndarray, repeat: int, max_nodes: int, workdir: Pat
         if isinstance(engine, str):
             rows.append({"engine": name, "skipped": engine})
             continue
-        predict, build_s, size = engine
-        predict(X[:64])  # warm (numba's compile, ONNX Runtime's first run)
+        on_rows, build_s, size = engine
+        if on_rows is None:
+
+            def predict(sl: slice) -> np.ndarray:
+                return compiled.predict(columns[:, sl], feature_major=True)
+
+        else:
+
+            def predict(sl: slice, on_rows=on_rows) -> np.ndarray:
+                return on_rows(X[sl])
+
+        predict(slice(0, 64))  # warm (numba's compile, ONNX Runtime's first run)
         rows.append(
             {"engine": name, "build_s": build_s, "bytes": size, "cpu": float("inf"), "predict": predict}
         )
     for _ in range(repeat):  # interleaved, best of `repeat` each
         for row in rows:
             if "predict" in row:
-                _, cpu, out = timed(lambda row=row: row["predict"](X), 1)
+                _, cpu, out = timed(lambda row=row: row["predict"](slice(None)), 1)
                 row["cpu"] = min(row["cpu"], cpu)
                 row["agree"] = float((np.asarray(out) == ref).mean())
     numba_row = next(r for r in rows if r["engine"].startswith("lcstack"))
