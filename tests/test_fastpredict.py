@@ -21,6 +21,18 @@ from lcstack.model import HierarchicalClassifier
 
 pytest.importorskip("numba")
 
+from lcstack import _simd  # noqa: E402
+
+
+@pytest.fixture(params=["avx512", "scalar"])
+def partition_step(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test with the AVX-512 partition step and with the scalar loop (``LCSTACK_SIMD``)."""
+    if request.param == "avx512" and not _simd.AVX512:
+        pytest.skip("this CPU (or numba's target) has no AVX-512: the kernels use the scalar loop only")
+    monkeypatch.setenv("LCSTACK_SIMD", "1" if request.param == "avx512" else "0")
+    assert _simd.simd_enabled() == (request.param == "avx512")
+    return request.param
+
 
 def _data(
     seed: int, n: int, n_features: int, n_classes: int, *, discrete: bool
@@ -63,7 +75,9 @@ ESTIMATORS = [
 
 @pytest.mark.parametrize("make", ESTIMATORS)
 @pytest.mark.parametrize(("n_classes", "discrete"), [(2, True), (8, False), (37, True)])
-def test_predictions_identical_to_sklearn(make: Any, n_classes: int, discrete: bool) -> None:
+def test_predictions_identical_to_sklearn(
+    make: Any, n_classes: int, discrete: bool, partition_step: str
+) -> None:
     X, y = _data(n_classes, 600, 6, n_classes, discrete=discrete)
     est = make().fit(X, y)
     ff = FastForest.from_estimator(est)
@@ -75,7 +89,9 @@ def test_predictions_identical_to_sklearn(make: Any, n_classes: int, discrete: b
 
 
 @pytest.mark.parametrize("min_samples_leaf", [1, 8], ids=["one-hot-leaves-vote-counts", "mixed-leaves"])
-def test_early_exit_skips_settled_rows_and_keeps_every_prediction(min_samples_leaf: int) -> None:
+def test_early_exit_skips_settled_rows_and_keeps_every_prediction(
+    min_samples_leaf: int, partition_step: str
+) -> None:
     # Separable classes plus a band of ambiguous rows: most rows settle after about half of the trees,
     # the ambiguous ones need them all; predictions must match sklearn on both, over several blocks.
     # Fully grown trees have one-hot leaves (the kernel counts votes); larger leaves mix classes (it adds
@@ -91,8 +107,8 @@ def test_early_exit_skips_settled_rows_and_keeps_every_prediction(min_samples_le
     a, b = rng.integers(0, n_classes, 9000), rng.integers(0, n_classes, 9000)
     mixed = ((centres[a] + centres[b]) / 2 + rng.normal(scale=0.3, size=(9000, 6))).astype(np.float32)
     probe = np.concatenate([clear, mixed, _probe(X, 0)])
-    assert probe.shape[0] > 2 * fastpredict._BLOCK
     ff = FastForest.from_estimator(est)
+    assert probe.shape[0] > 2 * ff._block
     assert (ff._vote_class.size > 0) == (min_samples_leaf == 1)
     idx, _, walks = ff._run(probe, 1, want_proba=False)
     np.testing.assert_array_equal(ff.classes_[idx], est.predict(probe))
@@ -259,7 +275,7 @@ def test_float64_input_string_labels_and_many_trees() -> None:
     np.testing.assert_array_equal(pred, est.predict(X64))
 
 
-def test_missing_values_follow_missing_go_to_left() -> None:
+def test_missing_values_follow_missing_go_to_left(partition_step: str) -> None:
     X, y = _data(3, 500, 4, 3, discrete=False)
     X[::7, 1] = np.nan
     X[::11, 2] = np.nan
