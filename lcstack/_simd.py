@@ -1,21 +1,30 @@
-"""AVX-512 partition step for the tree kernels of :mod:`lcstack.fastpredict`.
+"""Vector partition steps (AVX-512, AVX2) for the tree kernels of :mod:`lcstack.fastpredict`.
 
-One call of :func:`partition16` does, for 16 rows at once, what the scalar loop of ``_descend`` does
-for one: gather ``col[row]`` for the 16 row indices ``src[i:i + 16]`` (``vgatherdps``), compare with
-the split's threshold, and store the rows that go left at ``dst[nl:nl + n_left]`` and those that go
-right at ``dst[nr + 1 - n_right:nr + 1]``, each group in its input order (``vpcompressd`` into a
-register, then a masked store: the memory form of ``vpcompressd`` is microcoded on AMD Zen 4). It
-returns ``n_left``. The comparison is the scalar kernel's: a row goes right when ``x > thr`` if NaN
-goes left (``nan_left``), else when ``not x <= thr``, so NaN follows ``missing_go_to_left``.
+One call of :func:`partition16` (AVX-512) or :func:`partition8` (AVX2) does, for 16 or 8 rows at once,
+what the scalar loop of ``_descend`` does for one: gather ``col[row]`` for the row indices
+``src[i:i + width]``, compare with the split's threshold, and put the rows that go left at
+``dst[nl:nl + n_left]`` and those that go right at ``dst[nr + 1 - n_right:nr + 1]``, each group in its
+input order. It returns ``n_left``. The comparison is the scalar kernel's: a row goes right when ``x >
+thr`` if NaN goes left (``nan_left``), else when ``not x <= thr``, so NaN follows scikit-learn's
+``missing_go_to_left``.
 
-LLVM cannot select AVX-512 intrinsics for a CPU without them (it aborts the process), so the
-intrinsic exists only where numba compiles for a host with AVX-512F. Everywhere else
-:func:`partition16` is :func:`partition16_scalar`, a plain numba function with the same contract
-(the kernels then never call it: :data:`AVX512` is False and they keep their scalar loop). The
-tests check both against each other on the machines that have AVX-512.
+* AVX-512 (:func:`partition16`): ``vgatherdps``, then ``vpcompressd`` into a register and a masked
+  store per side (the memory form of ``vpcompressd`` is microcoded on AMD Zen 4). It writes nothing
+  outside the two groups.
+* AVX2 (:func:`partition8`): ``vgatherdps`` (8 lanes), then ``vpermd`` with a 256-entry table of lane
+  orders (AVX2 has no compress) and a full 8-lane store per side: the left store starts at ``nl``, the
+  right one ends at ``nr``. The lanes beyond each group land in the unwritten gap ``dst[nl + n_left:nr
+  + 1 - n_right]``, so the caller must keep the gap at least 16 rows wide before the call (``hi - i >=
+  16``): the two stores then never overlap, and the gap is filled by later steps.
 
-On the 2-core Intel Xeon (Emerald Rapids) benchmark machine this step made the whole kernel 1.2-1.5x
-faster (``benchmarks/RESULTS.md``); set ``LCSTACK_SIMD=0`` to switch it off at run time.
+LLVM cannot select the intrinsics of an instruction set the CPU lacks (it aborts the process), so each
+intrinsic exists only where numba compiles for a host that has it. Everywhere else the name is bound to
+its plain-numba stand-in (:func:`partition16_scalar`, :func:`partition8_scalar`: same contract, and the
+tests' reference), which the kernels never call because :func:`simd_width` then says 0 or 8.
+
+On the 2-core Intel Xeon (Emerald Rapids) benchmark machine the AVX-512 step made the whole kernel
+1.2-1.6x faster (``benchmarks/RESULTS.md``). ``LCSTACK_SIMD`` picks the step at run time: unset or
+``auto`` (the widest the CPU has), ``avx2``, or ``0`` (the scalar loop).
 """
 
 from __future__ import annotations
@@ -25,10 +34,15 @@ import platform
 
 import numpy as np
 
-__all__ = ["AVX512", "WIDTH", "partition16", "partition16_scalar", "simd_enabled"]
-
-#: Rows per call of :func:`partition16`.
-WIDTH = 16
+__all__ = [
+    "AVX2",
+    "AVX512",
+    "partition8",
+    "partition8_scalar",
+    "partition16",
+    "partition16_scalar",
+    "simd_width",
+]
 
 try:
     import numba
@@ -36,40 +50,48 @@ except ImportError:  # pragma: no cover - numba is installed in the test environ
     numba = None
 
 
-def _host_has_avx512() -> bool:
-    """Whether numba compiles for this host's CPU and that CPU has AVX-512F."""
+def _host_features() -> dict[str, bool]:
+    """Return the CPU features numba compiles for; none where it does not target this x86-64 host."""
     if numba is None or platform.machine().lower() not in ("x86_64", "amd64"):
-        return False
+        return {}
     if numba.config.DISABLE_JIT:  # the kernels run as Python: no intrinsics
-        return False
-    cpu_name = numba.config.CPU_NAME
-    if cpu_name not in (None, "", "host"):  # NUMBA_CPU_NAME=generic etc.: portable code, no AVX-512
-        return False
+        return {}
+    if numba.config.CPU_NAME not in (None, "", "host"):  # NUMBA_CPU_NAME=generic etc.: portable code
+        return {}
     try:
         import llvmlite.binding as llvm
 
-        features = llvm.get_host_cpu_features()
+        return dict(llvm.get_host_cpu_features())
     except Exception:  # pragma: no cover - llvmlite cannot read the host's features
-        return False
-    return bool(features.get("avx512f", False))
+        return {}
 
 
-#: True where the AVX-512 partition step is compiled in (x86-64 with AVX-512F, numba targeting the host).
-AVX512 = _host_has_avx512()
+_FEATURES = _host_features()
+#: True where the AVX-512 step is compiled in (x86-64 with AVX-512F, numba targeting the host).
+AVX512 = bool(_FEATURES.get("avx512f", False))
+#: True where the AVX2 step is compiled in.
+AVX2 = bool(_FEATURES.get("avx2", False))
 
 
-def simd_enabled() -> bool:
-    """Whether the kernels use the AVX-512 step: :data:`AVX512` and ``LCSTACK_SIMD`` not ``0``."""
-    return AVX512 and os.environ.get("LCSTACK_SIMD", "1").strip().lower() not in ("0", "false", "no", "off")
+def simd_width() -> int:
+    """Rows per vector step the kernels use: 16 (AVX-512), 8 (AVX2) or 0 (scalar loop).
+
+    ``LCSTACK_SIMD``: unset, ``1`` or ``auto`` for the widest step this CPU has; ``avx2`` for the 8-row
+    step; ``0``, ``off`` or ``scalar`` for none.
+    """
+    choice = os.environ.get("LCSTACK_SIMD", "auto").strip().lower()
+    if choice in ("0", "off", "false", "no", "scalar"):
+        return 0
+    if choice == "avx2":
+        return 8 if AVX2 else 0
+    return 16 if AVX512 else 8 if AVX2 else 0
 
 
 if numba is not None:
 
     @numba.njit(nogil=True, cache=True, inline="always")
-    def partition16_scalar(src, i, col, thr, nan_left, dst, nl, nr):  # pragma: no cover - compiled
-        """:func:`partition16` in plain numba (the reference, and the stand-in without AVX-512)."""
+    def _partition_scalar(src, i, col, thr, nan_left, dst, nl, nr, width):  # pragma: no cover - compiled
         one = np.uint64(1)
-        width = np.uint64(WIDTH)
         n_left = np.uint64(0)
         for k in range(width):
             x = col[src[i + k]]
@@ -88,79 +110,182 @@ if numba is not None:
                 left += one
         return n_left
 
+    @numba.njit(nogil=True, cache=True, inline="always")
+    def partition16_scalar(src, i, col, thr, nan_left, dst, nl, nr):  # pragma: no cover - compiled
+        """:func:`partition16` in plain numba (the reference, and the stand-in without AVX-512)."""
+        return _partition_scalar(src, i, col, thr, nan_left, dst, nl, nr, np.uint64(16))
+
+    @numba.njit(nogil=True, cache=True, inline="always")
+    def partition8_scalar(src, i, col, thr, nan_left, dst, nl, nr):  # pragma: no cover - compiled
+        """:func:`partition8` in plain numba (the reference, and the stand-in without AVX2)."""
+        return _partition_scalar(src, i, col, thr, nan_left, dst, nl, nr, np.uint64(8))
+
 else:  # pragma: no cover - numba is installed in the test environment
-    partition16_scalar = None
+    partition16_scalar = partition8_scalar = None
 
 
-def _make_intrinsic():  # pragma: no cover - only built on AVX-512 hosts; its codegen runs inside numba
+def _lane_orders(width: int, last: bool) -> np.ndarray:
+    """Per lane mask, the ``vpermd`` order that puts the masked lanes first (or last), in lane order."""
+    table = np.zeros((1 << width, width), dtype=np.int32)
+    for mask in range(1 << width):
+        chosen = [k for k in range(width) if mask >> k & 1]
+        if last:
+            table[mask, width - len(chosen) :] = chosen
+        else:
+            table[mask, : len(chosen)] = chosen
+    return table
+
+
+def _make_intrinsics(avx512: bool, avx2: bool):  # pragma: no cover - codegen runs inside numba
     from llvmlite import ir
     from numba import types
     from numba.core import cgutils
     from numba.extending import intrinsic
 
-    i1, i16, i32, i64 = ir.IntType(1), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+    i1, i8, i16, i32, i64 = ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
     ptr = ir.PointerType()  # opaque pointer (LLVM >= 15)
-    v_i32 = ir.VectorType(i32, WIDTH)
-    v_f32 = ir.VectorType(ir.FloatType(), WIDTH)
-    v_i1 = ir.VectorType(i1, WIDTH)
 
     def declare(module, name, ret, args):
         return cgutils.get_or_insert_function(module, ir.FunctionType(ret, args), name)
 
-    def low_lanes(builder, count):
-        """Return the mask of the first ``count`` (0..16) lanes."""
-        bits = builder.sub(builder.shl(i32(1), builder.trunc(count, i32)), i32(1))
-        return builder.bitcast(builder.trunc(bits, i16), v_i1)
-
-    @intrinsic
-    def partition16(typingctx, src, i, col, thr, nan_left, dst, nl, nr):
-        if not (
+    def typed(src, col, dst):
+        return (
             isinstance(src, types.Array) and src.dtype == types.uint32
             and isinstance(dst, types.Array) and dst.dtype == types.uint32
             and isinstance(col, types.Array) and col.dtype == types.float32
             and src.layout == "C" and dst.layout == "C" and col.layout == "C"  # unit strides
-        ):  # fmt: skip
-            return None
-        sig = types.uint64(
+        )  # fmt: skip
+
+    def signature(src, col, dst):
+        return types.uint64(
             src, types.uint64, col, types.float32, types.boolean, dst, types.uint64, types.uint64
         )
 
-        def codegen(context, builder, signature, args):
-            src_a = context.make_array(signature.args[0])(context, builder, args[0])
-            col_a = context.make_array(signature.args[2])(context, builder, args[2])
-            dst_a = context.make_array(signature.args[5])(context, builder, args[5])
-            i_, thr_, nan_left_, nl_, nr_ = args[1], args[3], args[4], args[6], args[7]
-            module = builder.module
-            rows = builder.load(builder.gep(src_a.data, [i_]), typ=v_i32, align=4)
-            all_lanes = ir.Constant(v_i1, [1] * WIDTH)
-            gather = declare(
-                module, "llvm.x86.avx512.mask.gather.dps.512", v_f32, [v_f32, ptr, v_i32, v_i1, i32]
-            )
-            x = builder.call(gather, [ir.Constant(v_f32, ir.Undefined), col_a.data, rows, all_lanes, i32(4)])
-            t = builder.insert_element(ir.Constant(v_f32, ir.Undefined), thr_, i32(0))
-            t = builder.shuffle_vector(t, ir.Constant(v_f32, ir.Undefined), ir.Constant(v_i32, [0] * WIDTH))
-            greater = builder.fcmp_ordered(">", x, t)  # False for NaN
-            not_le = builder.xor(builder.fcmp_ordered("<=", x, t), all_lanes)  # True for NaN
-            flag = nan_left_ if nan_left_.type == i1 else builder.trunc(nan_left_, i1)
-            right = builder.select(flag, greater, not_le)
-            left = builder.xor(right, all_lanes)
-            compress = declare(module, "llvm.x86.avx512.mask.compress.v16i32", v_i32, [v_i32, v_i32, v_i1])
-            zeros = ir.Constant(v_i32, [0] * WIDTH)
-            left_rows = builder.call(compress, [rows, zeros, left])
-            right_rows = builder.call(compress, [rows, zeros, right])
-            ctpop = declare(module, "llvm.ctpop.i16", i16, [i16])
-            n_left = builder.zext(builder.call(ctpop, [builder.bitcast(left, i16)]), i64)
-            n_right = builder.sub(i64(WIDTH), n_left)
-            store = declare(module, "llvm.masked.store.v16i32.p0", ir.VoidType(), [v_i32, ptr, i32, v_i1])
-            at_left = builder.gep(dst_a.data, [nl_])
-            at_right = builder.gep(dst_a.data, [builder.sub(builder.add(nr_, i64(1)), n_right)])
-            builder.call(store, [left_rows, at_left, i32(4), low_lanes(builder, n_left)])
-            builder.call(store, [right_rows, at_right, i32(4), low_lanes(builder, n_right)])
-            return n_left
+    def split(builder, x, thr, nan_left, width):
+        """Lanes going right, as a ``<width x i1>`` vector."""
+        v_f32 = ir.VectorType(ir.FloatType(), width)
+        all_lanes = ir.Constant(ir.VectorType(i1, width), [1] * width)
+        t = builder.insert_element(ir.Constant(v_f32, ir.Undefined), thr, i32(0))
+        t = builder.shuffle_vector(
+            t, ir.Constant(v_f32, ir.Undefined), ir.Constant(ir.VectorType(i32, width), [0] * width)
+        )
+        greater = builder.fcmp_ordered(">", x, t)  # False for NaN
+        not_le = builder.xor(builder.fcmp_ordered("<=", x, t), all_lanes)  # True for NaN
+        flag = nan_left if nan_left.type == i1 else builder.trunc(nan_left, i1)
+        return builder.select(flag, greater, not_le)
 
-        return sig, codegen
+    def unpack(context, builder, sig, args):
+        src = context.make_array(sig.args[0])(context, builder, args[0])
+        col = context.make_array(sig.args[2])(context, builder, args[2])
+        dst = context.make_array(sig.args[5])(context, builder, args[5])
+        return src.data, args[1], col.data, args[3], args[4], dst.data, args[6], args[7]
 
-    return partition16
+    out = {}
+    if avx512:
+        v16_i32, v16_f32, v16_i1 = (
+            ir.VectorType(i32, 16),
+            ir.VectorType(ir.FloatType(), 16),
+            ir.VectorType(i1, 16),
+        )
+
+        def low_lanes(builder, count):
+            bits = builder.sub(builder.shl(i32(1), builder.trunc(count, i32)), i32(1))
+            return builder.bitcast(builder.trunc(bits, i16), v16_i1)
+
+        @intrinsic
+        def partition16(typingctx, src, i, col, thr, nan_left, dst, nl, nr):
+            if not typed(src, col, dst):
+                return None
+
+            def codegen(context, builder, sig, args):
+                src_p, i_, col_p, thr_, nan_left_, dst_p, nl_, nr_ = unpack(context, builder, sig, args)
+                module = builder.module
+                rows = builder.load(builder.gep(src_p, [i_]), typ=v16_i32, align=4)
+                gather = declare(
+                    module,
+                    "llvm.x86.avx512.mask.gather.dps.512",
+                    v16_f32,
+                    [v16_f32, ptr, v16_i32, v16_i1, i32],
+                )
+                all_lanes = ir.Constant(v16_i1, [1] * 16)
+                x = builder.call(gather, [ir.Constant(v16_f32, ir.Undefined), col_p, rows, all_lanes, i32(4)])
+                right = split(builder, x, thr_, nan_left_, 16)
+                left = builder.xor(right, all_lanes)
+                compress = declare(
+                    module, "llvm.x86.avx512.mask.compress.v16i32", v16_i32, [v16_i32, v16_i32, v16_i1]
+                )
+                zeros = ir.Constant(v16_i32, [0] * 16)
+                left_rows = builder.call(compress, [rows, zeros, left])
+                right_rows = builder.call(compress, [rows, zeros, right])
+                ctpop = declare(module, "llvm.ctpop.i16", i16, [i16])
+                n_left = builder.zext(builder.call(ctpop, [builder.bitcast(left, i16)]), i64)
+                n_right = builder.sub(i64(16), n_left)
+                store = declare(
+                    module, "llvm.masked.store.v16i32.p0", ir.VoidType(), [v16_i32, ptr, i32, v16_i1]
+                )
+                at_left = builder.gep(dst_p, [nl_])
+                at_right = builder.gep(dst_p, [builder.sub(builder.add(nr_, i64(1)), n_right)])
+                builder.call(store, [left_rows, at_left, i32(4), low_lanes(builder, n_left)])
+                builder.call(store, [right_rows, at_right, i32(4), low_lanes(builder, n_right)])
+                return n_left
+
+            return signature(src, col, dst), codegen
+
+        out["partition16"] = partition16
+
+    if avx2:
+        v8_i32, v8_f32 = ir.VectorType(i32, 8), ir.VectorType(ir.FloatType(), 8)
+        first_orders = _lane_orders(8, last=False)
+        last_orders = _lane_orders(8, last=True)
+        table_type = types.Array(types.int32, 2, "C")
+
+        @intrinsic
+        def partition8(typingctx, src, i, col, thr, nan_left, dst, nl, nr):
+            if not typed(src, col, dst):
+                return None
+
+            def codegen(context, builder, sig, args):
+                src_p, i_, col_p, thr_, nan_left_, dst_p, nl_, nr_ = unpack(context, builder, sig, args)
+                module = builder.module
+                rows = builder.load(builder.gep(src_p, [i_]), typ=v8_i32, align=4)
+                gather = declare(
+                    module, "llvm.x86.avx2.gather.d.ps.256", v8_f32, [v8_f32, ptr, v8_i32, v8_f32, i8]
+                )
+                every = builder.bitcast(ir.Constant(v8_i32, [-1] * 8), v8_f32)  # sign bits: gather all lanes
+                x = builder.call(gather, [ir.Constant(v8_f32, ir.Undefined), col_p, rows, every, i8(4)])
+                right = builder.bitcast(split(builder, x, thr_, nan_left_, 8), i8)
+                left = builder.xor(right, i8(0xFF))
+                firsts = context.make_array(table_type)(
+                    context, builder, context.make_constant_array(builder, table_type, first_orders)
+                ).data
+                lasts = context.make_array(table_type)(
+                    context, builder, context.make_constant_array(builder, table_type, last_orders)
+                ).data
+                permd = declare(module, "llvm.x86.avx2.permd", v8_i32, [v8_i32, v8_i32])
+
+                def order(table, mask):
+                    at = builder.gep(table, [builder.mul(builder.zext(mask, i64), i64(8))])
+                    return builder.load(at, typ=v8_i32, align=4)
+
+                left_rows = builder.call(permd, [rows, order(firsts, left)])  # left rows first
+                right_rows = builder.call(permd, [rows, order(lasts, right)])  # right rows last
+                ctpop = declare(module, "llvm.ctpop.i8", i8, [i8])
+                n_left = builder.zext(builder.call(ctpop, [left]), i64)
+                vector_ptr = v8_i32.as_pointer()
+                at_left = builder.bitcast(builder.gep(dst_p, [nl_]), vector_ptr)
+                at_right = builder.bitcast(builder.gep(dst_p, [builder.sub(nr_, i64(7))]), vector_ptr)
+                builder.store(left_rows, at_left, align=4)
+                builder.store(right_rows, at_right, align=4)
+                return n_left
+
+            return signature(src, col, dst), codegen
+
+        out["partition8"] = partition8
+    return out
 
 
-partition16 = _make_intrinsic() if AVX512 else partition16_scalar
+_intrinsics = _make_intrinsics(AVX512, AVX2) if (AVX512 or AVX2) else {}
+#: The AVX-512 step where compiled in, else its stand-in.
+partition16 = _intrinsics.get("partition16", partition16_scalar)
+#: The AVX2 step where compiled in, else its stand-in.
+partition8 = _intrinsics.get("partition8", partition8_scalar)

@@ -21,8 +21,8 @@ How it walks (``_descend``, ``_predict_range``): pixels come in blocks of 8 192 
 deeper trees, :func:`_block_rows`), feature-major (``(n_features, n_pixels)``, the layout of a ``(feature,
 y, x)`` raster block, so classification never transposes them). For each tree, the block's rows are
 partitioned node by node, depth first: a split reads one contiguous feature column for the rows that reach
-it and writes them, branch-free, to its left or right child's range; on CPUs with AVX-512 16 rows at a
-time (one gather, one compare, two compressed stores: :mod:`lcstack._simd`, 1.2-1.5x faster overall). A
+it and writes them, branch-free, to its left or right child's range; on CPUs with AVX-512 (AVX2) 16 (8)
+rows at a time (one gather, one compare, two compressed stores: :mod:`lcstack._simd`). A
 node is visited once per block instead of once per row, and no chain of dependent loads runs through one
 row's path. Nodes are stored in the order the walk visits them (depth-first pre-order, a subtree in one
 run of memory), which on deep trees makes the walk a quarter faster than breadth-first storage. When every
@@ -170,11 +170,18 @@ if numba is not None:
             nl = lo
             nr = hi - one
             start = lo
-            if simd:  # 16 rows per step (lcstack._simd), then the rest one by one
-                width = np.uint64(_simd.WIDTH)
-                nan_left = code == 1
+            # vector steps (lcstack._simd), then the rest one by one
+            if simd == 16:
+                width = np.uint64(16)
                 while start + width <= hi:
-                    n_left = _simd.partition16(src, start, col, thr, nan_left, dst, nl, nr)
+                    n_left = _simd.partition16(src, start, col, thr, code == 1, dst, nl, nr)
+                    nl += n_left
+                    nr -= width - n_left
+                    start += width
+            elif simd == 8:
+                width = np.uint64(8)
+                while start + np.uint64(16) <= hi:  # its full-width stores need a gap of 16 rows
+                    n_left = _simd.partition8(src, start, col, thr, code == 1, dst, nl, nr)
                     nl += n_left
                     nr -= width - n_left
                     start += width
@@ -739,7 +746,7 @@ class FastForest:
         args = (
             XT, self.roots, int(self.depth.max(initial=0)), self.nodes, self.nodes.view(np.float32),
             self.values, self._vote_class, self._lead_before, self._gain_after, self._tol, self.divisor,
-            not want_proba, out_idx, out_proba, self._block, _simd.simd_enabled(),
+            not want_proba, out_idx, out_proba, self._block, _simd.simd_width(),
         )  # fmt: skip
         kernels = _kernels()
         if n_threads == 1 or n <= _BLOCK:

@@ -24,13 +24,15 @@ pytest.importorskip("numba")
 from lcstack import _simd  # noqa: E402
 
 
-@pytest.fixture(params=["avx512", "scalar"])
+@pytest.fixture(params=["avx512", "avx2", "scalar"])
 def partition_step(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run the test with the AVX-512 partition step and with the scalar loop (``LCSTACK_SIMD``)."""
+    """Run the test with each partition step of the kernels (``LCSTACK_SIMD``) this CPU has."""
     if request.param == "avx512" and not _simd.AVX512:
-        pytest.skip("this CPU (or numba's target) has no AVX-512: the kernels use the scalar loop only")
-    monkeypatch.setenv("LCSTACK_SIMD", "1" if request.param == "avx512" else "0")
-    assert _simd.simd_enabled() == (request.param == "avx512")
+        pytest.skip("this CPU (or numba's target) has no AVX-512")
+    if request.param == "avx2" and not _simd.AVX2:
+        pytest.skip("this CPU (or numba's target) has no AVX2")
+    monkeypatch.setenv("LCSTACK_SIMD", {"avx512": "auto", "avx2": "avx2", "scalar": "0"}[request.param])
+    assert _simd.simd_width() == {"avx512": 16, "avx2": 8, "scalar": 0}[request.param]
     return request.param
 
 

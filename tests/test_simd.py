@@ -1,4 +1,4 @@
-"""The AVX-512 partition step does exactly what the scalar loop does, and deep forests get larger blocks."""
+"""The vector partition steps do exactly what the scalar loop does, and deep forests get larger blocks."""
 
 from __future__ import annotations
 
@@ -13,34 +13,47 @@ numba = pytest.importorskip("numba")
 from lcstack import _simd, fastpredict  # noqa: E402
 from lcstack.fastpredict import FastForest  # noqa: E402
 
+# (step, its width, whether this CPU has it)
 STEPS = [
     pytest.param(
-        "partition16",
-        marks=pytest.mark.skipif(not _simd.AVX512, reason="no AVX-512 here: partition16 is the scalar one"),
-        id="avx512",
+        "partition16", 16, marks=pytest.mark.skipif(not _simd.AVX512, reason="no AVX-512 here"), id="avx512"
     ),
-    pytest.param("partition16_scalar", id="scalar"),
+    pytest.param("partition8", 8, marks=pytest.mark.skipif(not _simd.AVX2, reason="no AVX2 here"), id="avx2"),
+    pytest.param("partition16_scalar", 16, id="scalar16"),
+    pytest.param("partition8_scalar", 8, id="scalar8"),
 ]
 
 _runners: dict[str, Any] = {}
 
 
-def _runner(name: str) -> Any:
-    """A compiled loop that partitions ``src[lo:hi]`` into ``dst[lo:hi]`` with ``name``, 16 rows a step."""
+def _runner(name: str, width: int) -> Any:
+    """A compiled loop that partitions ``src[lo:hi]`` into ``dst[lo:hi]`` with step ``name``.
+
+    As ``_descend`` does: vector steps while at least 16 rows are left (the AVX2 step's full-width
+    stores need that gap), then the scalar loop for the rest.
+    """
     if name not in _runners:
         step = getattr(_simd, name)
 
         @numba.njit
         def run(src, col, thr, nan_left, dst, lo, hi):  # pragma: no cover - compiled
+            one = np.uint64(1)
             nl = np.uint64(lo)
             nr = np.uint64(hi - 1)
             i = np.uint64(lo)
-            width = np.uint64(16)
-            while i + width <= hi:
+            w = np.uint64(width)
+            while i + np.uint64(16) <= hi:
                 n_left = step(src, i, col, thr, nan_left, dst, nl, nr)
                 nl += n_left
-                nr -= width - n_left
-                i += width
+                nr -= w - n_left
+                i += w
+            for k in range(i, hi):
+                r = src[k]
+                right = np.uint64((col[r] > thr) if nan_left else not (col[r] <= thr))
+                dst[nl] = r
+                dst[nr] = r
+                nl += one - right
+                nr -= right
             return nl
 
         _runners[name] = run
@@ -54,18 +67,20 @@ def _column(seed: int, n: int) -> np.ndarray:
     return col
 
 
-@pytest.mark.parametrize("name", STEPS)
+@pytest.mark.parametrize(("name", "width"), STEPS)
 @pytest.mark.parametrize("nan_left", [True, False])
 @pytest.mark.parametrize("thr", [-1.0, 2.0, 4.0, 9.0])
+@pytest.mark.parametrize("length", [16 * 37, 16 * 37 + 9, 17])
 def test_partition_step_splits_rows_like_sklearn_and_writes_only_its_segment(
-    name: str, nan_left: bool, thr: float
+    name: str, width: int, nan_left: bool, thr: float, length: int
 ) -> None:
-    n_rows, lo, hi = 5000, 48, 48 + 16 * 37  # a segment in the middle of the buffer
+    n_rows, lo = 5000, 48
+    hi = lo + length  # a segment in the middle of the buffer
     col = _column(int(thr * 10 + 20) + nan_left, n_rows)
     src = np.full(n_rows, 4_000_000_000, dtype=np.uint32)
-    src[lo:hi] = np.random.default_rng(1).permutation(n_rows)[: hi - lo]
+    src[lo:hi] = np.random.default_rng(length).permutation(n_rows)[:length]
     dst = np.full(n_rows, 3_999_999_999, dtype=np.uint32)  # sentinels: nothing outside lo:hi changes
-    nl = int(_runner(name)(src, col, np.float32(thr), nan_left, dst, lo, hi))
+    nl = int(_runner(name, width)(src, col, np.float32(thr), nan_left, dst, lo, hi))
 
     x = col[src[lo:hi]]
     # scikit-learn: left when x <= thr; NaN where missing_go_to_left says
@@ -76,26 +91,59 @@ def test_partition_step_splits_rows_like_sklearn_and_writes_only_its_segment(
     assert (dst[:lo] == 3_999_999_999).all() and (dst[hi:] == 3_999_999_999).all()
 
 
-@pytest.mark.skipif(not _simd.AVX512, reason="no AVX-512 here: nothing to compare the scalar step with")
+VECTOR_STEPS = [
+    pytest.param(
+        "partition16", "partition16_scalar", 16,
+        marks=pytest.mark.skipif(not _simd.AVX512, reason="no AVX-512 here"), id="avx512",
+    ),
+    pytest.param(
+        "partition8", "partition8_scalar", 8,
+        marks=pytest.mark.skipif(not _simd.AVX2, reason="no AVX2 here"), id="avx2",
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("name", "reference", "width"), VECTOR_STEPS)
 @pytest.mark.parametrize("nan_left", [True, False])
-def test_avx512_step_writes_what_the_scalar_step_writes(nan_left: bool) -> None:
+def test_vector_step_writes_what_its_scalar_reference_writes(
+    name: str, reference: str, width: int, nan_left: bool
+) -> None:
     rng = np.random.default_rng(7)
     col = _column(7, 20_000)
     src = rng.permutation(20_000).astype(np.uint32)
     out = []
-    for name in ("partition16", "partition16_scalar"):
+    for step in (name, reference):
         dst = np.zeros_like(src)
-        nl = _runner(name)(src, col, np.float32(2.0), nan_left, dst, 0, 16 * 1250)
-        out.append((int(nl), dst))
+        nl = int(_runner(step, width)(src, col, np.float32(2.0), nan_left, dst, 0, 20_000))
+        out.append((nl, dst))
     assert out[0][0] == out[1][0]
+    # same rows in the same order on both sides (each group keeps its input order within a step)
     np.testing.assert_array_equal(out[0][1], out[1][1])
 
 
-def test_simd_switch_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LCSTACK_SIMD", "0")
-    assert not _simd.simd_enabled()
-    monkeypatch.setenv("LCSTACK_SIMD", "1")
-    assert _simd.simd_enabled() == _simd.AVX512
+def test_simd_width_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    best = 16 if _simd.AVX512 else 8 if _simd.AVX2 else 0
+    for value, width in [
+        ("0", 0),
+        ("off", 0),
+        ("scalar", 0),
+        ("avx2", 8 if _simd.AVX2 else 0),
+        ("auto", best),
+        ("1", best),
+    ]:
+        monkeypatch.setenv("LCSTACK_SIMD", value)
+        assert _simd.simd_width() == width, value
+    monkeypatch.delenv("LCSTACK_SIMD")
+    assert _simd.simd_width() == best
+
+
+def test_lane_orders_put_the_chosen_lanes_first_or_last_in_order() -> None:
+    first, last = _simd._lane_orders(8, last=False), _simd._lane_orders(8, last=True)
+    assert first.shape == last.shape == (256, 8)
+    mask = 0b10110010  # lanes 1, 4, 5, 7
+    assert list(first[mask, :4]) == [1, 4, 5, 7]
+    assert list(last[mask, 4:]) == [1, 4, 5, 7]
+    assert list(first[255]) == list(range(8)) == list(last[255])
 
 
 def test_block_rows_grow_with_the_trees() -> None:
@@ -107,20 +155,20 @@ def test_block_rows_grow_with_the_trees() -> None:
     assert fastpredict._block_rows(0, 0) == minimum
 
 
-@pytest.mark.parametrize("step", ["avx512", "scalar"])
+@pytest.mark.parametrize("step", ["auto", "avx2", "0"])
 def test_deep_forest_on_noisy_rows_uses_large_blocks_and_equals_sklearn(
     step: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if step == "avx512" and not _simd.AVX512:
-        pytest.skip("no AVX-512 here")
-    monkeypatch.setenv("LCSTACK_SIMD", "1" if step == "avx512" else "0")
+    monkeypatch.setenv("LCSTACK_SIMD", step)
     rng = np.random.default_rng(3)
     X = rng.normal(size=(6000, 5)).astype(np.float32)
-    y = (X[:, 0] > 0).astype(int) + rng.integers(0, 3, 6000)  # noisy labels: fully grown, deep trees
+    X[rng.random(X.shape) < 0.02] = np.nan  # missing values take their learnt side
+    y = (np.nan_to_num(X[:, 0]) > 0).astype(int) + rng.integers(0, 3, 6000)  # noisy labels: deep trees
     est = RandomForestClassifier(n_estimators=6, random_state=0).fit(X, y)
     ff = FastForest.from_estimator(est)
     assert ff._block > fastpredict._BLOCK  # thousands of nodes per tree
     probe = rng.normal(size=(2 * ff._block + 999, 5)).astype(np.float32)
+    probe[rng.random(probe.shape) < 0.02] = np.nan
     expected = est.predict(probe)
     np.testing.assert_array_equal(ff.predict(probe), expected)
     np.testing.assert_array_equal(ff.predict(probe, n_threads=2), expected)
