@@ -1,16 +1,17 @@
 """Vector partition steps (AVX-512, AVX2) for the tree kernels of :mod:`lcstack.fastpredict`.
 
-One call of :func:`partition16` (AVX-512) or :func:`partition8` (AVX2) does, for 16 or 8 rows at once,
-what the scalar loop of ``_descend`` does for one: gather ``col[row]`` for the row indices
+One call of :func:`partition16` (AVX-512) or :func:`partition8` (AVX2) does, for up to 16 or 8 rows at
+once, what the scalar loop of ``_descend`` does for one: gather ``col[row]`` for the row indices
 ``src[i:i + width]``, compare with the split's threshold, and put the rows that go left at
 ``dst[nl:nl + n_left]`` and those that go right at ``dst[nr + 1 - n_right:nr + 1]``, each group in its
 input order. It returns ``n_left``. The comparison is the scalar kernel's: a row goes right when ``x >
 thr`` if NaN goes left (``nan_left``), else when ``not x <= thr``, so NaN follows scikit-learn's
 ``missing_go_to_left``.
 
-* AVX-512 (:func:`partition16`): ``vgatherdps``, then ``vpcompressd`` into a register and a masked
-  store per side (the memory form of ``vpcompressd`` is microcoded on AMD Zen 4). It writes nothing
-  outside the two groups.
+* AVX-512 (:func:`partition16`, which takes the row count ``n``, 1 to 16, so a segment's last rows
+  need no scalar loop): a masked load of the rows, ``vgatherdps``, then ``vpcompressd`` into a register
+  and a masked store per side (the memory form of ``vpcompressd`` is microcoded on AMD Zen 4). It reads
+  and writes nothing beyond its ``n`` rows and the two groups.
 * AVX2 (:func:`partition8`): ``vgatherdps`` (8 lanes), then ``vpermd`` with a 256-entry table of lane
   orders (AVX2 has no compress) and a full 8-lane store per side: the left store starts at ``nl``, the
   right one ends at ``nr``. The lanes beyond each group land in the unwritten gap ``dst[nl + n_left:nr
@@ -22,9 +23,10 @@ intrinsic exists only where numba compiles for a host that has it. Everywhere el
 its plain-numba stand-in (:func:`partition16_scalar`, :func:`partition8_scalar`: same contract, and the
 tests' reference), which the kernels never call because :func:`simd_width` then says 0 or 8.
 
-On the 2-core Intel Xeon (Emerald Rapids) benchmark machine the AVX-512 step made the whole kernel
-1.2-1.6x faster (``benchmarks/RESULTS.md``). ``LCSTACK_SIMD`` picks the step at run time: unset or
-``auto`` (the widest the CPU has), ``avx2``, or ``0`` (the scalar loop).
+On the 2-core Intel Xeon (Emerald Rapids) benchmark machine either step made the whole kernel 1.2-1.9x
+faster than the scalar loop, the AVX2 one as fast as the AVX-512 one (``benchmarks/RESULTS.md``).
+``LCSTACK_SIMD`` picks the step at run time: unset or ``auto`` (the widest the CPU has), ``avx2``, or
+``0`` (the scalar loop).
 """
 
 from __future__ import annotations
@@ -111,9 +113,9 @@ if numba is not None:
         return n_left
 
     @numba.njit(nogil=True, cache=True, inline="always")
-    def partition16_scalar(src, i, col, thr, nan_left, dst, nl, nr):  # pragma: no cover - compiled
+    def partition16_scalar(src, i, n, col, thr, nan_left, dst, nl, nr):  # pragma: no cover - compiled
         """:func:`partition16` in plain numba (the reference, and the stand-in without AVX-512)."""
-        return _partition_scalar(src, i, col, thr, nan_left, dst, nl, nr, np.uint64(16))
+        return _partition_scalar(src, i, col, thr, nan_left, dst, nl, nr, n)
 
     @numba.njit(nogil=True, cache=True, inline="always")
     def partition8_scalar(src, i, col, thr, nan_left, dst, nl, nr):  # pragma: no cover - compiled
@@ -193,33 +195,48 @@ def _make_intrinsics(avx512: bool, avx2: bool):  # pragma: no cover - codegen ru
             return builder.bitcast(builder.trunc(bits, i16), v16_i1)
 
         @intrinsic
-        def partition16(typingctx, src, i, col, thr, nan_left, dst, nl, nr):
+        def partition16(typingctx, src, i, n, col, thr, nan_left, dst, nl, nr):
             if not typed(src, col, dst):
                 return None
+            sig = types.uint64(
+                src,
+                types.uint64,
+                types.uint64,
+                col,
+                types.float32,
+                types.boolean,
+                dst,
+                types.uint64,
+                types.uint64,
+            )
 
             def codegen(context, builder, sig, args):
-                src_p, i_, col_p, thr_, nan_left_, dst_p, nl_, nr_ = unpack(context, builder, sig, args)
+                src_p = context.make_array(sig.args[0])(context, builder, args[0]).data
+                col_p = context.make_array(sig.args[3])(context, builder, args[3]).data
+                dst_p = context.make_array(sig.args[6])(context, builder, args[6]).data
+                i_, n_, thr_, nan_left_, nl_, nr_ = args[1], args[2], args[4], args[5], args[7], args[8]
                 module = builder.module
-                rows = builder.load(builder.gep(src_p, [i_]), typ=v16_i32, align=4)
+                lanes = low_lanes(builder, n_)  # the first n rows; the others are neither read nor written
+                zeros = ir.Constant(v16_i32, [0] * 16)
+                load = declare(module, "llvm.masked.load.v16i32.p0", v16_i32, [ptr, i32, v16_i1, v16_i32])
+                rows = builder.call(load, [builder.gep(src_p, [i_]), i32(4), lanes, zeros])
                 gather = declare(
                     module,
                     "llvm.x86.avx512.mask.gather.dps.512",
                     v16_f32,
                     [v16_f32, ptr, v16_i32, v16_i1, i32],
                 )
-                all_lanes = ir.Constant(v16_i1, [1] * 16)
-                x = builder.call(gather, [ir.Constant(v16_f32, ir.Undefined), col_p, rows, all_lanes, i32(4)])
-                right = split(builder, x, thr_, nan_left_, 16)
-                left = builder.xor(right, all_lanes)
+                x = builder.call(gather, [ir.Constant(v16_f32, [0.0] * 16), col_p, rows, lanes, i32(4)])
+                right = builder.and_(split(builder, x, thr_, nan_left_, 16), lanes)
+                left = builder.xor(right, lanes)
                 compress = declare(
                     module, "llvm.x86.avx512.mask.compress.v16i32", v16_i32, [v16_i32, v16_i32, v16_i1]
                 )
-                zeros = ir.Constant(v16_i32, [0] * 16)
                 left_rows = builder.call(compress, [rows, zeros, left])
                 right_rows = builder.call(compress, [rows, zeros, right])
                 ctpop = declare(module, "llvm.ctpop.i16", i16, [i16])
                 n_left = builder.zext(builder.call(ctpop, [builder.bitcast(left, i16)]), i64)
-                n_right = builder.sub(i64(16), n_left)
+                n_right = builder.sub(n_, n_left)
                 store = declare(
                     module, "llvm.masked.store.v16i32.p0", ir.VoidType(), [v16_i32, ptr, i32, v16_i1]
                 )
@@ -229,7 +246,7 @@ def _make_intrinsics(avx512: bool, avx2: bool):  # pragma: no cover - codegen ru
                 builder.call(store, [right_rows, at_right, i32(4), low_lanes(builder, n_right)])
                 return n_left
 
-            return signature(src, col, dst), codegen
+            return sig, codegen
 
         out["partition16"] = partition16
 

@@ -171,13 +171,14 @@ if numba is not None:
             nr = hi - one
             start = lo
             # vector steps (lcstack._simd), then the rest one by one
-            if simd == 16:
+            if simd == 16:  # masked: the last step takes the last 1-16 rows
                 width = np.uint64(16)
-                while start + width <= hi:
-                    n_left = _simd.partition16(src, start, col, thr, code == 1, dst, nl, nr)
+                while start < hi:
+                    count = min(hi - start, width)
+                    n_left = _simd.partition16(src, start, count, col, thr, code == 1, dst, nl, nr)
                     nl += n_left
-                    nr -= width - n_left
-                    start += width
+                    nr -= count - n_left
+                    start += count
             elif simd == 8:
                 width = np.uint64(8)
                 while start + np.uint64(16) <= hi:  # its full-width stores need a gap of 16 rows

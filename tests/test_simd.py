@@ -27,34 +27,51 @@ _runners: dict[str, Any] = {}
 
 
 def _runner(name: str, width: int) -> Any:
-    """A compiled loop that partitions ``src[lo:hi]`` into ``dst[lo:hi]`` with step ``name``.
+    """A compiled loop that partitions ``src[lo:hi]`` into ``dst[lo:hi]`` with step ``name``, as ``_descend``.
 
-    As ``_descend`` does: vector steps while at least 16 rows are left (the AVX2 step's full-width
-    stores need that gap), then the scalar loop for the rest.
+    16-row steps take a row count (the last step takes the last 1-16 rows); 8-row steps run while at
+    least 16 rows are left (their full-width stores need that gap), then the scalar loop does the rest.
     """
     if name not in _runners:
         step = getattr(_simd, name)
 
-        @numba.njit
-        def run(src, col, thr, nan_left, dst, lo, hi):  # pragma: no cover - compiled
-            one = np.uint64(1)
-            nl = np.uint64(lo)
-            nr = np.uint64(hi - 1)
-            i = np.uint64(lo)
-            w = np.uint64(width)
-            while i + np.uint64(16) <= hi:
-                n_left = step(src, i, col, thr, nan_left, dst, nl, nr)
-                nl += n_left
-                nr -= w - n_left
-                i += w
-            for k in range(i, hi):
-                r = src[k]
-                right = np.uint64((col[r] > thr) if nan_left else not (col[r] <= thr))
-                dst[nl] = r
-                dst[nr] = r
-                nl += one - right
-                nr -= right
-            return nl
+        if width == 16:
+
+            @numba.njit
+            def run(src, col, thr, nan_left, dst, lo, hi):  # pragma: no cover - compiled
+                nl = np.uint64(lo)
+                nr = np.uint64(hi - 1)
+                i = np.uint64(lo)
+                while i < hi:
+                    count = min(np.uint64(hi) - i, np.uint64(16))
+                    n_left = step(src, i, count, col, thr, nan_left, dst, nl, nr)
+                    nl += n_left
+                    nr -= count - n_left
+                    i += count
+                return nl
+
+        else:
+
+            @numba.njit
+            def run(src, col, thr, nan_left, dst, lo, hi):  # pragma: no cover - compiled
+                one = np.uint64(1)
+                nl = np.uint64(lo)
+                nr = np.uint64(hi - 1)
+                i = np.uint64(lo)
+                w = np.uint64(width)
+                while i + np.uint64(16) <= hi:
+                    n_left = step(src, i, col, thr, nan_left, dst, nl, nr)
+                    nl += n_left
+                    nr -= w - n_left
+                    i += w
+                for k in range(i, hi):
+                    r = src[k]
+                    right = np.uint64((col[r] > thr) if nan_left else not (col[r] <= thr))
+                    dst[nl] = r
+                    dst[nr] = r
+                    nl += one - right
+                    nr -= right
+                return nl
 
         _runners[name] = run
     return _runners[name]
@@ -70,14 +87,15 @@ def _column(seed: int, n: int) -> np.ndarray:
 @pytest.mark.parametrize(("name", "width"), STEPS)
 @pytest.mark.parametrize("nan_left", [True, False])
 @pytest.mark.parametrize("thr", [-1.0, 2.0, 4.0, 9.0])
-@pytest.mark.parametrize("length", [16 * 37, 16 * 37 + 9, 17])
+@pytest.mark.parametrize("length", [16 * 37, 16 * 37 + 9, 17, 5])
 def test_partition_step_splits_rows_like_sklearn_and_writes_only_its_segment(
     name: str, width: int, nan_left: bool, thr: float, length: int
 ) -> None:
     n_rows, lo = 5000, 48
     hi = lo + length  # a segment in the middle of the buffer
+    src_end = n_rows if length > 5 else hi  # a short last segment ends the array: no read beyond it
     col = _column(int(thr * 10 + 20) + nan_left, n_rows)
-    src = np.full(n_rows, 4_000_000_000, dtype=np.uint32)
+    src = np.full(src_end, 4_000_000_000, dtype=np.uint32)
     src[lo:hi] = np.random.default_rng(length).permutation(n_rows)[:length]
     dst = np.full(n_rows, 3_999_999_999, dtype=np.uint32)  # sentinels: nothing outside lo:hi changes
     nl = int(_runner(name, width)(src, col, np.float32(thr), nan_left, dst, lo, hi))
