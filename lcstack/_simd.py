@@ -27,6 +27,10 @@ On the 2-core Intel Xeon (Emerald Rapids) benchmark machine either step made the
 faster than the scalar loop, the AVX2 one as fast as the AVX-512 one (``benchmarks/RESULTS.md``).
 ``LCSTACK_SIMD`` picks the step at run time: unset or ``auto`` (the widest the CPU has), ``avx2``, or
 ``0`` (the scalar loop).
+
+For developers: numba's on-disk cache of the kernels that call these steps is keyed on
+``fastpredict.py``'s source, not on this module's: after editing this module, delete
+``lcstack/__pycache__/*.nbi`` (or touch ``fastpredict.py``), or the old steps stay in use.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ import os
 import platform
 
 import numpy as np
+
+from lcstack.errors import InvalidInputError
 
 __all__ = [
     "AVX2",
@@ -78,15 +84,26 @@ AVX2 = bool(_FEATURES.get("avx2", False))
 def simd_width() -> int:
     """Rows per vector step the kernels use: 16 (AVX-512), 8 (AVX2) or 0 (scalar loop).
 
-    ``LCSTACK_SIMD``: unset, ``1`` or ``auto`` for the widest step this CPU has; ``avx2`` for the 8-row
-    step; ``0``, ``off`` or ``scalar`` for none.
+    ``LCSTACK_SIMD``: unset, ``1``, ``auto`` or ``avx512`` for the widest step this CPU has; ``avx2`` for
+    the 8-row step (the scalar loop without AVX2); ``0``, ``off`` or ``scalar`` for none. Any other value
+    raises :class:`~lcstack.errors.InvalidInputError`.
     """
-    choice = os.environ.get("LCSTACK_SIMD", "auto").strip().lower()
-    if choice in ("0", "off", "false", "no", "scalar"):
+    value = os.environ.get("LCSTACK_SIMD", "auto")
+    choice = value.strip().lower()
+    if choice in _SCALAR:
         return 0
     if choice == "avx2":
         return 8 if AVX2 else 0
-    return 16 if AVX512 else 8 if AVX2 else 0
+    if choice in _WIDEST:
+        return 16 if AVX512 else 8 if AVX2 else 0
+    raise InvalidInputError(
+        f"LCSTACK_SIMD = {value!r} is not a partition step: use auto (the widest this CPU has), avx2, or 0 "
+        "(the scalar loop)."
+    )
+
+
+_SCALAR = ("0", "off", "false", "no", "none", "scalar")
+_WIDEST = ("", "1", "on", "true", "yes", "auto", "avx512")
 
 
 if numba is not None:

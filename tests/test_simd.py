@@ -11,6 +11,7 @@ from sklearn.ensemble import RandomForestClassifier
 numba = pytest.importorskip("numba")
 
 from lcstack import _simd, fastpredict  # noqa: E402
+from lcstack.errors import InvalidInputError  # noqa: E402
 from lcstack.fastpredict import FastForest  # noqa: E402
 
 # (step, its width, whether this CPU has it)
@@ -148,11 +149,15 @@ def test_simd_width_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         ("avx2", 8 if _simd.AVX2 else 0),
         ("auto", best),
         ("1", best),
+        (" AVX512 ", best),
     ]:
         monkeypatch.setenv("LCSTACK_SIMD", value)
         assert _simd.simd_width() == width, value
     monkeypatch.delenv("LCSTACK_SIMD")
     assert _simd.simd_width() == best
+    monkeypatch.setenv("LCSTACK_SIMD", "sse9")
+    with pytest.raises(InvalidInputError, match=r"LCSTACK_SIMD = 'sse9' is not a partition step: use auto"):
+        _simd.simd_width()
 
 
 def test_lane_orders_put_the_chosen_lanes_first_or_last_in_order() -> None:
