@@ -175,11 +175,6 @@ def _make_intrinsics(avx512: bool, avx2: bool):  # pragma: no cover - codegen ru
             and src.layout == "C" and dst.layout == "C" and col.layout == "C"  # unit strides
         )  # fmt: skip
 
-    def signature(src, col, dst):
-        return types.uint64(
-            src, types.uint64, col, types.float32, types.boolean, dst, types.uint64, types.uint64
-        )
-
     def split(builder, x, thr, nan_left, width):
         """Lanes going right, as a ``<width x i1>`` vector."""
         v_f32 = ir.VectorType(ir.FloatType(), width)
@@ -192,12 +187,6 @@ def _make_intrinsics(avx512: bool, avx2: bool):  # pragma: no cover - codegen ru
         not_le = builder.xor(builder.fcmp_ordered("<=", x, t), all_lanes)  # True for NaN
         flag = nan_left if nan_left.type == i1 else builder.trunc(nan_left, i1)
         return builder.select(flag, greater, not_le)
-
-    def unpack(context, builder, sig, args):
-        src = context.make_array(sig.args[0])(context, builder, args[0])
-        col = context.make_array(sig.args[2])(context, builder, args[2])
-        dst = context.make_array(sig.args[5])(context, builder, args[5])
-        return src.data, args[1], col.data, args[3], args[4], dst.data, args[6], args[7]
 
     out = {}
     if avx512:
@@ -277,9 +266,15 @@ def _make_intrinsics(avx512: bool, avx2: bool):  # pragma: no cover - codegen ru
         def partition8(typingctx, src, i, col, thr, nan_left, dst, nl, nr):
             if not typed(src, col, dst):
                 return None
+            sig = types.uint64(
+                src, types.uint64, col, types.float32, types.boolean, dst, types.uint64, types.uint64
+            )
 
             def codegen(context, builder, sig, args):
-                src_p, i_, col_p, thr_, nan_left_, dst_p, nl_, nr_ = unpack(context, builder, sig, args)
+                src_p = context.make_array(sig.args[0])(context, builder, args[0]).data
+                col_p = context.make_array(sig.args[2])(context, builder, args[2]).data
+                dst_p = context.make_array(sig.args[5])(context, builder, args[5]).data
+                i_, thr_, nan_left_, nl_, nr_ = args[1], args[3], args[4], args[6], args[7]
                 module = builder.module
                 rows = builder.load(builder.gep(src_p, [i_]), typ=v8_i32, align=4)
                 gather = declare(
@@ -312,7 +307,7 @@ def _make_intrinsics(avx512: bool, avx2: bool):  # pragma: no cover - codegen ru
                 builder.store(right_rows, at_right, align=4)
                 return n_left
 
-            return signature(src, col, dst), codegen
+            return sig, codegen
 
         out["partition8"] = partition8
     return out

@@ -83,8 +83,8 @@ def _block_rows(n_nodes: int, n_trees: int) -> int:
     many leaves as half its nodes) the partition steps stay long enough for the 16-row AVX-512 step and
     the cost per node (stack, branches) stays small beside the cost per row. Shallow trees keep the
     minimum, whose columns stay in the CPU's L2 cache. Measured on the benchmark cubes (RESULTS.md):
-    fully grown trees on noisy pixels (8 600 nodes per tree) run 1.2-1.4x faster with blocks of 65 536
-    rows than with 8 192; trees of 100 nodes run 1.2x slower with them.
+    with the vector step, trees on noisy pixels (3 400-8 600 nodes per tree) ran 1.05-1.3x faster with
+    blocks of 32 768-65 536 rows than with 8 192; trees of 100 nodes ran 1.2x slower with them.
     """
     mean = n_nodes / max(n_trees, 1)
     block = _BLOCK
