@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -104,7 +103,7 @@ class Workflow:
             )
             default = None
             if "://" not in config.storage:
-                os.makedirs(config.storage, exist_ok=True)
+                self.storage.create_root()
                 default = f"{config.storage}/registry.sqlite"
             elif url is None:
                 raise InvalidInputError(
