@@ -25,10 +25,17 @@ from scipy import ndimage
 
 import lcstack
 from lcstack._kernels import nanmedian_time
-from lcstack.errors import InvalidInputError, NoCloudMaskWarning
+from lcstack.errors import InvalidInputError, LcstackError, NoCloudMaskWarning
 from lcstack.harmonize import band_assets
 from lcstack.indices import DEFAULT_INDICES, compute_indices
-from lcstack.load import DEFAULT_CHUNK, common_bands, load_scenes, to_reflectance
+from lcstack.load import (
+    DEFAULT_CHUNK,
+    asset_error,
+    common_bands,
+    find_unreadable_asset,
+    load_scenes,
+    to_reflectance,
+)
 
 __all__ = ["DEFAULT_MASK_CLASSES", "cloud_mask", "median_composite", "seasonal_composite"]
 
@@ -345,6 +352,13 @@ def _fused_composite(
     return xr.Dataset({"composite": composite, "valid_count": valid_count}, attrs=template.attrs)
 
 
+def _read_assets(item: pystac.Item, bands: Sequence[str] | None) -> list[str]:
+    """Asset keys of ``item`` a composite of ``bands`` (default: all) reads, SCL included."""
+    mapping = band_assets(item)
+    wanted = list(bands) if bands else list(mapping)
+    return [mapping[b] for b in dict.fromkeys([*wanted, "scl"]) if b in mapping]
+
+
 def _composite_chunk(
     *,
     items: list[pystac.Item],
@@ -361,9 +375,23 @@ def _composite_chunk(
     py0, py1 = max(0, y0 - halo), min(geobox.shape[0], y1 + halo)
     px0, px1 = max(0, x0 - halo), min(geobox.shape[1], x1 + halo)
     sub = geobox[py0:py1, px0:px1]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NoCloudMaskWarning)
-        ds = seasonal_composite(items, sub, eager=True, **kw)  # type: ignore[arg-type]
+    problem = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NoCloudMaskWarning)
+            ds = seasonal_composite(items, sub, eager=True, **kw)  # type: ignore[arg-type]
+    except LcstackError:
+        raise
+    except Exception:
+        # a read failed deep in odc-stac / rasterio: name the item, asset and file it came from
+        bands = kw.get("bands")
+        problem = find_unreadable_asset(items, lambda it: _read_assets(it, bands), sub)  # type: ignore[arg-type]
+        if problem is None:
+            raise
+    if problem is not None:
+        # raised outside the `except`: no rasterio exception as its context, which would not unpickle
+        # on the way back from a Dask worker
+        raise asset_error(problem, season=str(kw.get("season")))
     comp, count = np.asarray(ds["composite"].data), np.asarray(ds["valid_count"].data)
     out = np.concatenate([comp, count[:, None].astype(np.float32)], axis=1)
     return out[:, :, y0 - py0 : y1 - py0, x0 - px0 : x1 - px0]
