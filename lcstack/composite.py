@@ -25,7 +25,7 @@ from scipy import ndimage
 
 import lcstack
 from lcstack._kernels import nanmedian_time
-from lcstack.errors import InvalidInputError, LcstackError, NoCloudMaskWarning
+from lcstack.errors import InvalidInputError, LcstackError, NoCloudMaskWarning, NoScenesFoundError
 from lcstack.harmonize import band_assets
 from lcstack.indices import DEFAULT_INDICES, compute_indices
 from lcstack.load import (
@@ -37,7 +37,13 @@ from lcstack.load import (
     to_reflectance,
 )
 
-__all__ = ["DEFAULT_MASK_CLASSES", "cloud_mask", "median_composite", "seasonal_composite"]
+__all__ = [
+    "DEFAULT_MASK_CLASSES",
+    "cloud_mask",
+    "median_composite",
+    "no_clear_pixel_error",
+    "seasonal_composite",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -395,3 +401,47 @@ def _composite_chunk(
     comp, count = np.asarray(ds["composite"].data), np.asarray(ds["valid_count"].data)
     out = np.concatenate([comp, count[:, None].astype(np.float32)], axis=1)
     return out[:, :, y0 - py0 : y1 - py0, x0 - px0 : x1 - px0]
+
+
+def no_clear_pixel_error(
+    items: Sequence[pystac.Item],
+    geobox: GeoBox,
+    *,
+    season: str,
+    where: str,
+    mask_classes: Sequence[int] = DEFAULT_MASK_CLASSES,
+    max_cloud_cover: float | None = None,
+    min_valid_fraction: float = 0.0,
+    chunks: Mapping[str, int] | None = None,
+) -> NoScenesFoundError:
+    """Return the error for a season whose composite has no clear pixel, with each scene's valid fraction.
+
+    Only called once a composite came out empty: it reads the scenes' SCL again (lazily, chunk by chunk)
+    to measure the fraction of ``geobox`` that the mask leaves, and says what to change.
+    """
+    has_scl = "scl" in common_bands(items)
+    if has_scl:
+        scl = load_scenes(items, geobox, bands=["scl"], chunks=chunks)["scl"]
+        clear = (~cloud_mask(scl, classes=mask_classes)).mean(("y", "x")).compute().values
+        measured = {i: float(f) for i, f in zip(scl["id"].values, clear, strict=True)}
+    else:
+        measured = {}
+    scenes = []
+    for item in sorted(items, key=lambda it: it.id):
+        cloud = item.properties.get("eo:cloud_cover")
+        said = f"eo:cloud_cover {cloud:.3g}%" if isinstance(cloud, int | float) else "no eo:cloud_cover"
+        valid = f"valid {measured[item.id]:.2f}" if item.id in measured else "no SCL"
+        scenes.append(f"{item.id} ({valid}, metadata {said})")
+    why = (
+        f"the SCL of every scene masks every pixel (mask.classes {[int(c) for c in mask_classes]} and 0)"
+        if has_scl
+        else "every scene is nodata there"
+    )
+    limit = "none" if max_cloud_cover is None else f"{max_cloud_cover:g}"
+    return NoScenesFoundError(
+        f"season {season!r}{where}: the composite has no clear pixel: {why}. Scenes: {'; '.join(scenes)}. "
+        f"To fix: widen or move the season's dates (start/end or dates) or raise max_cloud_cover (now "
+        f"{limit}) so that other scenes are found, raise min_valid_fraction (now {min_valid_fraction:g}) or "
+        "max_scenes_per_season so that clearer scenes are preferred, or mask fewer SCL classes "
+        "(mask.classes)."
+    )

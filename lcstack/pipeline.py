@@ -438,11 +438,32 @@ class Workflow:
             except AssetError as err:  # a read failed inside a task: skip that scene, or fail
                 problem = AssetProblem(err.item or "", err.asset or "", err.href or "", err.why or str(err))
                 items = self._skip_scenes(season, items, [problem], skipped, err)
+        if season != "terrain":
+            self._check_clear(tile_id, season, key, url, items)
         seconds = round(time.perf_counter() - t0, 3)
         done = {"status": "complete", "seconds": seconds, **({"skipped": skipped} if skipped else {})}
         self.registry.update("composites", key, done)
         logger.info("composite %s/%s written to %s in %.1f s", tile_id, season, redact(url), seconds)
         return StepResult("composite", key, url, False, {"tile": tile_id, "season": season})
+
+    def _check_clear(self, tile_id: str, season: str, key: str, url: str, items: list[Any]) -> None:
+        """Refuse (store and record removed) a seasonal composite without a single clear pixel."""
+        from .composite import no_clear_pixel_error
+
+        if int(self.storage.open_zarr(url)["valid_count"].max().compute()) > 0:
+            return
+        self.storage.remove(url)
+        self.registry.delete("composites", key)
+        raise no_clear_pixel_error(
+            items,
+            self.tiles[tile_id],
+            season=season,
+            where=f" on tile {tile_id}" if len(self.tiles) > 1 else "",
+            mask_classes=self.config.mask.classes,
+            max_cloud_cover=self.config.max_cloud_cover,
+            min_valid_fraction=self.config.min_valid_fraction,
+            chunks=self.chunks,
+        )
 
     def _readable_items(self, season: str, items: list[Any], skipped: list[dict[str, str]]) -> list[Any]:
         """``items`` after checking the assets to be read (see ``check_assets``), before any graph."""
