@@ -214,6 +214,8 @@ def plot_confusion(
     *,
     title: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    share: Any = None,
+    share_label: str = "share of reference class",
 ) -> None:
     """Draw the confusion matrix of an :func:`evaluate` report as a PNG.
 
@@ -229,6 +231,11 @@ def plot_confusion(
         Figure title; by default overall accuracy and kappa.
     storage_options : dict, optional
         fsspec options when ``path_or_file`` is a URL.
+    share : array-like, optional
+        Cell colours in [0, 1] (same shape as the matrix) instead of the row-normalised counts, e.g.
+        estimated area proportions normalised per reference class (:mod:`lcstack.assess`).
+    share_label : str
+        Colour bar label.
 
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -237,7 +244,11 @@ def plot_confusion(
     cm = np.asarray(report["confusion_matrix"], dtype=float)
     names = list(report["labels"])
     row_sums = cm.sum(axis=1, keepdims=True)
-    share = np.divide(cm, row_sums, out=np.zeros_like(cm), where=row_sums > 0)
+    if share is None:
+        share = np.divide(cm, row_sums, out=np.zeros_like(cm), where=row_sums > 0)
+    share = np.asarray(share, dtype=float)
+    if share.shape != cm.shape:
+        raise InvalidInputError(f"plot_confusion: share has shape {share.shape}, the matrix {cm.shape}.")
 
     n = len(names)
     size = max(4.0, 0.6 * n + 2.5)
@@ -245,7 +256,7 @@ def plot_confusion(
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(image, ax=ax, shrink=0.8, label="share of reference class")
+    fig.colorbar(image, ax=ax, shrink=0.8, label=share_label)
     ax.set_xticks(range(n), names, rotation=45, ha="right")
     ax.set_yticks(range(n), names)
     ax.set_xlabel("Predicted")

@@ -1,0 +1,86 @@
+"""Accuracy assessment and area estimation (Olofsson et al. 2014) and the sample design."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+
+from lcstack.assess import (
+    allocate_sample,
+    assess,
+    draw_sample,
+    map_strata,
+    map_values,
+    read_reference,
+    sample_csv,
+    sample_size,
+    stratified_estimates,
+    write_assessment,
+)
+from lcstack.errors import InvalidInputError
+from lcstack.store import Storage
+
+NAMES = ["deforestation", "forest gain", "stable forest", "stable non-forest"]
+# Olofsson et al. (2014), section 5: mapped pixels (30 m, 0.09 ha) and the sample error matrix,
+# rows = map class, columns = reference class.
+PIXELS = np.array([200_000, 150_000, 3_200_000, 6_450_000])
+COUNTS = np.array([[66, 0, 5, 4], [0, 55, 8, 12], [1, 0, 153, 11], [2, 1, 9, 313]])
+
+
+def test_olofsson_worked_example():
+    r = stratified_estimates(COUNTS, PIXELS * 0.09, names=NAMES)
+    # Estimated area proportions (their Table 9; Eq. 4: W_i n_ij / n_i.), to the published 4 decimals.
+    np.testing.assert_allclose(
+        r["error_matrix"]["area_proportions"],
+        [
+            [0.0176, 0.0000, 0.0013, 0.0011],
+            [0.0000, 0.0110, 0.0016, 0.0024],
+            [0.0019, 0.0000, 0.2967, 0.0213],
+            [0.0040, 0.0020, 0.0179, 0.6212],
+        ],
+        atol=5e-5,
+    )
+    oa = r["overall_accuracy"]
+    assert round(oa["estimate"], 2) == 0.95 and round(oa["ci95"], 2) == 0.02  # published 0.95 ± 0.02
+    c = r["classes"]
+    # Published user's accuracies (Eq. 6): 0.88 ± 0.07, 0.73 ± 0.10, 0.93 ± 0.04, 0.96 ± 0.02.
+    ua = [(round(c[k]["users_accuracy"]["estimate"], 2), round(c[k]["users_accuracy"]["ci95"], 2)) for k in NAMES]
+    assert ua == [(0.88, 0.07), (0.73, 0.10), (0.93, 0.04), (0.96, 0.02)]
+    # Published producer's accuracies (Eq. 3): 0.75, 0.85, 0.93, 0.96. Their half-widths, worked by hand
+    # from Eq. 7 with N_i = mapped pixels: deforestation sqrt(V) = 0.1088 -> 0.21; forest gain 0.25.
+    pa = [round(c[k]["producers_accuracy"]["estimate"], 2) for k in NAMES]
+    assert pa == [0.75, 0.85, 0.93, 0.96]
+    assert round(c["deforestation"]["producers_accuracy"]["ci95"], 2) == 0.21
+    assert round(c["forest gain"]["producers_accuracy"]["ci95"], 2) == 0.25
+    # Published error-adjusted areas (Eqs. 9-11): 21 158 ± 6 158, 11 686 ± 3 756, 285 770 ± 15 510,
+    # 581 386 ± 16 282 ha (the mapped deforestation area is 18 000 ha).
+    areas = [(round(c[k]["area"]["estimate"]), round(c[k]["area"]["ci95"])) for k in NAMES]
+    assert areas == [(21158, 6158), (11686, 3756), (285770, 15510), (581386, 16282)]
+    assert c["deforestation"]["map_area"] == pytest.approx(18_000)
+    json.dumps(r, allow_nan=False)
+
+
+def test_sample_size_eq13_and_allocation():
+    # Olofsson et al. (2014), section 5.1.1: expected user's accuracies 0.7, 0.6, 0.9, 0.95 and a target
+    # standard error of 0.01 for overall accuracy give n = (sum W_i S_i / 0.01)^2 = 641.
+    weights = PIXELS / PIXELS.sum()
+    assert sample_size(weights, [0.7, 0.6, 0.9, 0.95], target_se=0.01) == 641
+    assert sample_size(weights, [0.7, 0.6, 0.9, 0.95], target_se=0.01, population=PIXELS.sum()) == 641
+    alloc = allocate_sample(641, PIXELS, min_per_class=50)
+    assert alloc.sum() == 641 and alloc.min() >= 50
+    # the 441 beyond the minima go by area: stable non-forest gets 0.645 of them
+    assert alloc[3] == 50 + round(441 * 0.645)
+    small = allocate_sample(40, [5, 1000, 10])  # minimum lowered to 40 // 6 = 6, capped by pixels
+    assert small.tolist()[0] == 5 and small.sum() == 40
+    assert allocate_sample(10, [3, 4]).tolist() == [3, 4]  # all there is
+    with pytest.raises(InvalidInputError):
+        sample_size([0.5, 0.5], [0.9, 1.2])
+
+
+def test_unsampled_stratum_is_an_error():
+    with pytest.raises(InvalidInputError, match="deforestation"):
+        stratified_estimates(np.zeros((4, 4)) + np.eye(4) * [0, 5, 5, 5], PIXELS, names=NAMES)
