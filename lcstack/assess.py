@@ -148,7 +148,7 @@ def _interval(estimate: float | None, variance: float | None) -> dict[str, float
 
 
 def _producers(A: np.ndarray, r: np.ndarray, d: np.ndarray, j: int) -> tuple[float | None, float | None]:
-    """Producer's accuracy of class ``j`` and its variance (Eqs. 3 and 7, with areas ``A`` as ``N_i``)."""
+    """Return the producer's accuracy of class ``j`` and its variance (Eqs. 3, 7; ``N_i`` = ``A``)."""
     N_j = float((A * r[:, j]).sum())  # estimated reference area of class j
     if N_j == 0:
         return None, None
@@ -227,8 +227,12 @@ def stratified_estimates(counts: Any, areas: Sequence[float], *, names: Sequence
         "labels": list(names),
         "n_samples": int(n.sum()),
         "map_area": float(A.sum()),
-        "error_matrix": {"rows": "map", "columns": "reference", "counts": n.astype(int).tolist(),
-                         "area_proportions": p.tolist()},
+        "error_matrix": {
+            "rows": "map",
+            "columns": "reference",
+            "counts": n.astype(int).tolist(),
+            "area_proportions": p.tolist(),
+        },
         "overall_accuracy": oa,
         "classes": classes,
     }
@@ -350,6 +354,10 @@ def draw_sample(
         Sample units per class code (e.g. from :func:`allocate_sample`).
     seed : int, default 0
         Seed of the random draw.
+    storage : Storage, optional
+        Storage (with its credentials) for maps given as fsspec URLs.
+    progress : bool, default False
+        Show a progress bar over the read windows.
 
     Returns
     -------
@@ -382,12 +390,16 @@ def draw_sample(
                 rows, cols = np.divmod(flat, int(win.width))
                 lon, lat = _lonlat(sources[m], rows + int(win.row_off), cols + int(win.col_off))
                 frames.append(pd.DataFrame({"latitude": lat, "longitude": lon, "map_class": code}))
-    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["latitude", "longitude", "map_class"])
+    out = (
+        pd.concat(frames, ignore_index=True)
+        if frames
+        else pd.DataFrame(columns=["latitude", "longitude", "map_class"])
+    )
     return out.iloc[rng.permutation(len(out))].reset_index(drop=True)
 
 
 def sample_csv(sample: pd.DataFrame) -> str:
-    """The sample as a points file (``latitude;longitude;category``) with an empty ``category``."""
+    """Format the sample as a points file (``latitude;longitude;category``) with an empty ``category``."""
     buf = io.StringIO()
     writer = csv.writer(buf, delimiter=";", lineterminator="\n")
     writer.writerow(["latitude", "longitude", "category"])
@@ -419,7 +431,9 @@ def map_values(
 
 
 # ------------------------------------------------------------------------------------ assessment
-def read_reference(path: os.PathLike[str] | str, labels: Mapping[str, int], *, labels_file: str) -> pd.DataFrame:
+def read_reference(
+    path: os.PathLike[str] | str, labels: Mapping[str, int], *, labels_file: str
+) -> pd.DataFrame:
     """Read a filled-in sample file (points format) and check its ``category`` names against ``labels``.
 
     Raises
@@ -441,7 +455,8 @@ def read_reference(path: os.PathLike[str] | str, labels: Mapping[str, int], *, l
             problems.append(f"line(s) {lines}: category {name!r} is not in {labels_file}{hint}")
     if problems:
         raise InvalidInputError(
-            f"{path}: unknown reference class(es):\n  - " + "\n  - ".join(problems)
+            f"{path}: unknown reference class(es):\n  - "
+            + "\n  - ".join(problems)
             + f"\nUse the class names of {labels_file}: {', '.join(labels)}."
         )
     return points.assign(reference=points["category"].map(labels).astype(np.int64))
@@ -468,6 +483,10 @@ def assess(
         Class names to codes of the maps.
     source : str
         Name of the reference file, for messages.
+    storage : Storage, optional
+        Storage (with its credentials) for maps given as fsspec URLs.
+    progress : bool, default False
+        Show a progress bar over the read windows.
 
     Returns
     -------
@@ -516,7 +535,7 @@ def _fmt(value: Mapping[str, Any], digits: int = 3) -> str:
 
 
 def assessment_markdown(result: Mapping[str, Any], *, figure: str | None = None) -> str:
-    """A Markdown report of an :func:`assess` result (tables of accuracies, areas and error matrices)."""
+    """Write a Markdown report of an :func:`assess` result (accuracies, areas, error matrices)."""
     names = result["labels"]
     lines = [
         "# Map accuracy assessment",
@@ -540,8 +559,13 @@ def assessment_markdown(result: Mapping[str, Any], *, figure: str | None = None)
         ("Error matrix, sample counts", "counts", "{:d}"),
         ("Error matrix, estimated area proportions", "area_proportions", "{:.4f}"),
     ):
-        lines += ["", f"## {title} (rows = map, columns = reference)", "",
-                  "| map \\ reference | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        lines += [
+            "",
+            f"## {title} (rows = map, columns = reference)",
+            "",
+            "| map \\ reference | " + " | ".join(names) + " |",
+            "|---" * (len(names) + 1) + "|",
+        ]
         for name, row in zip(names, result["error_matrix"][key], strict=True):
             lines.append(f"| {name} | " + " | ".join(fmt.format(v) for v in row) + " |")
     if figure:
@@ -553,8 +577,10 @@ def write_assessment(result: Mapping[str, Any], url: str, *, storage: Storage) -
     """Write ``assessment.json``, ``report.md`` and ``confusion.png`` under ``url``; returns their URLs."""
     from .evaluate import plot_confusion
 
-    urls = {k: storage._join(url, f) for k, f in
-            (("json", "assessment.json"), ("report", "report.md"), ("figure", "confusion.png"))}
+    urls = {
+        k: storage._join(url, f)
+        for k, f in (("json", "assessment.json"), ("report", "report.md"), ("figure", "confusion.png"))
+    }
     counts = np.asarray(result["error_matrix"]["counts"]).T  # rows = reference, as plot_confusion draws
     props = np.asarray(result["error_matrix"]["area_proportions"]).T
     totals = props.sum(axis=1, keepdims=True)
@@ -571,3 +597,103 @@ def write_assessment(result: Mapping[str, Any], url: str, *, storage: Storage) -
     storage.write_bytes(urls["report"], assessment_markdown(result, figure="confusion.png").encode())
     storage.write_bytes(urls["json"], json.dumps(result, indent=2, allow_nan=False).encode())
     return urls
+
+
+# ------------------------------------------------------------------------------------ run config
+def level_labels(config: Any, level: int) -> tuple[dict[str, int], str]:
+    """Class names to codes of a run's level-1 or level-2 maps, and the label file they come from."""
+    if level == 1:
+        return config.read_lc_labels(), str(config.lc_labels)
+    if level == 2:
+        if config.sl_labels is None:
+            raise InvalidInputError(
+                f"{config.source or 'config'}: level 2 needs `sl_labels:` in the config (no level-2 maps)."
+            )
+        return {"unclassified": 1, **config.read_sl_labels()}, str(config.sl_labels)
+    raise InvalidInputError(f"--level {level}: use 1 (categories) or 2 (subcategories).")
+
+
+def workflow_maps(workflow: Any, *, level: int) -> list[str]:
+    """List the complete level-1 or level-2 COGs the registry holds for a workflow's model (one per tile)."""
+    records = workflow.registry.find("maps", model=workflow.model_key())
+    urls = [r["urls"][f"level{level}"] for r in records if r.get("status") == "complete"]
+    if not urls:
+        raise InvalidInputError(
+            "no complete classified map for this config: run `lcstack classify` first, or pass the "
+            "map(s) with --map."
+        )
+    return sorted(urls)
+
+
+def _expected_ua(specs: Sequence[str], names: Sequence[str]) -> np.ndarray:
+    """Parse the expected user's accuracy per class from ``["0.85", "water=0.7"]`` (bare value: all)."""
+    out = np.full(len(names), 0.8)
+    for spec in specs:
+        name, _, value = spec.rpartition("=")
+        try:
+            u = float(value)
+        except ValueError:
+            raise InvalidInputError(f"--expected-ua {spec!r}: give a number or NAME=NUMBER.") from None
+        if name and name not in names:
+            raise InvalidInputError(
+                f"--expected-ua {spec!r}: {name!r} is not a map class ({', '.join(names)})."
+            )
+        out[[i for i, n in enumerate(names) if not name or n == name]] = u
+    return out
+
+
+def design_sample(
+    maps: Sequence[str],
+    labels: Mapping[str, int],
+    *,
+    n: int | None = None,
+    target_se: float = 0.01,
+    expected_ua: Sequence[str] = (),
+    min_per_class: int = 50,
+    seed: int = 0,
+    storage: Storage | None = None,
+    progress: bool = False,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Stratified random validation sample of class maps: size, allocation and points.
+
+    With ``n=None`` the size comes from :func:`sample_size` for ``target_se`` and the expected user's
+    accuracies (``expected_ua``: ``"0.85"`` for every class, ``"NAME=0.7"`` for one; default 0.8); the
+    allocation is :func:`allocate_sample`.
+
+    Returns
+    -------
+    sample, design : DataFrame, dict
+        The points (:func:`draw_sample`) and the design: ``n``, ``seed``, ``min_per_class`` and per class
+        ``pixels``, ``weight``, ``n``.
+
+    """
+    pixels, _ = map_strata(maps, storage=storage, progress=progress)
+    names_of = {int(c): str(k) for k, c in labels.items()}
+    unknown = sorted(set(pixels) - set(names_of))
+    if unknown or not pixels:
+        raise InvalidInputError(
+            f"the maps hold class codes {unknown} that the label file does not name."
+            if unknown
+            else "the maps hold no classified pixel (all nodata)."
+        )
+    codes = sorted(pixels)
+    names = [names_of[c] for c in codes]
+    counts = np.array([pixels[c] for c in codes])
+    weights = counts / counts.sum()
+    if n is None:
+        n = sample_size(
+            weights, _expected_ua(expected_ua, names), target_se=target_se, population=counts.sum()
+        )
+    alloc = allocate_sample(n, counts, min_per_class=min_per_class)
+    sample = draw_sample(maps, dict(zip(codes, alloc.tolist(), strict=True)), seed=seed, storage=storage)
+    design = {
+        "n": int(alloc.sum()),
+        "seed": seed,
+        "min_per_class": min_per_class,
+        "classes": {
+            name: {"code": c, "pixels": int(N), "weight": float(w), "n": int(k)}
+            for name, c, N, w, k in zip(names, codes, counts, weights, alloc, strict=True)
+        },
+    }
+    logger.info("sample design: %d units over %d strata", design["n"], len(codes))
+    return sample, design

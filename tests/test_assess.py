@@ -48,7 +48,10 @@ def test_olofsson_worked_example():
     assert round(oa["estimate"], 2) == 0.95 and round(oa["ci95"], 2) == 0.02  # published 0.95 ± 0.02
     c = r["classes"]
     # Published user's accuracies (Eq. 6): 0.88 ± 0.07, 0.73 ± 0.10, 0.93 ± 0.04, 0.96 ± 0.02.
-    ua = [(round(c[k]["users_accuracy"]["estimate"], 2), round(c[k]["users_accuracy"]["ci95"], 2)) for k in NAMES]
+    ua = [
+        (round(c[k]["users_accuracy"]["estimate"], 2), round(c[k]["users_accuracy"]["ci95"], 2))
+        for k in NAMES
+    ]
     assert ua == [(0.88, 0.07), (0.73, 0.10), (0.93, 0.04), (0.96, 0.02)]
     # Published producer's accuracies (Eq. 3): 0.75, 0.85, 0.93, 0.96. Their half-widths, worked by hand
     # from Eq. 7 with N_i = mapped pixels: deforestation sqrt(V) = 0.1088 -> 0.21; forest gain 0.25.
@@ -84,3 +87,88 @@ def test_sample_size_eq13_and_allocation():
 def test_unsampled_stratum_is_an_error():
     with pytest.raises(InvalidInputError, match="deforestation"):
         stratified_estimates(np.zeros((4, 4)) + np.eye(4) * [0, 5, 5, 5], PIXELS, names=NAMES)
+
+
+def _write_map(path, data, x0, y0=4_500_000.0, res=10.0, blocksize=32):
+    profile = dict(
+        driver="GTiff",
+        width=data.shape[1],
+        height=data.shape[0],
+        count=1,
+        dtype="uint8",
+        crs="EPSG:32630",
+        transform=from_origin(x0, y0, res, res),
+        nodata=0,
+        tiled=True,
+        blockxsize=blocksize,
+        blockysize=blocksize,
+    )
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data, 1)
+    return str(path)
+
+
+@pytest.fixture
+def two_tiles(tmp_path, monkeypatch):
+    import lcstack.assess as assess_mod
+
+    monkeypatch.setattr(assess_mod, "_STRIP_PIXELS", 64 * 32)  # several read windows per map
+    rng = np.random.default_rng(1)
+    a = rng.choice([0, 1, 2, 3], size=(96, 64), p=[0.1, 0.6, 0.25, 0.05]).astype("uint8")
+    b = rng.choice([1, 2, 3], size=(96, 64), p=[0.2, 0.7, 0.1]).astype("uint8")
+    maps = [_write_map(tmp_path / "a.tif", a, 500_000.0), _write_map(tmp_path / "b.tif", b, 500_640.0)]
+    return maps, a, b
+
+
+def test_strata_and_sample_from_two_tiles(two_tiles):
+    maps, a, b = two_tiles
+    pixels, area = map_strata(maps)
+    assert pixels == {c: int((a == c).sum() + (b == c).sum()) for c in (1, 2, 3)}
+    assert area[3] == pytest.approx(pixels[3] * 0.01)  # 10 m pixels = 0.01 ha
+    alloc = {1: 30, 2: 20, 3: 12}
+    s = draw_sample(maps, alloc, seed=4)
+    assert s.equals(draw_sample(maps, alloc, seed=4)) and not s.equals(draw_sample(maps, alloc, seed=5))
+    assert s["map_class"].value_counts().to_dict() == alloc
+    # pixel centres: the points land on pixels of their class, no pixel twice
+    assert (map_values(maps, s["longitude"], s["latitude"]) == s["map_class"]).all()
+    assert not s[["latitude", "longitude"]].round(7).duplicated().any()
+    text = sample_csv(s)
+    assert text.splitlines()[0] == "latitude;longitude;category" and text.splitlines()[1].endswith(";")
+    assert len(text.splitlines()) == 63
+    with pytest.raises(InvalidInputError, match="code 3"):
+        draw_sample(maps, {3: 10**6})
+
+
+def test_assess_maps_and_reference_errors(two_tiles, tmp_path):
+    maps, a, b = two_tiles
+    labels = {"crop": 1, "forest": 2, "water": 3}
+    s = draw_sample(maps, {1: 30, 2: 30, 3: 30}, seed=0)
+    names = {v: k for k, v in labels.items()}
+    ref = s["map_class"].map(names).to_numpy(copy=True)
+    ref[:9] = "water"  # some disagreement
+    lines = ["latitude;longitude;category"] + [
+        f"{la:.8f};{lo:.8f};{c}" for la, lo, c in zip(s.latitude, s.longitude, ref, strict=True)
+    ]
+    path = tmp_path / "validation.csv"
+    path.write_text("\n".join(lines) + "\n")
+    reference = read_reference(path, labels, labels_file="lc_labels.json")
+    result = assess(maps, reference, labels, source=str(path))
+    assert result["n_samples"] == 90 and result["labels"] == ["crop", "forest", "water"]
+    assert result["map_area_ha"] == pytest.approx(((a > 0).sum() + b.size) * 0.01)
+    agree = np.mean(ref == s["map_class"].map(names).to_numpy())
+    assert 0 < result["overall_accuracy"]["estimate"] < 1 and agree < 1
+    urls = write_assessment(result, str(tmp_path / "out"), storage=Storage(tmp_path))
+    assert json.loads(open(urls["json"]).read())["classes"]["water"]["area_ha"]["ci95"] > 0
+    assert open(urls["figure"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "| water |" in open(urls["report"]).read()
+
+    path.write_text("\n".join(lines[:3] + [lines[3].replace(ref[2], "Watr")]) + "\n")
+    with pytest.raises(
+        InvalidInputError, match=r"(?s)validation.csv.*line\(s\) 4: category 'Watr'.*did you mean"
+    ):
+        read_reference(path, labels, labels_file="lc_labels.json")
+    path.write_text("latitude;longitude;category\n0.0;0.0;crop\n")
+    with pytest.raises(InvalidInputError, match=r"outside every map \(line\(s\) 2\)"):
+        assess(maps, read_reference(path, labels, labels_file="lc_labels.json"), labels, source=str(path))
+    with pytest.raises(InvalidInputError, match="codes \\[2, 3\\]"):
+        assess(maps, reference, {"crop": 1}, source=str(path))
