@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,3 +173,82 @@ def test_assess_maps_and_reference_errors(two_tiles, tmp_path):
         assess(maps, read_reference(path, labels, labels_file="lc_labels.json"), labels, source=str(path))
     with pytest.raises(InvalidInputError, match="codes \\[2, 3\\]"):
         assess(maps, reference, {"crop": 1}, source=str(path))
+
+
+def _truth_at(truth_path, lon, lat):
+    from pyproj import Transformer
+
+    with rasterio.open(truth_path) as src:
+        tr = Transformer.from_crs("EPSG:4326", src.crs.to_wkt(), always_xy=True)
+        xy = zip(*tr.transform(np.asarray(lon), np.asarray(lat)), strict=True)
+        return np.array([v[0] for v in src.sample(xy, indexes=1)])
+
+
+def demo_map(cfg):
+    from lcstack.assess import workflow_maps
+    from lcstack.pipeline import Workflow
+
+    with Workflow(cfg, progress=False) as wf:
+        (url,) = workflow_maps(wf, level=1)
+    return url
+
+
+def _clip_to(path, map_url, like):
+    from rasterio.windows import from_bounds
+
+    with rasterio.open(map_url) as src, rasterio.open(like) as ref:
+        window = from_bounds(*ref.bounds, transform=src.transform).round_offsets().round_lengths()
+        data = src.read(1, window=window)
+        assert data.shape == ref.shape and src.window_transform(window) == ref.transform
+        return _write_map(path, data, ref.transform.c, ref.transform.f)
+
+
+def test_demo_sample_design_then_assess_covers_the_truth(demo_run, tmp_path):
+    """sample-design, categories filled from truth.tif, assess: the intervals hold the true values."""
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from lcstack.cli import app
+    from lcstack.inputs import read_lc_labels
+
+    area, cfg, _ = demo_run
+    runner = CliRunner()
+    # The map covers the AOI grid, a few pixels wider than truth.tif: assess the map over truth's extent,
+    # so that every pixel of the population has a true class.
+    clipped = _clip_to(tmp_path / "level1.tif", demo_map(cfg), area.truth)
+    design = tmp_path / "validation.csv"
+    # The demo map is ~98 % right, so errors are rare: strata whose sample holds no error get a zero-width
+    # interval (Wald), and with n = 500 only 5-7 of the 8 class areas were covered; 3000 covers 7-8.
+    args = ["sample-design", str(area.config), "--n", "3000", "--seed", "0", "--map", clipped, "-q"]
+    res = runner.invoke(app, [*args, "--out", str(design)])
+    assert res.exit_code == 0, res.output
+    assert runner.invoke(app, args).stdout == design.read_text()  # same seed, same sample
+    sample = pd.read_csv(design, sep=";", keep_default_na=False)
+    assert list(sample.columns) == ["latitude", "longitude", "category"] and len(sample) == 3000
+    assert (sample["category"] == "").all()
+
+    labels = read_lc_labels(cfg.lc_labels)
+    names = {c: n for n, c in labels.items()}
+    truth = _truth_at(area.truth, sample["longitude"], sample["latitude"])
+    sample["category"] = [names.get(int(t), "") for t in truth]
+    sample = sample[sample["category"] != ""]
+    reference = tmp_path / "reference.csv"
+    sample.to_csv(reference, sep=";", index=False, float_format="%.8f")
+    args = ["assess", str(area.config), "--reference", str(reference), "--map", clipped, "--json", "-q"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    result = json.loads(res.stdout)
+    assert Path(result["outputs"]["report"]).is_file() and Path(result["outputs"]["figure"]).is_file()
+
+    with rasterio.open(clipped) as src, rasterio.open(area.truth) as ref:
+        m, t = src.read(1), ref.read(1)
+    valid = (m > 0) & (t > 0)
+    true_oa = float(np.mean(m[valid] == t[valid]))
+    oa = result["overall_accuracy"]
+    assert abs(oa["estimate"] - true_oa) <= oa["ci95"], (oa, true_oa)
+    inside = []
+    for name, c in result["classes"].items():
+        true_ha = float(((t == labels[name]) & valid).sum()) * 0.01  # 10 m pixels
+        est = c["area_ha"]
+        inside.append(abs(est["estimate"] - true_ha) <= est["ci95"])
+    assert sum(inside) >= 6 and len(inside) == 8, result["classes"]
