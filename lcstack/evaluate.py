@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, precision_recall_fscore_support
-from sklearn.model_selection import GroupShuffleSplit
+from sklearn.model_selection import GroupKFold, GroupShuffleSplit
 
 from lcstack.errors import InvalidInputError, LcstackWarning
 
-__all__ = ["location_split", "evaluate", "plot_confusion"]
+__all__ = ["location_split", "spatial_blocks", "spatial_folds", "evaluate", "plot_confusion"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +131,88 @@ def location_split(
     assert split is not None
     train, test = split
     return np.sort(train), np.sort(test)
+
+
+def spatial_blocks(
+    df: pd.DataFrame, block_size: float, *, x: str = "longitude", y: str = "latitude"
+) -> np.ndarray:
+    """Block id of every sample: square blocks of ``block_size`` metres on the points' UTM zone.
+
+    Lon/lat are projected to the WGS 84 / UTM zone of the points' centre (:func:`lcstack.grid.utm_crs`),
+    so the blocks are squares in metres wherever the points are.
+
+    Returns
+    -------
+    ndarray of int
+        One id per row, ``0 .. n_blocks - 1``.
+
+    """
+    from pyproj import Transformer
+
+    from lcstack.grid import utm_crs
+
+    if not block_size > 0:
+        raise InvalidInputError(f"spatial_blocks: block_size must be > 0 metres, got {block_size!r}.")
+    _location_groups(df, x, y, None)  # validates the coordinate columns
+    lon = df[x].to_numpy(dtype=np.float64)
+    lat = df[y].to_numpy(dtype=np.float64)
+    crs = utm_crs(float(np.median(lon)), float(np.median(lat)))
+    ex, ny = Transformer.from_crs("EPSG:4326", crs.to_wkt(), always_xy=True).transform(lon, lat)
+    keys = np.column_stack([np.floor(np.asarray(ex) / block_size), np.floor(np.asarray(ny) / block_size)])
+    _, groups = np.unique(keys, axis=0, return_inverse=True)
+    return groups.ravel()
+
+
+def spatial_folds(
+    df: pd.DataFrame,
+    *,
+    folds: int = 5,
+    block_size: float = 2000.0,
+    random_state: int = 0,
+    x: str = "longitude",
+    y: str = "latitude",
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """K-fold splits by spatial blocks: all samples of one block are in the same test fold.
+
+    Blocks (:func:`spatial_blocks`) are dealt to ``folds`` folds of similar sample counts by
+    :class:`~sklearn.model_selection.GroupKFold` with a seeded shuffle, so one seed gives one split.
+
+    Parameters
+    ----------
+    df : DataFrame
+        Samples with lon/lat columns.
+    folds : int, default 5
+        Number of folds (>= 2).
+    block_size : float, default 2000
+        Side of the square blocks, in metres.
+    random_state : int, default 0
+        Seed of the shuffle of blocks over folds.
+    x, y : str
+        Longitude and latitude column names.
+
+    Returns
+    -------
+    list of (train_idx, test_idx)
+        Positional indices, one pair per fold.
+
+    Raises
+    ------
+    InvalidInputError
+        Fewer blocks than folds, or bad coordinates.
+
+    """
+    if folds < 2:
+        raise InvalidInputError(f"spatial_folds: folds must be >= 2, got {folds!r}.")
+    groups = spatial_blocks(df, block_size, x=x, y=y)
+    n_blocks = int(groups.max()) + 1 if groups.size else 0
+    if n_blocks < folds:
+        raise InvalidInputError(
+            f"model.cv: the {len(df)} samples fall in {n_blocks} block(s) of {block_size:g} m, fewer than "
+            f"the {folds} folds; use a smaller model.cv.block_size or fewer folds."
+        )
+    splitter = GroupKFold(n_splits=folds, shuffle=True, random_state=random_state)
+    dummy = np.zeros((len(df), 1))
+    return [(np.sort(tr), np.sort(te)) for tr, te in splitter.split(dummy, groups=groups)]
 
 
 def _codes(values: Any, name: str) -> np.ndarray:
