@@ -252,3 +252,43 @@ def test_demo_sample_design_then_assess_covers_the_truth(demo_run, tmp_path):
         est = c["area_ha"]
         inside.append(abs(est["estimate"] - true_ha) <= est["ci95"])
     assert sum(inside) >= 6 and len(inside) == 8, result["classes"]
+
+
+@pytest.mark.parametrize("command", ["sample-design", "assess"])
+def test_cli_help(command):
+    from typer.testing import CliRunner
+
+    from lcstack.cli import app
+
+    res = CliRunner().invoke(app, [command, "--help"])
+    assert res.exit_code == 0 and "--map" in res.output and "--level" in res.output
+
+
+def test_cli_bad_reference_and_level(demo_area, two_tiles, tmp_path):
+    from typer.testing import CliRunner
+
+    from lcstack.cli import app
+
+    maps, _, _ = two_tiles
+    runner = CliRunner()
+    s = draw_sample(maps, {1: 3, 2: 3}, seed=0)
+    ref = tmp_path / "ref.csv"
+    ref.write_text(
+        "latitude;longitude;category\n"
+        + "".join(
+            f"{la:.8f};{lo:.8f};{c}\n"
+            for la, lo, c in zip(s.latitude, s.longitude, ["forest", "Forrest"] * 3, strict=True)
+        )
+    )
+    base = ["assess", str(demo_area.config), "--reference", str(ref), "--map", maps[0], "--map", maps[1]]
+    res = runner.invoke(app, [*base, "-q"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "ref.csv" in res.output and "line(s) 3, 5, 7: category 'Forrest'" in res.output
+    assert "did you mean 'forest'" in res.output
+    res = runner.invoke(app, [*base, "--level", "3", "-q"])
+    assert res.exit_code == 2 and "--level 3" in res.output
+    res = runner.invoke(
+        app, ["sample-design", str(demo_area.config), "--n", "10", "--map", str(tmp_path / "nope.tif")]
+    )
+    assert res.exit_code == 2 and "nope.tif" in res.output and "Traceback" not in res.output
+    assert not list(tmp_path.glob("*.csv.tmp*"))
