@@ -14,7 +14,6 @@ class / stratum ``i``, columns = reference class ``j``), ``W[i]`` the mapped are
 from __future__ import annotations
 
 import csv
-import difflib
 import io
 import json
 import logging
@@ -443,22 +442,11 @@ def read_reference(
         the lines and the label file).
 
     """
-    from .inputs import read_points
+    from .inputs import read_points, validate_points_labels
 
-    points = read_points(path)
-    problems = []
-    for name, group in points.groupby("category", sort=True):
-        if name not in labels:
-            lines = ", ".join(str(v) for v in group["line"].head(5))
-            close = difflib.get_close_matches(str(name), list(labels), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(f"line(s) {lines}: category {name!r} is not in {labels_file}{hint}")
-    if problems:
-        raise InvalidInputError(
-            f"{path}: unknown reference class(es):\n  - "
-            + "\n  - ".join(problems)
-            + f"\nUse the class names of {labels_file}: {', '.join(labels)}."
-        )
+    # a reference file names one level's classes in `category`; a subcategory column is not used
+    points = read_points(path).assign(subcategory=None)
+    validate_points_labels(points, labels, None, source=path, lc_source=labels_file)
     return points.assign(reference=points["category"].map(labels).astype(np.int64))
 
 

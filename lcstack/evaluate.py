@@ -41,10 +41,14 @@ def _location_groups(df: pd.DataFrame, x: str, y: str, block_size: float | None)
         )
     if block_size is None:
         keys = np.column_stack([np.round(xs, _COORD_DECIMALS), np.round(ys, _COORD_DECIMALS)])
-    else:
-        if not block_size > 0:
-            raise InvalidInputError(f"location_split: block_size must be > 0, got {block_size!r}.")
-        keys = np.column_stack([np.floor(xs / block_size), np.floor(ys / block_size)])
+        return np.unique(keys, axis=0, return_inverse=True)[1].ravel()
+    if not block_size > 0:
+        raise InvalidInputError(f"location_split: block_size must be > 0, got {block_size!r}.")
+    return _block_ids(xs, ys, block_size)
+
+
+def _block_ids(xs: np.ndarray, ys: np.ndarray, block_size: float) -> np.ndarray:
+    keys = np.column_stack([np.floor(xs / block_size), np.floor(ys / block_size)])
     _, groups = np.unique(keys, axis=0, return_inverse=True)
     return groups.ravel()
 
@@ -158,9 +162,7 @@ def spatial_blocks(
     lat = df[y].to_numpy(dtype=np.float64)
     crs = utm_crs(float(np.median(lon)), float(np.median(lat)))
     ex, ny = Transformer.from_crs("EPSG:4326", crs.to_wkt(), always_xy=True).transform(lon, lat)
-    keys = np.column_stack([np.floor(np.asarray(ex) / block_size), np.floor(np.asarray(ny) / block_size)])
-    _, groups = np.unique(keys, axis=0, return_inverse=True)
-    return groups.ravel()
+    return _block_ids(np.asarray(ex), np.asarray(ny), block_size)
 
 
 def spatial_folds(

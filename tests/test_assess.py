@@ -165,7 +165,8 @@ def test_assess_maps_and_reference_errors(two_tiles, tmp_path):
 
     path.write_text("\n".join(lines[:3] + [lines[3].replace(ref[2], "Watr")]) + "\n")
     with pytest.raises(
-        InvalidInputError, match=r"(?s)validation.csv.*line\(s\) 4: category 'Watr'.*did you mean"
+        InvalidInputError,
+        match=r"(?s)validation.csv.*category 'Watr' on line\(s\) 4 is not in lc_labels.json.*did you mean",
     ):
         read_reference(path, labels, labels_file="lc_labels.json")
     path.write_text("latitude;longitude;category\n0.0;0.0;crop\n")
@@ -283,7 +284,7 @@ def test_cli_bad_reference_and_level(demo_area, two_tiles, tmp_path):
     base = ["assess", str(demo_area.config), "--reference", str(ref), "--map", maps[0], "--map", maps[1]]
     res = runner.invoke(app, [*base, "-q"])
     assert res.exit_code == 2 and "Traceback" not in res.output
-    assert "ref.csv" in res.output and "line(s) 3, 5, 7: category 'Forrest'" in res.output
+    assert "ref.csv" in res.output and "category 'Forrest' on line(s) 3, 5, 7" in res.output
     assert "did you mean 'forest'" in res.output
     res = runner.invoke(app, [*base, "--level", "3", "-q"])
     assert res.exit_code == 2 and "--level 3" in res.output
