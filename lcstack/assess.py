@@ -579,7 +579,8 @@ def write_assessment(result: Mapping[str, Any], url: str, *, storage: Storage) -
         buf,
         share=share,
         share_label="share of estimated reference area",
-        title=f"Overall accuracy {_fmt(result['overall_accuracy'])} (95 % CI); cells: sample counts",
+        title=f"OA {_fmt(result['overall_accuracy'])} (95 %); cells: sample counts",
+        xlabel="Map",
     )
     storage.write_bytes(urls["figure"], buf.getvalue())
     storage.write_bytes(urls["report"], assessment_markdown(result, figure="confusion.png").encode())

@@ -300,6 +300,7 @@ def plot_confusion(
     storage_options: Mapping[str, Any] | None = None,
     share: Any = None,
     share_label: str = "share of reference class",
+    xlabel: str = "Predicted",
 ) -> None:
     """Draw the confusion matrix of an :func:`evaluate` report as a PNG.
 
@@ -320,6 +321,8 @@ def plot_confusion(
         estimated area proportions normalised per reference class (:mod:`lcstack.assess`).
     share_label : str
         Colour bar label.
+    xlabel : str
+        Label of the columns' axis.
 
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -343,7 +346,7 @@ def plot_confusion(
     fig.colorbar(image, ax=ax, shrink=0.8, label=share_label)
     ax.set_xticks(range(n), names, rotation=45, ha="right")
     ax.set_yticks(range(n), names)
-    ax.set_xlabel("Predicted")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("Reference")
     for i in range(n):
         for j in range(n):
