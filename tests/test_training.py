@@ -111,3 +111,31 @@ def test_cv_options_are_validated():
     for bad in ({"folds": 1}, {"block_size": 0}, {"blocks": 3}):
         with pytest.raises(ValidationError):
             ModelConfig.model_validate({"cv": bad})
+
+
+def test_workflow_train_with_cv_writes_metrics(demo_run):
+    """`model.cv` in the run config: a model of its own (new key) whose metrics.json has the cv figures."""
+    import dask
+
+    from lcstack import __version__
+    from lcstack.inputs import load_config
+    from lcstack.pipeline import Workflow, _digest
+
+    area, cfg, _ = demo_run
+    with Workflow(cfg, progress=False) as wf:
+        plain_key = wf.model_key()
+        # the key of a model without cv is the one from before `cv` existed (models trained then are reused)
+        before = {k: v for k, v in cfg.model.model_dump().items() if k != "cv"}
+        assert plain_key == _digest({"dataset": wf.dataset_key(), "model": before, "v": __version__})
+    cv_cfg = load_config(area.config, model={"cv": {"folds": 3, "block_size": 500}})
+    with dask.config.set(scheduler="threads"), Workflow(cv_cfg, progress=False) as wf:
+        assert wf.model_key() != plain_key
+        result = wf.train()
+        metrics = json.loads(open(f"{wf.model_url()}/metrics.json").read())
+    assert not result.reused and result.details["metrics"]["cv"] == metrics["cv"]
+    assert (
+        metrics["cv"]["folds"] == 3 and sum(metrics["cv"]["n_test"]) == metrics["n_train"] + metrics["n_test"]
+    )
+    for level in ("level1", "level2"):
+        assert set(metrics["cv"][level]) == {"overall_accuracy", "kappa", "macro_f1", "per_fold"}
+        assert 0 < metrics["cv"][level]["overall_accuracy"]["mean"] <= 1
