@@ -293,3 +293,28 @@ def test_cli_bad_reference_and_level(demo_area, two_tiles, tmp_path):
     )
     assert res.exit_code == 2 and "nope.tif" in res.output and "Traceback" not in res.output
     assert not list(tmp_path.glob("*.csv.tmp*"))
+
+
+def test_maps_and_report_on_s3(two_tiles, tmp_path):
+    """Maps read from S3 (moto server) through Storage's credentials; the report written back there."""
+    from s3_server import s3_endpoint
+
+    maps, a, b = two_tiles
+    with s3_endpoint() as s3:
+        bucket = s3.create_bucket()
+        try:
+            storage = Storage(f"s3://{bucket}", storage_options=s3.storage_options())
+            urls = [f"s3://{bucket}/maps/{i}/level1.tif" for i in range(2)]
+            for src, url in zip(maps, urls, strict=True):
+                storage.put_file(src, url)
+            assert map_strata(urls, storage=storage) == map_strata(maps)
+            s = draw_sample(urls, {1: 5, 2: 5, 3: 5}, seed=2, storage=storage)
+            assert s.equals(draw_sample(maps, {1: 5, 2: 5, 3: 5}, seed=2))
+            assert (map_values(urls, s.longitude, s.latitude, storage=storage) == s.map_class).all()
+            ref = s.assign(reference=s.map_class, line=np.arange(2, 17))
+            result = assess(urls, ref, {"crop": 1, "forest": 2, "water": 3}, storage=storage)
+            assert result["overall_accuracy"]["estimate"] == pytest.approx(1.0)
+            out = write_assessment(result, f"s3://{bucket}/assessment", storage=storage)
+            assert json.loads(storage.read_bytes(out["json"]))["maps"] == urls
+        finally:
+            s3.cleanup()
