@@ -302,6 +302,12 @@ def _strata_counts(
     windows, rows = [], []
     area = np.zeros(256)
     with _open_maps(maps, storage) as sources:
+        sizes = {round(_pixel_area_ha(src), 9) for src in sources}
+        if len(sizes) > 1:
+            # one pixel = one sample unit of equal inclusion probability within a stratum
+            raise InvalidInputError(
+                f"the maps have different pixel sizes ({sorted(sizes)} ha); assess maps of one resolution."
+            )
         for m, src in enumerate(sources):
             for win in _strips(src):
                 windows.append((m, win))
@@ -538,7 +544,7 @@ def assessment_markdown(result: Mapping[str, Any], *, figure: str | None = None)
     ]
     for name in names:
         c = result["classes"][name]
-        area = _fmt(c["area_ha"], 1).replace("–", "–")
+        area = _fmt(c["area_ha"], 1)
         lines.append(
             f"| {name} | {c['n_samples']} | {c['map_area_ha']:,.1f} | {area} | "
             f"{_fmt(c['users_accuracy'])} | {_fmt(c['producers_accuracy'])} |"

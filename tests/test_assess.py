@@ -138,6 +138,9 @@ def test_strata_and_sample_from_two_tiles(two_tiles):
     assert len(text.splitlines()) == 63
     with pytest.raises(InvalidInputError, match="code 3"):
         draw_sample(maps, {3: 10**6})
+    coarse = _write_map(Path(maps[0]).with_name("c.tif"), a, 600_000.0, res=20.0)
+    with pytest.raises(InvalidInputError, match="different pixel sizes"):
+        map_strata([maps[0], coarse])
 
 
 def test_assess_maps_and_reference_errors(two_tiles, tmp_path):
