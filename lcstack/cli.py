@@ -266,6 +266,110 @@ def clean(
     typer.echo(f"removed {n} output(s)")
 
 
+LevelOpt = Annotated[int, typer.Option(help="Map level: 1 (lc_labels.json) or 2 (sl_labels.json).")]
+MapOpt = Annotated[
+    list[str] | None,
+    typer.Option("--map", help="Class-map GeoTIFF (repeat for several tiles); default: the config's maps."),
+]
+
+
+def _assess_inputs(config: Path, level: int, maps: list[str] | None) -> tuple[Any, list[str], Any, str]:
+    from .assess import level_labels, workflow_maps
+
+    wf = _workflow(config, True)
+    with wf:
+        labels, labels_file = level_labels(wf.config, level)
+        return wf, list(maps) if maps else workflow_maps(wf, level=level), labels, labels_file
+
+
+@app.command("sample-design")
+@handle_errors
+def sample_design(
+    config: ConfigArg,
+    n: Annotated[
+        int | None, typer.Option("--n", help="Sample size; default: Olofsson et al. (2014) Eq. 13.")
+    ] = None,
+    out: Annotated[str | None, typer.Option(help="Points file to write; default: stdout.")] = None,
+    level: LevelOpt = 1,
+    seed: Annotated[int, typer.Option(help="Seed of the random draw.")] = 0,
+    min_per_class: Annotated[int, typer.Option(help="Minimum sample units per map class.")] = 50,
+    target_se: Annotated[float, typer.Option(help="Target standard error of overall accuracy.")] = 0.01,
+    expected_ua: Annotated[
+        list[str] | None,
+        typer.Option(help="Expected user's accuracy for the size formula: 0.8 (all) or NAME=0.7; repeat."),
+    ] = None,
+    map_: MapOpt = None,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Draw a stratified random validation sample from the map (strata = map classes)."""
+    from .assess import design_sample, sample_csv
+    from .store import Storage
+
+    _setup_logging(quiet, verbose)
+    wf, maps, labels, _ = _assess_inputs(config, level, map_)
+    sample, design = design_sample(
+        maps,
+        labels,
+        n=n,
+        target_se=target_se,
+        expected_ua=expected_ua or (),
+        min_per_class=min_per_class,
+        seed=seed,
+        storage=wf.storage,
+        progress=not quiet,
+    )
+    text = sample_csv(sample)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        Storage(".", storage_options=wf.storage.storage_options).write_bytes(out, text.encode())
+    for name, c in design["classes"].items():
+        typer.echo(f"{name:24s} {c['pixels']:>12d} px  weight {c['weight']:.4f}  n = {c['n']}", err=True)
+    typer.echo(f"{design['n']} sample units" + (f" written to {out}" if out else ""), err=True)
+
+
+@app.command()
+@handle_errors
+def assess(
+    config: ConfigArg,
+    reference: Annotated[Path, typer.Option(help="Filled-in validation sample (points file).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the estimates as JSON.")] = False,
+    level: LevelOpt = 1,
+    map_: MapOpt = None,
+    out: Annotated[
+        str | None, typer.Option(help="Folder for assessment.json, report.md, confusion.png.")
+    ] = None,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Accuracy and area estimates with 95 % intervals from reference points (Olofsson et al. 2014)."""
+    import hashlib
+
+    from . import assess as lca
+
+    _setup_logging(quiet, verbose)
+    wf, maps, labels, labels_file = _assess_inputs(config, level, map_)
+    ref = lca.read_reference(reference, labels, labels_file=labels_file)
+    result = lca.assess(maps, ref, labels, source=str(reference), storage=wf.storage, progress=not quiet)
+    digest = hashlib.sha256(json.dumps([maps, reference.read_text()]).encode()).hexdigest()[:8]
+    where = out or wf.storage.url(
+        "classification-maps", "assessments", f"{reference.stem}_level{level}_{digest}"
+    )
+    result["outputs"] = lca.write_assessment(result, where, storage=wf.storage)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    oa = result["overall_accuracy"]
+    typer.echo(
+        f"overall accuracy {oa['estimate']:.3f} ± {oa['ci95']:.3f} (95 %), {result['n_samples']} samples"
+    )
+    for name, c in result["classes"].items():
+        a = c["area_ha"]
+        typer.echo(f"  {name:24s} area {a['estimate']:12.1f} ± {a['ci95']:.1f} ha")
+    typer.echo(f"report: {result['outputs']['report']}")
+
+
 def main() -> None:
     """Entry point."""
     app()

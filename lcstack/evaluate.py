@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import cohen_kappa_score, confusion_matrix, precision_recall_fscore_support
-from sklearn.model_selection import GroupShuffleSplit
+from sklearn.model_selection import GroupKFold, GroupShuffleSplit
 
 from lcstack.errors import InvalidInputError, LcstackWarning
 
-__all__ = ["location_split", "evaluate", "plot_confusion"]
+__all__ = ["location_split", "spatial_blocks", "spatial_folds", "evaluate", "plot_confusion"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +41,14 @@ def _location_groups(df: pd.DataFrame, x: str, y: str, block_size: float | None)
         )
     if block_size is None:
         keys = np.column_stack([np.round(xs, _COORD_DECIMALS), np.round(ys, _COORD_DECIMALS)])
-    else:
-        if not block_size > 0:
-            raise InvalidInputError(f"location_split: block_size must be > 0, got {block_size!r}.")
-        keys = np.column_stack([np.floor(xs / block_size), np.floor(ys / block_size)])
+        return np.unique(keys, axis=0, return_inverse=True)[1].ravel()
+    if not block_size > 0:
+        raise InvalidInputError(f"location_split: block_size must be > 0, got {block_size!r}.")
+    return _block_ids(xs, ys, block_size)
+
+
+def _block_ids(xs: np.ndarray, ys: np.ndarray, block_size: float) -> np.ndarray:
+    keys = np.column_stack([np.floor(xs / block_size), np.floor(ys / block_size)])
     _, groups = np.unique(keys, axis=0, return_inverse=True)
     return groups.ravel()
 
@@ -133,6 +137,86 @@ def location_split(
     return np.sort(train), np.sort(test)
 
 
+def spatial_blocks(
+    df: pd.DataFrame, block_size: float, *, x: str = "longitude", y: str = "latitude"
+) -> np.ndarray:
+    """Block id of every sample: square blocks of ``block_size`` metres on the points' UTM zone.
+
+    Lon/lat are projected to the WGS 84 / UTM zone of the points' centre (:func:`lcstack.grid.utm_crs`),
+    so the blocks are squares in metres wherever the points are.
+
+    Returns
+    -------
+    ndarray of int
+        One id per row, ``0 .. n_blocks - 1``.
+
+    """
+    from pyproj import Transformer
+
+    from lcstack.grid import utm_crs
+
+    if not block_size > 0:
+        raise InvalidInputError(f"spatial_blocks: block_size must be > 0 metres, got {block_size!r}.")
+    _location_groups(df, x, y, None)  # validates the coordinate columns
+    lon = df[x].to_numpy(dtype=np.float64)
+    lat = df[y].to_numpy(dtype=np.float64)
+    crs = utm_crs(float(np.median(lon)), float(np.median(lat)))
+    ex, ny = Transformer.from_crs("EPSG:4326", crs.to_wkt(), always_xy=True).transform(lon, lat)
+    return _block_ids(np.asarray(ex), np.asarray(ny), block_size)
+
+
+def spatial_folds(
+    df: pd.DataFrame,
+    *,
+    folds: int = 5,
+    block_size: float = 2000.0,
+    random_state: int = 0,
+    x: str = "longitude",
+    y: str = "latitude",
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """K-fold splits by spatial blocks: all samples of one block are in the same test fold.
+
+    Blocks (:func:`spatial_blocks`) are dealt to ``folds`` folds of similar sample counts by
+    :class:`~sklearn.model_selection.GroupKFold` with a seeded shuffle, so one seed gives one split.
+
+    Parameters
+    ----------
+    df : DataFrame
+        Samples with lon/lat columns.
+    folds : int, default 5
+        Number of folds (>= 2).
+    block_size : float, default 2000
+        Side of the square blocks, in metres.
+    random_state : int, default 0
+        Seed of the shuffle of blocks over folds.
+    x, y : str
+        Longitude and latitude column names.
+
+    Returns
+    -------
+    list of (train_idx, test_idx)
+        Positional indices, one pair per fold.
+
+    Raises
+    ------
+    InvalidInputError
+        Fewer blocks than folds, or bad coordinates.
+
+    """
+    if folds < 2:
+        raise InvalidInputError(f"spatial_folds: folds must be >= 2, got {folds!r}.")
+    groups = spatial_blocks(df, block_size, x=x, y=y)
+    n_blocks = int(groups.max()) + 1 if groups.size else 0
+    if n_blocks < folds:
+        raise InvalidInputError(
+            f"model.cv: the {len(df)} samples fall in {n_blocks} block(s) of {block_size:g} m, fewer than "
+            f"the {folds} folds; use a smaller model.cv.block_size or fewer folds."
+        )
+    splitter = GroupKFold(n_splits=folds, shuffle=True, random_state=random_state)
+    dummy = np.zeros((len(df), 1))
+    return [(np.sort(tr), np.sort(te)) for tr, te in splitter.split(dummy, groups=groups)]
+
+
 def _codes(values: Any, name: str) -> np.ndarray:
     arr = np.asarray(values).ravel()
     if arr.dtype.kind not in "iuf":
@@ -214,6 +298,9 @@ def plot_confusion(
     *,
     title: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    share: Any = None,
+    share_label: str = "share of reference class",
+    xlabel: str = "Predicted",
 ) -> None:
     """Draw the confusion matrix of an :func:`evaluate` report as a PNG.
 
@@ -229,6 +316,13 @@ def plot_confusion(
         Figure title; by default overall accuracy and kappa.
     storage_options : dict, optional
         fsspec options when ``path_or_file`` is a URL.
+    share : array-like, optional
+        Cell colours in [0, 1] (same shape as the matrix) instead of the row-normalised counts, e.g.
+        estimated area proportions normalised per reference class (:mod:`lcstack.assess`).
+    share_label : str
+        Colour bar label.
+    xlabel : str
+        Label of the columns' axis.
 
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -237,7 +331,11 @@ def plot_confusion(
     cm = np.asarray(report["confusion_matrix"], dtype=float)
     names = list(report["labels"])
     row_sums = cm.sum(axis=1, keepdims=True)
-    share = np.divide(cm, row_sums, out=np.zeros_like(cm), where=row_sums > 0)
+    if share is None:
+        share = np.divide(cm, row_sums, out=np.zeros_like(cm), where=row_sums > 0)
+    share = np.asarray(share, dtype=float)
+    if share.shape != cm.shape:
+        raise InvalidInputError(f"plot_confusion: share has shape {share.shape}, the matrix {cm.shape}.")
 
     n = len(names)
     size = max(4.0, 0.6 * n + 2.5)
@@ -245,10 +343,10 @@ def plot_confusion(
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(image, ax=ax, shrink=0.8, label="share of reference class")
+    fig.colorbar(image, ax=ax, shrink=0.8, label=share_label)
     ax.set_xticks(range(n), names, rotation=45, ha="right")
     ax.set_yticks(range(n), names)
-    ax.set_xlabel("Predicted")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("Reference")
     for i in range(n):
         for j in range(n):

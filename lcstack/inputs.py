@@ -41,6 +41,7 @@ __all__ = [
     "read_sl_labels",
     "validate_points_labels",
     "MaskConfig",
+    "CVConfig",
     "ModelConfig",
     "DaskConfig",
     "RunConfig",
@@ -358,14 +359,22 @@ class MaskConfig(_Strict):
     dilation_m: float = Field(0.0, ge=0)
 
 
+class CVConfig(_Strict):
+    """Spatial k-fold cross-validation: the points of one square block (side in metres) share a fold."""
+
+    folds: int = Field(5, ge=2)
+    block_size: float = Field(2000.0, gt=0)
+
+
 class ModelConfig(_Strict):
-    """Training options."""
+    """Training options (``cv``: spatial cross-validation besides the held-out split)."""
 
     estimator: Literal["random_forest", "extra_trees", "hist_gradient_boosting"] = "random_forest"
     params: dict[str, Any] = Field(default_factory=dict)
     test_size: float = Field(0.25, gt=0, lt=1)
     block_size: float | None = Field(None, gt=0)
     random_state: int = 0
+    cv: CVConfig | None = None
 
 
 class DaskConfig(_Strict):

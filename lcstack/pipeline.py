@@ -600,9 +600,9 @@ class Workflow:
 
     def model_key(self) -> str:
         """Identity of the model: training table + model options + lcstack version."""
-        return _digest(
-            {"dataset": self.dataset_key(), "model": self.config.model.model_dump(), "v": __version__}
-        )
+        # `cv` is left out when unset, so adding the option kept the keys of existing models
+        model = self.config.model.model_dump(exclude={"cv"} if self.config.model.cv is None else None)
+        return _digest({"dataset": self.dataset_key(), "model": model, "v": __version__})
 
     def model_url(self) -> str:
         """Where the model artefact of this run lives."""
