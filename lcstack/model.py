@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import importlib
+import io
 import json
 import logging
 import os
@@ -404,44 +404,109 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
 
 # -- artefact ------------------------------------------------------------------------------------------------
 
-_TRUSTED_EXACT = frozenset({"lcstack.model.HierarchicalClassifier"})
+
+def _names(*types: type) -> frozenset[str]:
+    return frozenset(f"{t.__module__}.{t.__qualname__}" for t in types)
 
 
-def _resolve(name: str) -> Any:
-    module, _, attr = name.rpartition(".")
-    while module:
-        try:
-            obj: Any = importlib.import_module(module)
-        except ImportError:
-            module, _, head = module.rpartition(".")
-            attr = f"{head}.{attr}"
-            continue
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-        return obj
-    raise ImportError(name)
+def _numpy_types() -> frozenset[str]:
+    """NumPy's array, dtype, scalar and random-generator classes (data, never code)."""
+    scalars = [np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64]
+    scalars += [np.float16, np.float32, np.float64, np.longdouble, np.complex64, np.complex128, np.str_]
+    dtypes = [type(np.dtype(t)) for t in scalars]
+    names = {f"numpy.{t.__name__}" for t in scalars}  # skops names scalars by their public path
+    return names | _names(np.ndarray, np.dtype, *dtypes, np.random.Generator, np.random.RandomState)
+
+
+#: Every type a saved model may name in ``model.skops``, per family; :func:`load_model` refuses any other
+#: (whole modules are never trusted: ``sklearn`` re-exports classes such as ``gzip.GzipFile``). Adding an
+#: estimator family means adding its set here, with every class its fitted state holds (list them with
+#: :func:`model_types`).
+MODEL_TYPES: dict[str, frozenset[str]] = {
+    # the artefact's own containers and values
+    "base": frozenset(
+        {"lcstack.model.HierarchicalClassifier"}
+        | {f"builtins.{t}" for t in ("dict", "list", "tuple", "set", "str", "int", "float", "bool")}
+        | {f"builtins.{t}" for t in ("bytes", "bytearray", "slice", "complex")}
+    )
+    | _numpy_types(),
+    # RandomForestClassifier, ExtraTreesClassifier and their trees
+    "forest": frozenset(
+        {
+            "sklearn.ensemble._forest.RandomForestClassifier",
+            "sklearn.ensemble._forest.ExtraTreesClassifier",
+            "sklearn.tree._classes.DecisionTreeClassifier",
+            "sklearn.tree._classes.ExtraTreeClassifier",
+            "sklearn.tree._tree.Tree",
+        }
+    ),
+    # HistGradientBoostingClassifier: predictors, binning, losses; categorical_features adds the
+    # ColumnTransformer that ordinal-encodes them (FunctionTransformer of functools.partial(check_array))
+    "hist_gradient_boosting": frozenset(
+        {
+            "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
+            "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+            "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+            "sklearn.preprocessing._label.LabelEncoder",
+            "sklearn._loss.loss.HalfBinomialLoss",
+            "sklearn._loss.loss.HalfMultinomialLoss",
+            "sklearn._loss._loss.CyHalfBinomialLoss",
+            "sklearn._loss._loss.CyHalfMultinomialLoss",
+            "sklearn._loss.link.Interval",
+            "sklearn._loss.link.LogitLink",
+            "sklearn._loss.link.MultinomialLogit",
+            "sklearn.compose._column_transformer.ColumnTransformer",
+            "sklearn.preprocessing._encoders.OrdinalEncoder",
+            "sklearn.preprocessing._function_transformer.FunctionTransformer",
+            "functools.partial",
+            "sklearn.utils.validation.check_array",
+        }
+    ),
+}
+
+_ALLOWED_TYPES = frozenset().union(*MODEL_TYPES.values())
 
 
 def _is_allowed_type(name: str) -> bool:
-    """Allow-list for skops: lcstack's classifier, scikit-learn classes, NumPy scalar and dtype classes.
+    """Whether ``name`` (``module.qualname``) is in one of the :data:`MODEL_TYPES` sets."""
+    return name in _ALLOWED_TYPES
 
-    Only classes are allowed (never functions), and only from the ``sklearn`` and ``numpy`` packages, so a
-    tampered artefact cannot make skops call an arbitrary callable while loading.
+
+def model_types(blob: bytes) -> set[str]:
+    """Every type a skops file names (each node's ``module.class``, functions and types included).
+
+    Parameters
+    ----------
+    blob : bytes
+        The content of a ``.skops`` file.
+
+    Returns
+    -------
+    set of str
+        Fully qualified names, from the schema alone (nothing is imported or built).
+
+    Raises
+    ------
+    InvalidInputError
+        The file is not a skops zip with a JSON schema.
+
     """
-    if name in _TRUSTED_EXACT:
-        return True
-    root = name.split(".", 1)[0]
-    if root not in {"sklearn", "numpy"}:
-        return False
     try:
-        obj = _resolve(name)
-    except (ImportError, AttributeError):
-        return False
-    if not isinstance(obj, type):
-        return False
-    if root == "numpy":
-        return issubclass(obj, np.generic | np.dtype)
-    return True
+        with zipfile.ZipFile(io.BytesIO(blob)) as zf:
+            schema = json.loads(zf.read("schema.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError) as err:
+        raise InvalidInputError(f"not a skops file ({err}).") from None
+    names: set[str] = set()
+    todo = [schema]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):
+            if "__module__" in item or "__class__" in item:
+                names.add(f"{item.get('__module__')}.{item.get('__class__')}")
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+    return names
 
 
 def _fs(url: str | os.PathLike[str], storage_options: Mapping[str, Any] | None):
@@ -610,8 +675,9 @@ def load_model(
     """Load a model artefact written by :func:`save_model`.
 
     The skops file is checked against the ``model_sha256`` recorded in the metadata, then every type it
-    would instantiate must be on lcstack's allow-list (``lcstack.model.HierarchicalClassifier``, classes from
-    ``sklearn`` and NumPy scalar/dtype classes) or in ``trusted``.
+    names (each node of its schema, including the types skops trusts by default) must be one that a saved
+    model holds (:data:`MODEL_TYPES`: the classifier, the estimators of the supported families and their
+    trees, builtin containers, NumPy arrays and scalars) or be listed in ``trusted``.
 
     Parameters
     ----------
@@ -634,7 +700,8 @@ def load_model(
     InputFileNotFoundError
         The folder holds no complete artefact.
     InvalidInputError
-        The model file does not match its metadata, or it holds types that are not trusted.
+        The model file does not match its metadata, or it names a type that is not allowed (the message
+        names the types and the file).
 
     """
     fs, root = _fs(folder, storage_options)
@@ -655,18 +722,33 @@ def load_model(
             f"{model_path} does not match the model_sha256 in {METADATA_FILE}: the file was changed or "
             "partly written. Save the model again."
         )
-    untrusted = sio.get_untrusted_types(data=blob)
-    extra = set(trusted)
-    refused = sorted(t for t in untrusted if t not in extra and not _is_allowed_type(t))
-    if refused:
-        raise InvalidInputError(
-            f"{model_path} holds types lcstack does not trust: {refused}. Refusing to load it. If you "
-            "produced this file and checked these types, pass load_model(..., trusted=[...])."
-        )
+    untrusted = _checked_types(blob, model_path, trusted)
     model = sio.loads(blob, trusted=list(untrusted))
     if not isinstance(model, HierarchicalClassifier):
         raise InvalidInputError(f"{model_path} holds a {type(model).__name__}, not a HierarchicalClassifier.")
     return model, meta
+
+
+def _checked_types(blob: bytes, model_path: str, trusted: Sequence[str]) -> list[str]:
+    """Check that every type the file names is allowed; return the types skops asks to trust."""
+    extra = set(trusted)
+    try:
+        named = model_types(blob)
+        untrusted = set(sio.get_untrusted_types(data=blob))
+    except InvalidInputError as err:
+        raise InvalidInputError(f"{model_path}: {err} Save the model again.") from None
+    except Exception as err:  # skops cannot read the schema
+        raise InvalidInputError(
+            f"{model_path} is not a readable skops file ({err}). Save the model again."
+        ) from None
+    refused = sorted(t for t in named | untrusted if t not in extra and not _is_allowed_type(t))
+    if refused:
+        raise InvalidInputError(
+            f"{model_path} holds types no lcstack model holds: {refused}. Refusing to load it (it may have "
+            "been tampered with). If you produced this file and checked these types, pass "
+            "load_model(..., trusted=[...])."
+        )
+    return sorted(untrusted)
 
 
 def check_features(metadata: Mapping[str, Any], feature_names: Iterable[str]) -> None:
