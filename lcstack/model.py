@@ -726,7 +726,27 @@ def load_model(
     model = sio.loads(blob, trusted=list(untrusted))
     if not isinstance(model, HierarchicalClassifier):
         raise InvalidInputError(f"{model_path} holds a {type(model).__name__}, not a HierarchicalClassifier.")
+    _check_trees(model, model_path)
     return model, meta
+
+
+def _check_trees(model: HierarchicalClassifier, model_path: str) -> None:
+    """Check every tree of the loaded model (a tampered one would crash any predict, not just raise)."""
+    from sklearn.ensemble import ExtraTreesClassifier
+    from sklearn.tree import DecisionTreeClassifier
+
+    from lcstack.fastpredict import check_estimator
+
+    models = {"level-1 model": getattr(model, "estimator_level1_", None)}
+    models.update(
+        {f"level-2 model of category {k}": v for k, v in model.__dict__.get("estimators_level2_", {}).items()}
+    )
+    for where, est in models.items():
+        if isinstance(est, RandomForestClassifier | ExtraTreesClassifier | DecisionTreeClassifier):
+            try:
+                check_estimator(est, where)
+            except InvalidInputError as err:
+                raise InvalidInputError(f"{model_path}: {err}") from None
 
 
 def _checked_types(blob: bytes, model_path: str, trusted: Sequence[str]) -> list[str]:

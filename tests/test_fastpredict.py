@@ -433,3 +433,93 @@ def test_classify_over_dask_with_fast_path_equals_sklearn_on_every_demo_pixel(de
     sk = classify(cube, url, engine="sklearn").compute()
     xr.testing.assert_identical(sk["level1"], maps["level1"])
     xr.testing.assert_identical(sk["level2"], maps["level2"])
+
+
+_TAMPER = r"""
+import copy, sys
+import numpy as np
+from sklearn.ensemble import RandomForestClassifier
+from lcstack.errors import InvalidInputError
+from lcstack.fastpredict import compile_estimator, fast_predict
+
+X = np.random.default_rng(0).normal(size=(3000, 4)).astype(np.float32)
+fitted = RandomForestClassifier(n_estimators=3, max_depth=6, random_state=0).fit(X, X[:, 0] > X[:, 1])
+
+def tamper(kind):
+    est = copy.deepcopy(fitted)
+    tree = est.estimators_[1].tree_
+    state = tree.__getstate__()
+    nodes, values = state["nodes"].copy(), state["values"].copy()
+    inner = np.flatnonzero(nodes["left_child"] >= 0)
+    deep = inner[-1]  # an inner node below the root
+    if kind == "feature":
+        nodes["feature"][0] = 10**9
+    elif kind == "negative-feature":
+        nodes["feature"][deep] = -3
+    elif kind == "child-out-of-range":
+        nodes["right_child"][deep] = 10**6
+    elif kind == "cycle":
+        nodes["left_child"][deep] = 0
+    elif kind == "shared-child":
+        nodes["right_child"][0] = nodes["left_child"][0]
+    elif kind == "one-child":
+        nodes["right_child"][deep] = -1
+    elif kind == "nan-threshold":
+        nodes["threshold"][0] = np.nan
+    elif kind == "nan-value":
+        values[nodes["left_child"] < 0][:1] = np.nan
+        values[np.flatnonzero(nodes["left_child"] < 0)[0]] = np.nan
+    state["nodes"], state["values"] = nodes, values
+    tree.__setstate__(state)
+    return est
+
+for kind in sys.argv[1:]:
+    est = tamper(kind)
+    try:
+        compile_estimator(est)
+        fast_predict(est, X)
+    except InvalidInputError as err:
+        print(kind, "refused:", err, flush=True)
+    else:
+        print(kind, "accepted", flush=True)
+"""
+
+_TAMPERINGS = {
+    "feature": "split feature is outside 0..3",
+    "negative-feature": "split feature is outside 0..3",
+    "child-out-of-range": "child index is out of range",
+    "cycle": "child does not come after its parent",
+    "shared-child": "not exactly one",
+    "one-child": "one child",
+    "nan-threshold": "threshold is not finite",
+    "nan-value": "leaf value is negative or not finite",
+}
+
+
+def test_tampered_trees_are_refused_before_any_kernel_runs() -> None:
+    """Each tampering is refused with InvalidInputError; run in a subprocess, so a crash fails this test."""
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _TAMPER, *_TAMPERINGS],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert done.returncode == 0, f"the process died (rc {done.returncode}): {done.stderr[-2000:]}"
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    for kind, message in _TAMPERINGS.items():
+        assert lines.get(kind, "").startswith("refused:"), (kind, lines.get(kind), done.stderr[-2000:])
+        assert message in lines[kind] and "RandomForestClassifier, tree 1" in lines[kind], lines[kind]
+
+
+def test_forest_with_missing_value_splits_passes_the_checks() -> None:
+    X, y = _data(5, 800, 4, 3, discrete=False)
+    X[::3, 1] = np.nan  # splits on missing values get threshold +inf
+    est = RandomForestClassifier(n_estimators=5, random_state=0).fit(X, y)
+    assert any(np.isinf(t.tree_.threshold).any() for t in est.estimators_)
+    depths = fastpredict.check_estimator(est)
+    assert depths == [t.tree_.max_depth for t in est.estimators_]

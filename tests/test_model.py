@@ -332,3 +332,29 @@ def test_every_type_a_saved_model_holds_is_allowed(tmp_path, base):
     assert named <= frozenset().union(*MODEL_TYPES.values())
     loaded, _ = load_model(tmp_path / "m")
     np.testing.assert_array_equal(loaded.predict_levels(X)[1], clf.predict_levels(X)[1])
+
+
+def test_load_refuses_a_tampered_tree(tmp_path):
+    """A split feature index of 10**9 in a tree's nodes (hash rewritten) is refused at load, naming it."""
+    import io
+
+    clf, _, _ = _fitted()
+    folder = tmp_path / "m"
+    save_model(clf, folder, metadata={})
+    with zipfile.ZipFile(folder / "model.skops") as zf:
+        files = {n: zf.read(n) for n in zf.namelist()}
+    for name, data in files.items():
+        if name.endswith(".npy"):
+            array = np.load(io.BytesIO(data), allow_pickle=False)
+            if array.dtype.names and "feature" in array.dtype.names:
+                array["feature"][0] = 10**9
+                out = io.BytesIO()
+                np.save(out, array, allow_pickle=False)
+                files[name] = out.getvalue()
+                break
+    with zipfile.ZipFile(folder / "model.skops", "w") as zf:
+        for n, data in files.items():
+            zf.writestr(n, data)
+    _rehash(folder)
+    with pytest.raises(InvalidInputError, match=r"model\.skops: level-1 model, tree 0: a split feature"):
+        load_model(folder)
