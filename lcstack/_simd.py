@@ -28,13 +28,13 @@ faster than the scalar loop, the AVX2 one as fast as the AVX-512 one (``benchmar
 ``LCSTACK_SIMD`` picks the step at run time: unset or ``auto`` (the widest the CPU has), ``avx2``, or
 ``0`` (the scalar loop).
 
-For developers: numba's on-disk cache of the kernels that call these steps is keyed on
-``fastpredict.py``'s source, not on this module's: after editing this module, delete
-``lcstack/__pycache__/*.nbi`` (or touch ``fastpredict.py``), or the old steps stay in use.
+The kernels that call these steps are cached on disk with a stamp over this module's source too
+(:data:`KERNEL_SOURCES`, :func:`jit`): editing it recompiles them.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 
@@ -45,6 +45,8 @@ from lcstack.errors import InvalidInputError
 __all__ = [
     "AVX2",
     "AVX512",
+    "KERNEL_SOURCES",
+    "jit",
     "partition8",
     "partition8_scalar",
     "partition16",
@@ -56,6 +58,20 @@ try:
     import numba
 except ImportError:  # pragma: no cover - numba is installed in the test environment
     numba = None
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+#: Every source file the forest kernels compile from: the on-disk cache of each kernel is stamped with a
+#: hash of all of them (:mod:`lcstack._kernel_cache`). A module whose functions a kernel calls or
+#: inlines must be listed here.
+KERNEL_SOURCES = tuple(
+    os.path.join(_HERE, name) for name in ("fastpredict.py", "_simd.py", "_kernel_cache.py")
+)
+
+if numba is not None:
+    from lcstack._kernel_cache import jit as _cached_jit
+
+    #: ``numba.njit`` for the forest kernels, cached on disk with a stamp over :data:`KERNEL_SOURCES`.
+    jit = functools.partial(_cached_jit, KERNEL_SOURCES)
 
 
 def _host_features() -> dict[str, bool]:
@@ -108,7 +124,7 @@ _WIDEST = ("", "1", "on", "true", "yes", "auto", "avx512")
 
 if numba is not None:
 
-    @numba.njit(nogil=True, cache=True, inline="always")
+    @jit(nogil=True, inline="always")
     def _partition_scalar(src, i, col, thr, nan_left, dst, nl, nr, width):  # pragma: no cover - compiled
         one = np.uint64(1)
         n_left = np.uint64(0)
@@ -129,12 +145,12 @@ if numba is not None:
                 left += one
         return n_left
 
-    @numba.njit(nogil=True, cache=True, inline="always")
+    @jit(nogil=True, inline="always")
     def partition16_scalar(src, i, n, col, thr, nan_left, dst, nl, nr):  # pragma: no cover - compiled
         """:func:`partition16` in plain numba (the reference, and the stand-in without AVX-512)."""
         return _partition_scalar(src, i, col, thr, nan_left, dst, nl, nr, n)
 
-    @numba.njit(nogil=True, cache=True, inline="always")
+    @jit(nogil=True, inline="always")
     def partition8_scalar(src, i, col, thr, nan_left, dst, nl, nr):  # pragma: no cover - compiled
         """:func:`partition8` in plain numba (the reference, and the stand-in without AVX2)."""
         return _partition_scalar(src, i, col, thr, nan_left, dst, nl, nr, np.uint64(8))

@@ -2,8 +2,9 @@
 
 A fitted :class:`~sklearn.ensemble.RandomForestClassifier`, :class:`~sklearn.ensemble.ExtraTreesClassifier`,
 :class:`~sklearn.tree.DecisionTreeClassifier` or :class:`~sklearn.tree.ExtraTreeClassifier` is flattened
-once into NumPy arrays (:meth:`FastForest.from_estimator`) and predicted by a ``@numba.njit(nogil=True,
-cache=True)`` kernel (``parallel=True`` for the multi-threaded variant).
+once into NumPy arrays (:meth:`FastForest.from_estimator`) and predicted by a ``numba.njit(nogil=True)``
+kernel (``parallel=True`` for the multi-threaded variant), cached on disk by :mod:`lcstack._kernel_cache`
+(keyed on this module's, :mod:`lcstack._simd`'s and the cache module's sources).
 
 The kernel reproduces scikit-learn (>= 1.4, where ``tree_.value`` of a classifier holds class fractions)
 exactly, so ``FastForest.predict`` equals ``estimator.predict`` on every row:
@@ -108,7 +109,7 @@ def _require_numba() -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Kernels (compiled on first use, cached on disk by numba)
+# Kernels (compiled on first use, cached on disk: lcstack._kernel_cache)
 # ----------------------------------------------------------------------------------------------------
 
 # The workqueue threading layer aborts on concurrent parallel launches; tbb and omp do not.
@@ -120,12 +121,12 @@ except ImportError:  # pragma: no cover - numba is installed in the test environ
     numba = None
 
 if numba is not None:
-    # Module-level functions: numba's on-disk cache (cache=True) does not work for closures.
+    # Module-level functions: numba's on-disk cache does not work for closures.
 
     # Hot loops index with unsigned integers: numba then skips the negative-index wrap-around it adds
     # to every signed index (a quarter faster here).
 
-    @numba.njit(nogil=True, cache=True)
+    @_simd.jit(nogil=True)
     def _descend(XT, base, root, nodes, nodes_f, bufs, n, leaf, stack, simd):  # pragma: no cover - compiled
         """Set ``leaf[r]``, for r in ``bufs[0, :n]``, to the leaf-vector row that row ``base + r`` reaches.
 
@@ -217,7 +218,7 @@ if numba is not None:
                 stack[sp, 3] = 1 - p
                 sp += 1
 
-    @numba.njit(nogil=True, cache=True)
+    @_simd.jit(nogil=True)
     def _predict_range(  # pragma: no cover - compiled
         XT, start, stop, roots, max_depth, nodes, nodes_f, values, lead_before, gain_after, tol, divisor,
         early, out_idx, out_proba, simd,
@@ -289,7 +290,7 @@ if numba is not None:
             out_idx[row] = best
         return walks
 
-    @numba.njit(nogil=True, cache=True)
+    @_simd.jit(nogil=True)
     def _predict_votes_range(  # pragma: no cover - compiled
         XT, start, stop, roots, max_depth, nodes, nodes_f, vote_class, divisor, early, out_idx, out_proba,
         simd,
@@ -358,7 +359,7 @@ if numba is not None:
             out_idx[row] = best
         return walks
 
-    @numba.njit(nogil=True, cache=True)
+    @_simd.jit(nogil=True)
     def _valid_mask(buf, n_features, ny, nx, sf, sy):  # pragma: no cover - compiled
         """Per pixel, whether all features are finite; ``buf[f * sf + y * sy + x]`` is ``X[f, y, x]``.
 
@@ -374,7 +375,7 @@ if numba is not None:
                     valid[y, x] &= (v - v) == 0  # False for NaN and +-inf; vectorises, isfinite does not
         return valid
 
-    @numba.njit(nogil=True, cache=True)
+    @_simd.jit(nogil=True)
     def _gather_runs(buf, n_features, ny, nx, sf, sy, valid):  # pragma: no cover - compiled
         """Copy the valid pixels into float32 ``(n_features, n_valid)`` columns, run by run along x."""
         one = np.uint64(1)
@@ -415,7 +416,7 @@ if numba is not None:
                     columns[f, dst + i] = buf[src + i]
         return columns, index
 
-    @numba.njit(nogil=True, cache=True)
+    @_simd.jit(nogil=True)
     def _transpose(X, XT):  # pragma: no cover - compiled
         """``XT[:] = X.T`` in tiles of 16 rows (7x faster than element by element or NumPy's copy)."""
         n = np.uint64(X.shape[0])
@@ -427,7 +428,7 @@ if numba is not None:
                 for r in range(r0, r1):
                     XT[f, r] = X[r, f]
 
-    @numba.njit(nogil=True, cache=True)
+    @_simd.jit(nogil=True)
     def _predict_block(  # pragma: no cover - compiled
         XT, start, stop, roots, max_depth, nodes, nodes_f, values, vote_class, lead_before, gain_after, tol,
         divisor, early, out_idx, out_proba, simd,
@@ -443,7 +444,7 @@ if numba is not None:
             early, out_idx, out_proba, simd,
         )  # fmt: skip
 
-    @numba.njit(nogil=True, cache=True)
+    @_simd.jit(nogil=True)
     def _predict_serial(  # pragma: no cover - compiled
         XT, roots, max_depth, nodes, nodes_f, values, vote_class, lead_before, gain_after, tol, divisor,
         early, out_idx, out_proba, block, simd,
@@ -458,7 +459,7 @@ if numba is not None:
             )  # fmt: skip
         return walks
 
-    @numba.njit(parallel=True, nogil=True, cache=True)
+    @_simd.jit(parallel=True, nogil=True)
     def _predict_parallel(  # pragma: no cover - compiled
         XT, roots, max_depth, nodes, nodes_f, values, vote_class, lead_before, gain_after, tol, divisor,
         early, out_idx, out_proba, block, simd,
