@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,8 @@ __all__ = [
     "compile_estimator",
     "fast_predict",
     "fast_predict_levels",
+    "fast_predict_proba",
+    "fast_predict_proba_levels",
     "numba_available",
     "valid_columns",
 ]
@@ -1072,6 +1075,57 @@ def fast_predict(est: Any, X: Any, *, n_threads: int | None = 1, feature_major: 
     return compiled.predict(X, n_threads=n_threads, feature_major=feature_major)
 
 
+def fast_predict_proba(
+    est: Any, X: Any, *, n_threads: int | None = 1, feature_major: bool = False
+) -> np.ndarray:
+    """``est.predict_proba(X)`` through the compiled kernel when ``est`` is supported (bit-identical).
+
+    Parameters
+    ----------
+    est : estimator
+        Fitted classifier with ``predict_proba``.
+    X : array-like of shape (n_samples, n_features)
+        Features; ``(n_features, n_samples)`` with ``feature_major=True``.
+    n_threads, feature_major
+        See :meth:`FastForest.predict`.
+
+    Returns
+    -------
+    ndarray of float64, shape (n_samples, n_classes)
+        Class probabilities, columns in the order of ``est.classes_``.
+
+    """
+    compiled = compile_estimator(est)
+    if compiled is None:
+        return est.predict_proba(np.asarray(X).T if feature_major else X)
+    return compiled.predict_proba(X, n_threads=n_threads, feature_major=feature_major)
+
+
+def _model_input(
+    model: Any, X: Any, feature_major: bool, assume_finite: bool
+) -> tuple[int, Callable[[np.ndarray | None], Any]]:
+    """Validate ``X`` for a hierarchical model: its sample count and the hook that selects samples."""
+    from sklearn.utils._indexing import _safe_indexing
+    from sklearn.utils.validation import check_is_fitted
+
+    check_is_fitted(model)
+    if not feature_major:
+        X = model._validate_X(X)
+        return X.shape[0], lambda rows: X if rows is None else _safe_indexing(X, rows)
+    X = np.asarray(X)
+    if X.ndim != 2 or X.shape[0] != model.n_features_in_:
+        raise InvalidInputError(
+            f"X has shape {X.shape}; with feature_major=True the model expects ({model.n_features_in_}, "
+            "n_samples) features."
+        )
+    if not assume_finite and not np.isfinite(X).all():
+        raise InvalidInputError(
+            "X contains NaN or inf; predict only on valid pixels and mark the others as nodata "
+            "(lcstack.classify does)."
+        )
+    return X.shape[1], lambda rows: X if rows is None else X[:, rows]
+
+
 def fast_predict_levels(
     model: Any, X: Any, *, n_threads: int | None = 1, feature_major: bool = False, assume_finite: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -1103,40 +1157,36 @@ def fast_predict_levels(
         Subcategory codes; 1 (unclassified) where the predicted category has no level-2 model.
 
     """
-    from sklearn.utils._indexing import _safe_indexing
-    from sklearn.utils.validation import check_is_fitted
+    from lcstack.model import predict_levels
 
-    check_is_fitted(model)
-    if feature_major:
-        X = np.asarray(X)
-        if X.ndim != 2 or X.shape[0] != model.n_features_in_:
-            raise InvalidInputError(
-                f"X has shape {X.shape}; with feature_major=True the model expects ({model.n_features_in_}, "
-                "n_samples) features."
-            )
-        if not assume_finite and not np.isfinite(X).all():
-            raise InvalidInputError(
-                "X contains NaN or inf; predict only on valid pixels and mark the others as nodata "
-                "(lcstack.classify does)."
-            )
-        n_samples = X.shape[1]
+    n_samples, subset = _model_input(model, X, feature_major, assume_finite)
 
-        def subset(rows: np.ndarray) -> np.ndarray:
-            return X[:, rows]
+    def predict(est: Any, features: Any) -> np.ndarray:
+        return fast_predict(est, features, n_threads=n_threads, feature_major=feature_major)
 
-    else:
-        X = model._validate_X(X)
-        n_samples = X.shape[0]
+    return predict_levels(model, n_samples, subset, predict)
 
-        def subset(rows: np.ndarray) -> np.ndarray:
-            return _safe_indexing(X, rows)
 
-    level1 = fast_predict(model.estimator_level1_, X, n_threads=n_threads, feature_major=feature_major)
-    level2 = np.full(n_samples, UNCLASSIFIED, dtype=np.int64)
-    for category, code in model.constant_level2_.items():
-        level2[level1 == category] = code
-    for category, sub in model.estimators_level2_.items():
-        rows = level1 == category
-        if rows.any():
-            level2[rows] = fast_predict(sub, subset(rows), n_threads=n_threads, feature_major=feature_major)
-    return level1, level2
+def fast_predict_proba_levels(
+    model: Any, X: Any, *, n_threads: int | None = 1, feature_major: bool = False, assume_finite: bool = False
+) -> Any:
+    """:meth:`lcstack.model.HierarchicalClassifier.predict_proba_levels` through the compiled kernels.
+
+    Level-1 probabilities over all classes (bit-identical to ``predict_proba``), the level-1 code and the
+    margin between the best and second-best probability, and the level-2 code with its probability
+    conditional on level 1. Parameters as :func:`fast_predict_levels`.
+
+    Returns
+    -------
+    lcstack.model.LevelProbabilities
+        Equal to ``model.predict_proba_levels(X)``; its codes equal :func:`fast_predict_levels`'s.
+
+    """
+    from lcstack.model import predict_proba_levels
+
+    n_samples, subset = _model_input(model, X, feature_major, assume_finite)
+
+    def predict_proba(est: Any, features: Any) -> np.ndarray:
+        return fast_predict_proba(est, features, n_threads=n_threads, feature_major=feature_major)
+
+    return predict_proba_levels(model, n_samples, subset, predict_proba)

@@ -23,7 +23,8 @@ import json
 import logging
 import os
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
@@ -45,6 +46,9 @@ from lcstack.errors import InputFileNotFoundError, InvalidInputError, ModelMisma
 
 __all__ = [
     "HierarchicalClassifier",
+    "LevelProbabilities",
+    "predict_levels",
+    "predict_proba_levels",
     "save_model",
     "load_model",
     "check_features",
@@ -331,15 +335,29 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = self._validate_X(X)
-        level1 = self.estimator_level1_.predict(X)
-        level2 = np.full(X.shape[0], UNCLASSIFIED, dtype=np.int64)
-        for category, code in self.constant_level2_.items():
-            level2[level1 == category] = code
-        for category, model in self.estimators_level2_.items():
-            rows = level1 == category
-            if rows.any():
-                level2[rows] = model.predict(_safe_indexing(X, rows))
-        return level1, level2
+        return predict_levels(
+            self, X.shape[0], lambda rows: X if rows is None else _safe_indexing(X, rows), _predict
+        )
+
+    def predict_proba_levels(self, X: Any) -> LevelProbabilities:
+        """Level-1 probabilities, codes and margins, and the level-2 code and its conditional probability.
+
+        Parameters
+        ----------
+        X : array-like or DataFrame of shape (n_samples, n_features)
+            Features of valid (NaN-free) pixels, in the training order.
+
+        Returns
+        -------
+        LevelProbabilities
+            ``level1`` and ``level2`` equal :meth:`predict_levels`; ``proba`` equals :meth:`predict_proba`.
+
+        """
+        check_is_fitted(self)
+        X = self._validate_X(X)
+        return predict_proba_levels(
+            self, X.shape[0], lambda rows: X if rows is None else _safe_indexing(X, rows), _predict_proba
+        )
 
     @available_if(_estimator_has("predict_proba"))
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -400,6 +418,125 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         tags.input_tags.allow_nan = False
         tags.input_tags.sparse = False
         return tags
+
+
+# -- the hierarchy, for any per-level predictor -----------------------------------------------------------
+
+
+def _predict(est: Any, X: Any) -> np.ndarray:
+    return est.predict(X)
+
+
+def _predict_proba(est: Any, X: Any) -> np.ndarray:
+    return est.predict_proba(X)
+
+
+def predict_levels(
+    model: HierarchicalClassifier,
+    n_samples: int,
+    subset: Callable[[np.ndarray | None], Any],
+    predict: Callable[[Any, Any], np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Level-1 and level-2 codes of ``model``, each level predicted by ``predict(estimator, X)``.
+
+    The one walk of the hierarchy, shared by :meth:`HierarchicalClassifier.predict_levels` (``predict``
+    calls the estimator's own) and the compiled engine (:mod:`lcstack.fastpredict`).
+
+    Parameters
+    ----------
+    model : HierarchicalClassifier
+        Fitted.
+    n_samples : int
+        Number of samples.
+    subset : callable
+        ``subset(rows)``: the features of the samples selected by boolean mask ``rows`` (all with ``None``),
+        in whatever layout ``predict`` takes.
+    predict : callable
+        ``predict(estimator, features)``: labels, as ``estimator.predict``.
+
+    Returns
+    -------
+    level1, level2 : ndarray
+        As :meth:`HierarchicalClassifier.predict_levels`.
+
+    """
+    level1 = predict(model.estimator_level1_, subset(None))
+    level2 = np.full(n_samples, UNCLASSIFIED, dtype=np.int64)
+    for category, code in model.constant_level2_.items():
+        level2[level1 == category] = code
+    for category, sub in model.estimators_level2_.items():
+        rows = level1 == category
+        if rows.any():
+            level2[rows] = predict(sub, subset(rows))
+    return level1, level2
+
+
+@dataclass(frozen=True)
+class LevelProbabilities:
+    """Per-sample probabilities of a hierarchical model (:func:`predict_proba_levels`).
+
+    Attributes
+    ----------
+    classes : ndarray
+        Level-1 classes, the columns of ``proba``.
+    proba : ndarray of float64, shape (n_samples, n_classes)
+        Level-1 probabilities (the level-1 estimator's ``predict_proba``).
+    level1 : ndarray of shape (n_samples,)
+        Level-1 codes, ``classes.take(argmax(proba))``.
+    margin : ndarray of float64, shape (n_samples,)
+        Best minus second-best level-1 probability (the best one with a single class).
+    level2 : ndarray of int64, shape (n_samples,)
+        Level-2 codes, as :meth:`HierarchicalClassifier.predict_levels`.
+    level2_proba : ndarray of float64, shape (n_samples,)
+        Probability of ``level2`` given ``level1`` (the level-2 estimator's best ``predict_proba``); 1 for
+        a category with a single subcategory, NaN for a category without level 2 (``level2`` = 1).
+
+    """
+
+    classes: np.ndarray
+    proba: np.ndarray
+    level1: np.ndarray
+    margin: np.ndarray
+    level2: np.ndarray
+    level2_proba: np.ndarray
+
+
+def _best(classes: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels (first maximum, as ``predict``), best probability and best minus second-best."""
+    best = np.argmax(proba, axis=1)
+    top = np.take_along_axis(proba, best[:, None], axis=1)[:, 0]
+    if proba.shape[1] < 2:
+        return classes.take(best, axis=0), top, top.copy()
+    second = np.partition(proba, proba.shape[1] - 2, axis=1)[:, -2]
+    return classes.take(best, axis=0), top, top - second
+
+
+def predict_proba_levels(
+    model: HierarchicalClassifier,
+    n_samples: int,
+    subset: Callable[[np.ndarray | None], Any],
+    predict_proba: Callable[[Any, Any], np.ndarray],
+) -> LevelProbabilities:
+    """:class:`LevelProbabilities` of ``model``, each level by ``predict_proba(estimator, X)``.
+
+    As :func:`predict_levels`, with ``predict_proba`` in place of ``predict``: the labels are the first
+    maximum of each estimator's probabilities, which is what a scikit-learn forest's ``predict`` returns.
+    """
+    est = model.estimator_level1_
+    proba = np.asarray(predict_proba(est, subset(None)), dtype=np.float64)
+    level1, _, margin = _best(np.asarray(est.classes_), proba)
+    level2 = np.full(n_samples, UNCLASSIFIED, dtype=np.int64)
+    level2_proba = np.full(n_samples, np.nan)
+    for category, code in model.constant_level2_.items():
+        level2[level1 == category] = code
+        level2_proba[level1 == category] = 1.0
+    for category, sub in model.estimators_level2_.items():
+        rows = level1 == category
+        if rows.any():
+            codes, top, _ = _best(np.asarray(sub.classes_), predict_proba(sub, subset(rows)))
+            level2[rows] = codes
+            level2_proba[rows] = top
+    return LevelProbabilities(np.asarray(est.classes_), proba, level1, margin, level2, level2_proba)
 
 
 # -- artefact ------------------------------------------------------------------------------------------------

@@ -16,7 +16,14 @@ from sklearn.tree import DecisionTreeClassifier, ExtraTreeClassifier
 from lcstack import fastpredict
 from lcstack.classify import classify, predict_block
 from lcstack.errors import InvalidInputError
-from lcstack.fastpredict import FastForest, compile_estimator, fast_predict, fast_predict_levels
+from lcstack.fastpredict import (
+    FastForest,
+    compile_estimator,
+    fast_predict,
+    fast_predict_levels,
+    fast_predict_proba,
+    fast_predict_proba_levels,
+)
 from lcstack.model import HierarchicalClassifier
 
 pytest.importorskip("numba")
@@ -523,3 +530,67 @@ def test_forest_with_missing_value_splits_passes_the_checks() -> None:
     assert any(np.isinf(t.tree_.threshold).any() for t in est.estimators_)
     depths = fastpredict.check_estimator(est)
     assert depths == [t.tree_.max_depth for t in est.estimators_]
+
+
+def _demo_pixels(demo_run: Any) -> tuple[Any, np.ndarray]:
+    from lcstack.model import load_model
+    from lcstack.pipeline import Workflow
+
+    _, cfg, _ = demo_run
+    with Workflow(cfg, progress=False) as wf:
+        values = wf.features(next(iter(wf.tiles))).transpose("feature", "y", "x").values
+        model, _ = load_model(wf.model_url())
+    flat = values.reshape(values.shape[0], -1)
+    return model, np.ascontiguousarray(flat[:, np.isfinite(flat).all(axis=0)], dtype=np.float32)
+
+
+def _serial(model: Any) -> Any:
+    """A copy whose forests predict with n_jobs=1: sklearn then adds the trees in order, as the kernel does.
+
+    (With n_jobs > 1 its threads add them in the order they finish, which moves the last bit.)
+    """
+    import copy
+
+    model = copy.deepcopy(model)
+    for est in (model.estimator_level1_, *model.estimators_level2_.values()):
+        est.n_jobs = 1
+    return model
+
+
+def test_probabilities_equal_sklearn_on_every_demo_pixel(demo_run: Any, partition_step: str) -> None:
+    model, columns = _demo_pixels(demo_run)
+    got = fast_predict_proba_levels(model, columns, feature_major=True, assume_finite=True)
+    np.testing.assert_allclose(got.proba, model.predict_proba(columns.T), rtol=1e-6, atol=1e-7)
+    model = _serial(model)
+    want = model.predict_proba_levels(columns.T)
+    np.testing.assert_array_equal(got.proba, want.proba)  # in fact bit for bit
+    np.testing.assert_array_equal(got.level2_proba, want.level2_proba)
+    np.testing.assert_array_equal(got.margin, want.margin)
+    level1, level2 = model.predict_levels(columns.T)
+    np.testing.assert_array_equal(got.level1, level1)
+    np.testing.assert_array_equal(got.level2, level2)
+    # the margin is best minus second best; level 2 is conditional on the level-1 category
+    ordered = np.sort(want.proba, axis=1)
+    np.testing.assert_allclose(got.margin, ordered[:, -1] - ordered[:, -2])
+    for category, sub in model.estimators_level2_.items():
+        rows = level1 == category
+        if rows.any():
+            np.testing.assert_array_equal(
+                got.level2_proba[rows], sub.predict_proba(columns.T[rows]).max(axis=1)
+            )
+    assert np.isnan(
+        got.level2_proba[~np.isin(level1, list(model.estimators_level2_) + list(model.constant_level2_))]
+    ).all()
+
+
+def test_rows_with_some_nan_features_follow_sklearn_bit_for_bit(demo_run: Any, partition_step: str) -> None:
+    """A forest fitted without NaN routes NaN where missing_go_to_left says (the larger child), as sklearn."""
+    model, columns = _demo_pixels(demo_run)
+    model = _serial(model)
+    rows = np.array(columns.T[:4000])
+    rng = np.random.default_rng(0)
+    rows[rng.random(rows.shape) < 0.2] = np.nan  # a fifth of the features of most rows
+    assert np.isnan(rows).any(axis=1).mean() > 0.9
+    for est in (model.estimator_level1_, *model.estimators_level2_.values()):
+        np.testing.assert_array_equal(fast_predict(est, rows), est.predict(rows))
+        np.testing.assert_array_equal(fast_predict_proba(est, rows), est.predict_proba(rows))
