@@ -25,8 +25,9 @@ tests' reference), which the kernels never call because :func:`simd_width` then 
 
 On the 2-core Intel Xeon (Emerald Rapids) benchmark machine either step made the whole kernel 1.2-1.9x
 faster than the scalar loop, the AVX2 one as fast as the AVX-512 one (``benchmarks/RESULTS.md``).
-``LCSTACK_SIMD`` picks the step at run time: unset or ``auto`` (the widest the CPU has), ``avx2``, or
-``0`` (the scalar loop).
+``LCSTACK_SIMD`` picks the step at run time: unset or ``auto`` (the step measured fastest on this CPU,
+:func:`lcstack.fastpredict.calibrated_width`), ``avx512`` (the widest it has), ``avx2``, or ``0`` (the
+scalar loop).
 
 The kernels that call these steps are cached on disk with a stamp over this module's source too
 (:data:`KERNEL_SOURCES`, :func:`jit`): editing it recompiles them.
@@ -46,6 +47,7 @@ __all__ = [
     "AVX2",
     "AVX512",
     "KERNEL_SOURCES",
+    "available_widths",
     "jit",
     "partition8",
     "partition8_scalar",
@@ -97,12 +99,19 @@ AVX512 = bool(_FEATURES.get("avx512f", False))
 AVX2 = bool(_FEATURES.get("avx2", False))
 
 
+def available_widths() -> tuple[int, ...]:
+    """Rows per step of every partition step compiled in here: 0 (the scalar loop), 8 (AVX2), 16 (AVX-512)."""
+    return (0,) + ((8,) if AVX2 else ()) + ((16,) if AVX512 else ())
+
+
 def simd_width() -> int:
     """Rows per vector step the kernels use: 16 (AVX-512), 8 (AVX2) or 0 (scalar loop).
 
-    ``LCSTACK_SIMD``: unset, ``1``, ``auto`` or ``avx512`` for the widest step this CPU has; ``avx2`` for
-    the 8-row step (the scalar loop without AVX2); ``0``, ``off`` or ``scalar`` for none. Any other value
-    raises :class:`~lcstack.errors.InvalidInputError`.
+    ``LCSTACK_SIMD``: unset or ``auto`` for the step measured fastest on this CPU
+    (:func:`lcstack.fastpredict.calibrated_width`: the widest step is not always the fastest, e.g. on AMD
+    Zen 4); ``avx512`` (or ``1``) for the widest step this CPU has; ``avx2`` for the 8-row step (the scalar
+    loop without AVX2); ``0``, ``off`` or ``scalar`` for none. Any other value raises
+    :class:`~lcstack.errors.InvalidInputError`.
     """
     value = os.environ.get("LCSTACK_SIMD", "auto")
     choice = value.strip().lower()
@@ -111,15 +120,22 @@ def simd_width() -> int:
     if choice == "avx2":
         return 8 if AVX2 else 0
     if choice in _WIDEST:
-        return 16 if AVX512 else 8 if AVX2 else 0
+        return max(available_widths())
+    if choice in _AUTO:
+        if len(available_widths()) == 1:
+            return 0
+        from lcstack.fastpredict import calibrated_width  # the kernels measure the steps
+
+        return calibrated_width()
     raise InvalidInputError(
-        f"LCSTACK_SIMD = {value!r} is not a partition step: use auto (the widest this CPU has), avx2, or 0 "
-        "(the scalar loop)."
+        f"LCSTACK_SIMD = {value!r} is not a partition step: use auto (the fastest on this CPU), avx512 (the "
+        "widest it has), avx2, or 0 (the scalar loop)."
     )
 
 
 _SCALAR = ("0", "off", "false", "no", "none", "scalar")
-_WIDEST = ("", "1", "on", "true", "yes", "auto", "avx512")
+_WIDEST = ("1", "on", "true", "yes", "avx512")
+_AUTO = ("", "auto")
 
 
 if numba is not None:

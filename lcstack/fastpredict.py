@@ -23,7 +23,8 @@ deeper trees, :func:`_block_rows`), feature-major (``(n_features, n_pixels)``, t
 y, x)`` raster block, so classification never transposes them). For each tree, the block's rows are
 partitioned node by node, depth first: a split reads one contiguous feature column for the rows that reach
 it and writes them, branch-free, to its left or right child's range; on CPUs with AVX-512 (AVX2) 16 (8)
-rows at a time (one gather, one compare, two compressed stores: :mod:`lcstack._simd`). A
+rows at a time (one gather, one compare, two compressed stores: :mod:`lcstack._simd`), where that step
+measures faster than the scalar loop on this CPU (:func:`calibrated_width`). A
 node is visited once per block instead of once per row, and no chain of dependent loads runs through one
 row's path. Nodes are stored in the order the walk visits them (depth-first pre-order, a subtree in one
 run of memory), which on deep trees makes the walk a quarter faster than breadth-first storage. When every
@@ -46,6 +47,8 @@ release the GIL and share no mutable state.
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 import weakref
 from collections.abc import Callable
@@ -59,6 +62,7 @@ from lcstack.errors import InvalidInputError
 
 __all__ = [
     "FastForest",
+    "calibrated_width",
     "check_estimator",
     "check_tree",
     "compile_estimator",
@@ -69,6 +73,8 @@ __all__ = [
     "numba_available",
     "valid_columns",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Level-2 code of a pixel whose category has no level-2 model (same as :data:`lcstack.model.UNCLASSIFIED`).
 UNCLASSIFIED = 1
@@ -879,9 +885,18 @@ class FastForest:
         return XT
 
     def _run(
-        self, X: Any, n_threads: int | None, want_proba: bool, feature_major: bool = False
+        self,
+        X: Any,
+        n_threads: int | None,
+        want_proba: bool,
+        feature_major: bool = False,
+        simd: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray, int]:
-        """Class indices, probabilities (when asked) and the number of (row, tree) walks done."""
+        """Class indices, probabilities (when asked) and the number of (row, tree) walks done.
+
+        ``simd``: rows per partition step (one of :func:`lcstack._simd.available_widths`); ``None`` for
+        :func:`lcstack._simd.simd_width`.
+        """
         XT = self._feature_major(X, feature_major)
         n = XT.shape[1]
         out_idx = np.empty(n, dtype=np.intp)
@@ -891,7 +906,7 @@ class FastForest:
         args = (
             XT, self.roots, int(self.depth.max(initial=0)), self.nodes, self.nodes.view(np.float32),
             self.values, self._vote_class, self._lead_before, self._gain_after, self._tol, self.divisor,
-            not want_proba, out_idx, out_proba, self._block, _simd.simd_width(),
+            not want_proba, out_idx, out_proba, self._block, _simd.simd_width() if simd is None else simd,
         )  # fmt: skip
         kernels = _kernels()
         if n_threads == 1 or n <= _BLOCK:
@@ -948,6 +963,163 @@ class FastForest:
         """
         _, proba, _ = self._run(X, n_threads, want_proba=True, feature_major=feature_major)
         return proba
+
+
+# ----------------------------------------------------------------------------------------------------
+# Partition step: the fastest on this CPU, measured once
+# ----------------------------------------------------------------------------------------------------
+
+_CALIBRATION_FILE = "lcstack-partition-step.json"
+_calibrated: dict[str, int] = {}
+_CALIBRATION_LOCK = threading.Lock()
+
+
+def _cpu_key() -> str:
+    """CPU model (vendor, family, model, name), numba's target CPU, lcstack's and numba's versions."""
+    import llvmlite.binding as llvm
+
+    from lcstack import __version__
+
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("vendor_id", "cpu family", "model", "model name") and key not in fields:
+                    fields[key] = value.strip()
+                if not line.strip() and fields:
+                    break
+    except OSError:  # pragma: no cover - not Linux
+        import platform
+
+        fields["model name"] = platform.processor()
+    cpu = " ".join(fields.get(k, "?") for k in ("vendor_id", "cpu family", "model", "model name"))
+    return f"{cpu} | {llvm.get_host_cpu_name()} | lcstack {__version__} | numba {numba.__version__}"
+
+
+def _calibration_path() -> str | None:
+    from lcstack import _kernel_cache
+
+    for folder in _kernel_cache.cache_dirs(__file__):
+        if _kernel_cache._writable(folder):
+            return os.path.join(folder, _CALIBRATION_FILE)
+    return None  # pragma: no cover - no writable folder: measured in every process
+
+
+def _synthetic_forest(seed: int = 20) -> tuple[FastForest, np.ndarray]:
+    """Build a fixed forest (8 complete trees of depth 12 on 24 features) and 65 536 rows to time it on."""
+    rng = np.random.default_rng(seed)
+    n_trees, depth, n_features, n_classes = 8, 12, 24, 6
+    per_tree = 2 ** (depth + 1) - 1
+    nodes = np.empty((n_trees * per_tree, 4), dtype=np.int32)
+    values = rng.dirichlet(np.ones(n_classes) * 0.3, size=n_trees * 2**depth)
+    k = 0
+    leaf = 0
+    for _ in range(n_trees):
+        stack = [depth]
+        while stack:  # depth-first pre-order: a node's left child is the next node
+            d = stack.pop()
+            if d == 0:
+                nodes[k] = (0, np.float32(np.inf).view(np.int32), k, -1 - leaf)
+                leaf += 1
+            else:
+                right = k + 2**d  # after the left subtree's 2**d - 1 nodes
+                thr = np.float32(rng.normal(0.0, 0.7)).view(np.int32)
+                nodes[k] = (rng.integers(n_features), thr, right, 0)
+                stack += [d - 1, d - 1]
+            k += 1
+    spread = np.ptp(values, axis=1).reshape(n_trees, -1).max(axis=1)
+    forest = FastForest(
+        classes_=np.arange(n_classes),
+        n_features_in_=n_features,
+        roots=np.arange(n_trees, dtype=np.int32) * per_tree,
+        depth=np.full(n_trees, depth, dtype=np.int32),
+        nodes=nodes,
+        values=values,
+        divisor=float(n_trees),
+        spread=spread,
+    )
+    rows = rng.normal(size=(n_features, 65536)).astype(np.float32)
+    return forest, rows
+
+
+def _measure_steps(widths: tuple[int, ...], rounds: int = 3) -> dict[int, float]:
+    """Best-of-``rounds`` seconds per partition step on :func:`_synthetic_forest`, steps interleaved."""
+    import time
+
+    forest, rows = _synthetic_forest()
+    best = dict.fromkeys(widths, float("inf"))
+    reference = forest._run(rows, 1, False, feature_major=True, simd=0)[0]  # also compiles the kernel
+    for _ in range(rounds):
+        for width in widths:
+            start = time.perf_counter()
+            idx = forest._run(rows, 1, False, feature_major=True, simd=width)[0]
+            best[width] = min(best[width], time.perf_counter() - start)
+            if not np.array_equal(idx, reference):  # pragma: no cover - a broken step is never chosen
+                raise RuntimeError(f"the {width}-row partition step disagrees with the scalar loop")
+    return best
+
+
+def calibrated_width() -> int:
+    """Rows per partition step measured fastest on this CPU (``LCSTACK_SIMD=auto``).
+
+    Measured once per CPU model (vendor, family, model, numba's target CPU), lcstack version and numba
+    version on a fixed synthetic forest (:func:`_synthetic_forest`, about a second), kept in
+    ``lcstack-partition-step.json`` beside the kernel cache (:mod:`lcstack._kernel_cache`) and logged
+    once per process. With only the scalar loop compiled in (no AVX2, or ``NUMBA_CPU_NAME=generic``) it is
+    0 without measuring.
+
+    Returns
+    -------
+    int
+        One of :func:`lcstack._simd.available_widths`.
+
+    """
+    widths = _simd.available_widths()
+    if len(widths) == 1:
+        return widths[0]
+    key = _cpu_key()
+    if key in _calibrated:
+        return _calibrated[key]
+    with _CALIBRATION_LOCK:
+        if key not in _calibrated:
+            _calibrated[key] = _calibrate(key, widths)
+    return _calibrated[key]
+
+
+def _calibrate(key: str, widths: tuple[int, ...]) -> int:
+    import json
+
+    path = _calibration_path()
+    table: dict[str, Any] = {}
+    if path is not None and os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                table = json.load(f)
+        except (OSError, ValueError):
+            table = {}
+    entry = table.get(key)
+    if isinstance(entry, dict) and entry.get("width") in widths:
+        logger.info("partition step: %d rows (measured fastest on this CPU; %s)", entry["width"], path)
+        return int(entry["width"])
+    seconds = _measure_steps(widths)
+    width = min(widths, key=lambda w: (seconds[w], w))
+    table[key] = {"width": width, "seconds": {str(w): round(t, 5) for w, t in seconds.items()}}
+    logger.info(
+        "partition step: %d rows, the fastest on this CPU (seconds per width: %s; LCSTACK_SIMD forces one)",
+        width,
+        ", ".join(f"{w}: {t:.3f}" for w, t in seconds.items()),
+    )
+    if path is not None:
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(table, f, indent=1)
+            os.replace(tmp, path)
+        except OSError:  # pragma: no cover - measured again in the next process
+            logger.debug("could not write %s", path)
+    return width
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ def partition_step(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
         pytest.skip("this CPU (or numba's target) has no AVX-512")
     if request.param == "avx2" and not _simd.AVX2:
         pytest.skip("this CPU (or numba's target) has no AVX2")
-    monkeypatch.setenv("LCSTACK_SIMD", {"avx512": "auto", "avx2": "avx2", "scalar": "0"}[request.param])
+    monkeypatch.setenv("LCSTACK_SIMD", {"avx512": "avx512", "avx2": "avx2", "scalar": "0"}[request.param])
     assert _simd.simd_width() == {"avx512": 16, "avx2": 8, "scalar": 0}[request.param]
     return request.param
 
