@@ -1273,17 +1273,11 @@ def fast_predict_proba(
     return compiled.predict_proba(X, n_threads=n_threads, feature_major=feature_major)
 
 
-def _model_input(
-    model: Any, X: Any, feature_major: bool, assume_finite: bool
-) -> tuple[int, Callable[[np.ndarray | None], Any]]:
-    """Validate ``X`` for a hierarchical model: its sample count and the hook that selects samples."""
-    from sklearn.utils._indexing import _safe_indexing
+def _feature_major_input(model: Any, X: Any, assume_finite: bool) -> tuple[int, Callable[..., Any]]:
+    """Check ``(n_features, n_samples)`` features for a hierarchical model: sample count, sample selector."""
     from sklearn.utils.validation import check_is_fitted
 
     check_is_fitted(model)
-    if not feature_major:
-        X = model._validate_X(X)
-        return X.shape[0], lambda rows: X if rows is None else _safe_indexing(X, rows)
     X = np.asarray(X)
     if X.ndim != 2 or X.shape[0] != model.n_features_in_:
         raise InvalidInputError(
@@ -1331,12 +1325,12 @@ def fast_predict_levels(
     """
     from lcstack.model import predict_levels
 
-    n_samples, subset = _model_input(model, X, feature_major, assume_finite)
-
     def predict(est: Any, features: Any) -> np.ndarray:
         return fast_predict(est, features, n_threads=n_threads, feature_major=feature_major)
 
-    return predict_levels(model, n_samples, subset, predict)
+    if not feature_major:  # validated by the model, as its own predict_levels
+        return model.predict_levels(X, predict=predict)
+    return predict_levels(model, *_feature_major_input(model, X, assume_finite), predict)
 
 
 def fast_predict_proba_levels(
@@ -1356,9 +1350,9 @@ def fast_predict_proba_levels(
     """
     from lcstack.model import predict_proba_levels
 
-    n_samples, subset = _model_input(model, X, feature_major, assume_finite)
-
     def predict_proba(est: Any, features: Any) -> np.ndarray:
         return fast_predict_proba(est, features, n_threads=n_threads, feature_major=feature_major)
 
-    return predict_proba_levels(model, n_samples, subset, predict_proba)
+    if not feature_major:
+        return model.predict_proba_levels(X, predict_proba=predict_proba)
+    return predict_proba_levels(model, *_feature_major_input(model, X, assume_finite), predict_proba)

@@ -317,13 +317,18 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         X = self._validate_X(X)
         return self.estimator_level1_.predict(X)
 
-    def predict_levels(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+    def predict_levels(
+        self, X: Any, *, predict: Callable[[Any, Any], np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Predict category and subcategory codes.
 
         Parameters
         ----------
         X : array-like or DataFrame of shape (n_samples, n_features)
             Features of valid (NaN-free) pixels, in the training order.
+        predict : callable, optional
+            ``predict(estimator, X)`` for each level's estimator, e.g. the compiled engine's
+            :func:`lcstack.fastpredict.fast_predict`; ``None`` calls the estimator's ``predict``.
 
         Returns
         -------
@@ -336,16 +341,20 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         X = self._validate_X(X)
         return predict_levels(
-            self, X.shape[0], lambda rows: X if rows is None else _safe_indexing(X, rows), _predict
+            self, X.shape[0], lambda rows: X if rows is None else _safe_indexing(X, rows), predict or _predict
         )
 
-    def predict_proba_levels(self, X: Any) -> LevelProbabilities:
+    def predict_proba_levels(
+        self, X: Any, *, predict_proba: Callable[[Any, Any], np.ndarray] | None = None
+    ) -> LevelProbabilities:
         """Level-1 probabilities, codes and margins, and the level-2 code and its conditional probability.
 
         Parameters
         ----------
         X : array-like or DataFrame of shape (n_samples, n_features)
             Features of valid (NaN-free) pixels, in the training order.
+        predict_proba : callable, optional
+            ``predict_proba(estimator, X)`` for each level's estimator; ``None`` calls the estimator's.
 
         Returns
         -------
@@ -356,7 +365,10 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         X = self._validate_X(X)
         return predict_proba_levels(
-            self, X.shape[0], lambda rows: X if rows is None else _safe_indexing(X, rows), _predict_proba
+            self,
+            X.shape[0],
+            lambda rows: X if rows is None else _safe_indexing(X, rows),
+            predict_proba or _predict_proba,
         )
 
     @available_if(_estimator_has("predict_proba"))

@@ -358,3 +358,26 @@ def test_load_refuses_a_tampered_tree(tmp_path):
     _rehash(folder)
     with pytest.raises(InvalidInputError, match=r"model\.skops: level-1 model, tree 0: a split feature"):
         load_model(folder)
+
+
+def test_predict_hooks_walk_the_hierarchy_with_the_given_predictor():
+    X, y, y_sub = _hierarchy_data()
+    clf = _small().fit(X, y, y_sub)
+    seen = []
+
+    def predict(est, rows):
+        seen.append((est, len(rows)))
+        return est.predict(rows)
+
+    level1, level2 = clf.predict_levels(X, predict=predict)
+    np.testing.assert_array_equal(level1, clf.predict(X))
+    np.testing.assert_array_equal(level2, clf.predict_levels(X)[1])
+    assert seen[0] == (clf.estimator_level1_, len(X))
+    assert [est for est, _ in seen[1:]] == list(clf.estimators_level2_.values())
+    levels = clf.predict_proba_levels(X, predict_proba=lambda est, rows: est.predict_proba(rows))
+    np.testing.assert_array_equal(levels.proba, clf.predict_proba(X))
+    np.testing.assert_array_equal(levels.level1, level1)
+    np.testing.assert_array_equal(levels.level2, level2)
+    assert (levels.level2_proba[level1 == 2] == 1).all()  # a single subcategory
+    assert np.isnan(levels.level2_proba[level1 == 3]).all()  # no level 2
+    assert ((levels.margin >= 0) & (levels.margin <= 1)).all()
