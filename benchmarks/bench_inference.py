@@ -41,13 +41,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import landcoverpy_window as _landcoverpy_window  # noqa: E402
 from _common import load1, machine_line, wait_for_quiet, write_section  # noqa: E402
 
-from lcstack import _simd  # noqa: E402
+from lcstack import _simd, fastpredict  # noqa: E402
 from lcstack._demo_spectra import LC_LABELS  # noqa: E402
 from lcstack.classify import classify, predict_block  # noqa: E402
 from lcstack.fastpredict import compile_estimator  # noqa: E402
 from lcstack.model import HierarchicalClassifier, save_model  # noqa: E402
 
 SEASONS = ("spring", "summer", "autumn")
+#: Rows per partition step -> (column name, LCSTACK_SIMD value)
+STEP_NAMES = {16: ("avx512", "avx512"), 8: ("avx2", "avx2"), 0: ("scalar", "0")}
 BANDS = (
     "coastal blue green red rededge1 rededge2 rededge3 nir nir08 swir16 swir22 nir09 "
     "ndvi evi2 mndwi ndre osavi cri1 ri ndyi moisture"
@@ -154,6 +156,19 @@ def run_case(cube, clf, model, features, window, repeat):
             out[ys, xs] = predict_block(cube[:, ys, xs], model, engine=engine)[0]
         return out
 
+    def run_proba() -> np.ndarray:
+        """The numba engine's probabilities (level-1 over all classes, margin, level 2), per window."""
+        out = np.zeros(cube.shape[1:], np.uint8)
+        for ys, xs in wins:
+            columns, index = fastpredict.valid_columns(cube[:, ys, xs])
+            levels = fastpredict.fast_predict_proba_levels(
+                model, columns, feature_major=True, assume_finite=True
+            )
+            window = np.zeros(out[ys, xs].size, np.uint8)
+            window[index] = levels.level1
+            out[ys, xs] = window.reshape(out[ys, xs].shape)
+        return out
+
     def run_step(step: str) -> np.ndarray:
         """The numba engine with another partition step (``LCSTACK_SIMD``: ``avx2`` or ``0``, scalar)."""
         previous = os.environ.get("LCSTACK_SIMD")
@@ -166,10 +181,10 @@ def run_case(cube, clf, model, features, window, repeat):
             else:
                 os.environ["LCSTACK_SIMD"] = previous
 
-    # the other steps this CPU has, besides the default (the widest)
-    steps = {"avx2": "avx2", "scalar": "0"} if _simd.AVX512 else {"scalar": "0"} if _simd.AVX2 else {}
+    # the other steps this CPU has, besides the default (the one calibrated fastest here)
+    steps = dict(STEP_NAMES[w] for w in _simd.available_widths() if w != _simd.simd_width())
     # every path best of `repeat`, interleaved so that no path always runs on a warmer machine
-    w_lcp = c_lcp = w_sk = c_sk = w_nb = c_nb = float("inf")
+    w_lcp = c_lcp = w_sk = c_sk = w_nb = c_nb = c_proba = float("inf")
     other = {name: float("inf") for name in steps}  # CPU seconds
     rounds = []  # per round, LandCoverPy-style CPU seconds / numba CPU seconds, run back to back
     for _ in range(repeat):
@@ -180,6 +195,9 @@ def run_case(cube, clf, model, features, window, repeat):
         rounds.append(c_round / c)
         w, c, out_sk = timed(lambda: run_block("sklearn"), 1)
         w_sk, c_sk = min(w_sk, w), min(c_sk, c)
+        _, c, out_proba = timed(run_proba, 1)
+        c_proba = min(c_proba, c)
+        assert np.array_equal(out_proba, ref), "lcstack numba probabilities' argmax differs"
         for name, value in steps.items():
             _, c, out = timed(lambda value=value: run_step(value), 1)
             other[name] = min(other[name], c)
@@ -202,6 +220,7 @@ def run_case(cube, clf, model, features, window, repeat):
         "sklearn": (w_sk, c_sk),
         "numba": (w_nb, c_nb),
         "steps": other,
+        "proba": c_proba,
         "rounds": rounds,
         "ref": ref,
     }
@@ -251,8 +270,9 @@ def main() -> None:
     table = [
         "| data | forest | mean depth | trees walked per pixel | LandCoverPy style Mpixel/s | lcstack sklearn "
         "Mpixel/s | lcstack numba Mpixel/s | numba vs LandCoverPy (CPU time) | per round (min-max) | "
-        "numba vs sklearn | numba, AVX2 step, vs LandCoverPy | numba, scalar loop, vs LandCoverPy |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "numba vs sklearn | numba, AVX-512 step, vs LandCoverPy | numba, AVX2 step, vs LandCoverPy | numba, "
+        "scalar loop, vs LandCoverPy | probabilities / class-only (numba CPU time) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     speedups = []
     for r in results:
@@ -260,14 +280,15 @@ def main() -> None:
         speed = r["lcp"][1] / r["numba"][1]
         speedups.append(speed)
         by_step = {name: f"{r['lcp'][1] / c:.1f}x" for name, c in r["steps"].items()}
-        if _simd.simd_width() == 8:
-            by_step["avx2"] = "(the default here)"
-        avx2, scalar = by_step.get("avx2", "(no AVX2)"), by_step.get("scalar", "(the default here)")
+        by_step[STEP_NAMES[_simd.simd_width()][0]] = "(the default here)"
+        avx512, avx2 = by_step.get("avx512", "(no AVX-512)"), by_step.get("avx2", "(no AVX2)")
+        scalar = by_step["scalar"]
         table.append(
             f"| {r['data']} | {r['forest']} | {r['depth']:.1f} | {r['trees_walked'] * r['n_trees']:.0f} of "
             f"{r['n_trees']} | {n / r['lcp'][0]:.3f} | {n / r['sklearn'][0]:.3f} | {n / r['numba'][0]:.3f} | "
             f"**{speed:.1f}x** | {min(r['rounds']):.1f}-{max(r['rounds']):.1f}x | "
-            f"{r['sklearn'][1] / r['numba'][1]:.1f}x | {avx2} | {scalar} |"
+            f"{r['sklearn'][1] / r['numba'][1]:.1f}x | {avx512} | {avx2} | {scalar} | "
+            f"{r['proba'] / r['numba'][1]:.2f}x |"
         )
     t_d1, t_d2 = dask_row
     body = "\n".join(
@@ -287,10 +308,12 @@ def main() -> None:
             "round*: the same ratio within each round, the two paths run back to back (this shared VM's "
             "speed drifts between rounds, the memory-bound numba kernel more than the baseline). *Trees "
             "walked*: the numba engine stops walking a pixel's trees once its vote is settled (see "
-            "`lcstack/fastpredict.py`). The numba engine uses the widest vector partition step the CPU "
-            f"has (here: {_simd.simd_width() or 'none'} rows per step); *AVX2 step* and *scalar loop*: the "
-            "same engine with `LCSTACK_SIMD=avx2` or `0`, what CPUs without AVX-512 or without AVX2 run "
-            "(CPU time, best of the same rounds).",
+            "`lcstack/fastpredict.py`). The numba engine uses the partition step calibrated fastest on "
+            f"this CPU (here: {_simd.simd_width() or 'the scalar loop, 0'} rows per step); the other step "
+            "columns: the same engine with `LCSTACK_SIMD=avx512`, `avx2` or `0` (CPU time, best of the "
+            "same rounds). *Probabilities / class-only*: `fast_predict_proba_levels` (level-1 "
+            "probabilities, margin, level 2 and its probability, every tree walked) over the class-only "
+            "engine, CPU time.",
             "",
             *table,
             "",

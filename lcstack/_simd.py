@@ -25,16 +25,17 @@ tests' reference), which the kernels never call because :func:`simd_width` then 
 
 On the 2-core Intel Xeon (Emerald Rapids) benchmark machine either step made the whole kernel 1.2-1.9x
 faster than the scalar loop, the AVX2 one as fast as the AVX-512 one (``benchmarks/RESULTS.md``).
-``LCSTACK_SIMD`` picks the step at run time: unset or ``auto`` (the widest the CPU has), ``avx2``, or
-``0`` (the scalar loop).
+``LCSTACK_SIMD`` picks the step at run time: unset or ``auto`` (the step measured fastest on this CPU,
+:func:`lcstack.fastpredict.calibrated_width`), ``avx512`` (the widest it has), ``avx2``, or ``0`` (the
+scalar loop).
 
-For developers: numba's on-disk cache of the kernels that call these steps is keyed on
-``fastpredict.py``'s source, not on this module's: after editing this module, delete
-``lcstack/__pycache__/*.nbi`` (or touch ``fastpredict.py``), or the old steps stay in use.
+The kernels that call these steps are cached on disk with a stamp over this module's source too
+(:data:`KERNEL_SOURCES`, :func:`jit`): editing it recompiles them.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 
@@ -45,6 +46,9 @@ from lcstack.errors import InvalidInputError
 __all__ = [
     "AVX2",
     "AVX512",
+    "KERNEL_SOURCES",
+    "available_widths",
+    "jit",
     "partition8",
     "partition8_scalar",
     "partition16",
@@ -56,6 +60,20 @@ try:
     import numba
 except ImportError:  # pragma: no cover - numba is installed in the test environment
     numba = None
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+#: Every source file the forest kernels compile from: the on-disk cache of each kernel is stamped with a
+#: hash of all of them (:mod:`lcstack._kernel_cache`). A module whose functions a kernel calls or
+#: inlines must be listed here.
+KERNEL_SOURCES = tuple(
+    os.path.join(_HERE, name) for name in ("fastpredict.py", "_simd.py", "_kernel_cache.py")
+)
+
+if numba is not None:
+    from lcstack._kernel_cache import jit as _cached_jit
+
+    #: ``numba.njit`` for the forest kernels, cached on disk with a stamp over :data:`KERNEL_SOURCES`.
+    jit = functools.partial(_cached_jit, KERNEL_SOURCES)
 
 
 def _host_features() -> dict[str, bool]:
@@ -81,12 +99,19 @@ AVX512 = bool(_FEATURES.get("avx512f", False))
 AVX2 = bool(_FEATURES.get("avx2", False))
 
 
+def available_widths() -> tuple[int, ...]:
+    """Rows per step of every partition step compiled in here: 0 (the scalar loop), 8 (AVX2), 16 (AVX-512)."""
+    return (0,) + ((8,) if AVX2 else ()) + ((16,) if AVX512 else ())
+
+
 def simd_width() -> int:
     """Rows per vector step the kernels use: 16 (AVX-512), 8 (AVX2) or 0 (scalar loop).
 
-    ``LCSTACK_SIMD``: unset, ``1``, ``auto`` or ``avx512`` for the widest step this CPU has; ``avx2`` for
-    the 8-row step (the scalar loop without AVX2); ``0``, ``off`` or ``scalar`` for none. Any other value
-    raises :class:`~lcstack.errors.InvalidInputError`.
+    ``LCSTACK_SIMD``: unset or ``auto`` for the step measured fastest on this CPU
+    (:func:`lcstack.fastpredict.calibrated_width`: the widest step is not always the fastest, e.g. on AMD
+    Zen 4); ``avx512`` (or ``1``) for the widest step this CPU has; ``avx2`` for the 8-row step (the scalar
+    loop without AVX2); ``0``, ``off`` or ``scalar`` for none. Any other value raises
+    :class:`~lcstack.errors.InvalidInputError`.
     """
     value = os.environ.get("LCSTACK_SIMD", "auto")
     choice = value.strip().lower()
@@ -95,20 +120,27 @@ def simd_width() -> int:
     if choice == "avx2":
         return 8 if AVX2 else 0
     if choice in _WIDEST:
-        return 16 if AVX512 else 8 if AVX2 else 0
+        return max(available_widths())
+    if choice in _AUTO:
+        if len(available_widths()) == 1:
+            return 0
+        from lcstack.fastpredict import calibrated_width  # the kernels measure the steps
+
+        return calibrated_width()
     raise InvalidInputError(
-        f"LCSTACK_SIMD = {value!r} is not a partition step: use auto (the widest this CPU has), avx2, or 0 "
-        "(the scalar loop)."
+        f"LCSTACK_SIMD = {value!r} is not a partition step: use auto (the fastest on this CPU), avx512 (the "
+        "widest it has), avx2, or 0 (the scalar loop)."
     )
 
 
 _SCALAR = ("0", "off", "false", "no", "none", "scalar")
-_WIDEST = ("", "1", "on", "true", "yes", "auto", "avx512")
+_WIDEST = ("1", "on", "true", "yes", "avx512")
+_AUTO = ("", "auto")
 
 
 if numba is not None:
 
-    @numba.njit(nogil=True, cache=True, inline="always")
+    @jit(nogil=True, inline="always")
     def _partition_scalar(src, i, col, thr, nan_left, dst, nl, nr, width):  # pragma: no cover - compiled
         one = np.uint64(1)
         n_left = np.uint64(0)
@@ -129,12 +161,12 @@ if numba is not None:
                 left += one
         return n_left
 
-    @numba.njit(nogil=True, cache=True, inline="always")
+    @jit(nogil=True, inline="always")
     def partition16_scalar(src, i, n, col, thr, nan_left, dst, nl, nr):  # pragma: no cover - compiled
         """:func:`partition16` in plain numba (the reference, and the stand-in without AVX-512)."""
         return _partition_scalar(src, i, col, thr, nan_left, dst, nl, nr, n)
 
-    @numba.njit(nogil=True, cache=True, inline="always")
+    @jit(nogil=True, inline="always")
     def partition8_scalar(src, i, col, thr, nan_left, dst, nl, nr):  # pragma: no cover - compiled
         """:func:`partition8` in plain numba (the reference, and the stand-in without AVX2)."""
         return _partition_scalar(src, i, col, thr, nan_left, dst, nl, nr, np.uint64(8))

@@ -2,8 +2,9 @@
 
 A fitted :class:`~sklearn.ensemble.RandomForestClassifier`, :class:`~sklearn.ensemble.ExtraTreesClassifier`,
 :class:`~sklearn.tree.DecisionTreeClassifier` or :class:`~sklearn.tree.ExtraTreeClassifier` is flattened
-once into NumPy arrays (:meth:`FastForest.from_estimator`) and predicted by a ``@numba.njit(nogil=True,
-cache=True)`` kernel (``parallel=True`` for the multi-threaded variant).
+once into NumPy arrays (:meth:`FastForest.from_estimator`) and predicted by a ``numba.njit(nogil=True)``
+kernel (``parallel=True`` for the multi-threaded variant), cached on disk by :mod:`lcstack._kernel_cache`
+(keyed on this module's, :mod:`lcstack._simd`'s and the cache module's sources).
 
 The kernel reproduces scikit-learn (>= 1.4, where ``tree_.value`` of a classifier holds class fractions)
 exactly, so ``FastForest.predict`` equals ``estimator.predict`` on every row:
@@ -22,7 +23,8 @@ deeper trees, :func:`_block_rows`), feature-major (``(n_features, n_pixels)``, t
 y, x)`` raster block, so classification never transposes them). For each tree, the block's rows are
 partitioned node by node, depth first: a split reads one contiguous feature column for the rows that reach
 it and writes them, branch-free, to its left or right child's range; on CPUs with AVX-512 (AVX2) 16 (8)
-rows at a time (one gather, one compare, two compressed stores: :mod:`lcstack._simd`). A
+rows at a time (one gather, one compare, two compressed stores: :mod:`lcstack._simd`), where that step
+measures faster than the scalar loop on this CPU (:func:`calibrated_width`). A
 node is visited once per block instead of once per row, and no chain of dependent loads runs through one
 row's path. Nodes are stored in the order the walk visits them (depth-first pre-order, a subtree in one
 run of memory), which on deep trees makes the walk a quarter faster than breadth-first storage. When every
@@ -45,8 +47,11 @@ release the GIL and share no mutable state.
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,12 +62,19 @@ from lcstack.errors import InvalidInputError
 
 __all__ = [
     "FastForest",
+    "calibrated_width",
+    "check_estimator",
+    "check_tree",
     "compile_estimator",
     "fast_predict",
     "fast_predict_levels",
+    "fast_predict_proba",
+    "fast_predict_proba_levels",
     "numba_available",
     "valid_columns",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Level-2 code of a pixel whose category has no level-2 model (same as :data:`lcstack.model.UNCLASSIFIED`).
 UNCLASSIFIED = 1
@@ -106,7 +118,7 @@ def _require_numba() -> None:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Kernels (compiled on first use, cached on disk by numba)
+# Kernels (compiled on first use, cached on disk: lcstack._kernel_cache)
 # ----------------------------------------------------------------------------------------------------
 
 # The workqueue threading layer aborts on concurrent parallel launches; tbb and omp do not.
@@ -118,12 +130,12 @@ except ImportError:  # pragma: no cover - numba is installed in the test environ
     numba = None
 
 if numba is not None:
-    # Module-level functions: numba's on-disk cache (cache=True) does not work for closures.
+    # Module-level functions: numba's on-disk cache does not work for closures.
 
     # Hot loops index with unsigned integers: numba then skips the negative-index wrap-around it adds
     # to every signed index (a quarter faster here).
 
-    @numba.njit(nogil=True, cache=True)
+    @_simd.jit(nogil=True)
     def _descend(XT, base, root, nodes, nodes_f, bufs, n, leaf, stack, simd):  # pragma: no cover - compiled
         """Set ``leaf[r]``, for r in ``bufs[0, :n]``, to the leaf-vector row that row ``base + r`` reaches.
 
@@ -215,7 +227,7 @@ if numba is not None:
                 stack[sp, 3] = 1 - p
                 sp += 1
 
-    @numba.njit(nogil=True, cache=True)
+    @_simd.jit(nogil=True)
     def _predict_range(  # pragma: no cover - compiled
         XT, start, stop, roots, max_depth, nodes, nodes_f, values, lead_before, gain_after, tol, divisor,
         early, out_idx, out_proba, simd,
@@ -287,7 +299,7 @@ if numba is not None:
             out_idx[row] = best
         return walks
 
-    @numba.njit(nogil=True, cache=True)
+    @_simd.jit(nogil=True)
     def _predict_votes_range(  # pragma: no cover - compiled
         XT, start, stop, roots, max_depth, nodes, nodes_f, vote_class, divisor, early, out_idx, out_proba,
         simd,
@@ -356,7 +368,7 @@ if numba is not None:
             out_idx[row] = best
         return walks
 
-    @numba.njit(nogil=True, cache=True)
+    @_simd.jit(nogil=True)
     def _valid_mask(buf, n_features, ny, nx, sf, sy):  # pragma: no cover - compiled
         """Per pixel, whether all features are finite; ``buf[f * sf + y * sy + x]`` is ``X[f, y, x]``.
 
@@ -372,7 +384,7 @@ if numba is not None:
                     valid[y, x] &= (v - v) == 0  # False for NaN and +-inf; vectorises, isfinite does not
         return valid
 
-    @numba.njit(nogil=True, cache=True)
+    @_simd.jit(nogil=True)
     def _gather_runs(buf, n_features, ny, nx, sf, sy, valid):  # pragma: no cover - compiled
         """Copy the valid pixels into float32 ``(n_features, n_valid)`` columns, run by run along x."""
         one = np.uint64(1)
@@ -413,7 +425,7 @@ if numba is not None:
                     columns[f, dst + i] = buf[src + i]
         return columns, index
 
-    @numba.njit(nogil=True, cache=True)
+    @_simd.jit(nogil=True)
     def _transpose(X, XT):  # pragma: no cover - compiled
         """``XT[:] = X.T`` in tiles of 16 rows (7x faster than element by element or NumPy's copy)."""
         n = np.uint64(X.shape[0])
@@ -425,7 +437,7 @@ if numba is not None:
                 for r in range(r0, r1):
                     XT[f, r] = X[r, f]
 
-    @numba.njit(nogil=True, cache=True)
+    @_simd.jit(nogil=True)
     def _predict_block(  # pragma: no cover - compiled
         XT, start, stop, roots, max_depth, nodes, nodes_f, values, vote_class, lead_before, gain_after, tol,
         divisor, early, out_idx, out_proba, simd,
@@ -441,7 +453,7 @@ if numba is not None:
             early, out_idx, out_proba, simd,
         )  # fmt: skip
 
-    @numba.njit(nogil=True, cache=True)
+    @_simd.jit(nogil=True)
     def _predict_serial(  # pragma: no cover - compiled
         XT, roots, max_depth, nodes, nodes_f, values, vote_class, lead_before, gain_after, tol, divisor,
         early, out_idx, out_proba, block, simd,
@@ -456,7 +468,7 @@ if numba is not None:
             )  # fmt: skip
         return walks
 
-    @numba.njit(parallel=True, nogil=True, cache=True)
+    @_simd.jit(parallel=True, nogil=True)
     def _predict_parallel(  # pragma: no cover - compiled
         XT, roots, max_depth, nodes, nodes_f, values, vote_class, lead_before, gain_after, tol, divisor,
         early, out_idx, out_proba, block, simd,
@@ -540,6 +552,143 @@ def _preorder(left: np.ndarray, right: np.ndarray) -> np.ndarray:
             stack.append(right[node])
             stack.append(left[node])
     return order
+
+
+def _tree_depth(left: np.ndarray, right: np.ndarray, where: str) -> int:
+    """Depth of a tree whose children are checked to be a tree (see :func:`check_tree`)."""
+    depth = 0
+    frontier = np.zeros(1, dtype=np.intp)
+    seen = 1
+    while True:
+        inner = frontier[left[frontier] >= 0]
+        if inner.size == 0:
+            break
+        frontier = np.concatenate([left[inner], right[inner]])
+        seen += frontier.size
+        depth += 1
+        if seen > left.size:  # pragma: no cover - excluded by the parent checks of check_tree
+            raise InvalidInputError(f"{where}: its nodes do not form a tree.")
+    return depth
+
+
+def check_tree(tree: Any, n_features: int, n_classes: int, where: str) -> int:
+    """Check a fitted ``sklearn.tree._tree.Tree`` before any kernel (numba's or scikit-learn's) walks it.
+
+    Neither kernel checks bounds, so a tampered tree could make them read anywhere (a crash, at best).
+    Checked: every split feature is in ``[0, n_features)``; a node has two children or none; children
+    lie in the tree and after their parent, and every node but the root has exactly one parent (so there
+    is no cycle and every node is reached once); thresholds are finite, or ``+inf`` where missing values go
+    right (scikit-learn's split of missing values from the rest); ``missing_go_to_left`` is 0 or 1; the
+    leaf values have one output, at least ``n_classes`` columns, and are finite and non-negative.
+
+    Parameters
+    ----------
+    tree : sklearn.tree._tree.Tree
+        The ``tree_`` of a fitted single-output classifier.
+    n_features, n_classes : int
+        The estimator's ``n_features_in_`` and ``n_classes_``.
+    where : str
+        What the tree is (named in the error), e.g. ``"level-1 model, tree 3"``.
+
+    Returns
+    -------
+    int
+        The tree's depth, computed from its nodes (``tree.max_depth`` is not trusted).
+
+    Raises
+    ------
+    InvalidInputError
+        Naming the first problem found and the node.
+
+    """
+    left = np.asarray(tree.children_left, dtype=np.int64)
+    right = np.asarray(tree.children_right, dtype=np.int64)
+    n = left.size
+
+    def fail(what: str, nodes: np.ndarray) -> None:
+        if nodes.size:
+            raise InvalidInputError(
+                f"{where}: {what} (node {int(nodes[0])} of {n}, {nodes.size} node(s) in all). The model file "
+                "is damaged or was tampered with; train and save the model again."
+            )
+
+    if n == 0 or right.size != n or int(getattr(tree, "n_features", n_features)) != n_features:
+        raise InvalidInputError(
+            f"{where}: the tree has {n} nodes or {tree.n_features} features, not "
+            f"{n_features}; train and save the model again."
+        )
+    ids = np.arange(n)
+    inner = left >= 0
+    fail("a node has one child", np.flatnonzero(inner != (right >= 0)))
+    fail("a child index is out of range", np.flatnonzero(inner & ((left >= n) | (right >= n))))
+    fail("a child does not come after its parent", np.flatnonzero(inner & ((left <= ids) | (right <= ids))))
+    parents = np.bincount(np.concatenate([left[inner], right[inner]]), minlength=n)
+    fail("the root has a parent, or a node has not exactly one", np.flatnonzero(parents != (ids > 0)))
+    feature = np.asarray(tree.feature, dtype=np.int64)
+    fail(
+        f"a split feature is outside 0..{n_features - 1}",
+        np.flatnonzero(inner & ((feature < 0) | (feature >= n_features))),
+    )
+    threshold = np.asarray(tree.threshold, dtype=np.float64)
+    nan_left = np.asarray(tree.missing_go_to_left)
+    fail("missing_go_to_left is not 0 or 1", np.flatnonzero(inner & (nan_left != 0) & (nan_left != 1)))
+    routed = (threshold == np.inf) & (nan_left == 0)  # missing values right, all others left
+    fail("a threshold is not finite", np.flatnonzero(inner & ~np.isfinite(threshold) & ~routed))
+    value = np.asarray(tree.value)
+    if value.ndim != 3 or value.shape[0] != n or value.shape[1] != 1 or value.shape[2] < n_classes:
+        raise InvalidInputError(
+            f"{where}: leaf values of shape {value.shape}, not ({n}, 1, >= {n_classes}); "
+            "train and save the model again."
+        )
+    fail(
+        "a leaf value is negative or not finite",
+        np.flatnonzero(
+            ~inner & ~(np.isfinite(value[:, 0, :n_classes]) & (value[:, 0, :n_classes] >= 0)).all(axis=1)
+        ),
+    )
+    return _tree_depth(left, right, where)
+
+
+def check_estimator(est: Any, where: str = "model") -> list[int]:
+    """Check a fitted forest or tree classifier's trees and class counts (see :func:`check_tree`).
+
+    Parameters
+    ----------
+    est : RandomForestClassifier, ExtraTreesClassifier, DecisionTreeClassifier or ExtraTreeClassifier
+        Fitted, single-output.
+    where : str
+        What the estimator is, for the error message.
+
+    Returns
+    -------
+    list of int
+        Per tree, its depth.
+
+    Raises
+    ------
+    InvalidInputError
+        For inconsistent attributes or any tree :func:`check_tree` refuses.
+
+    """
+    n_features = getattr(est, "n_features_in_", None)
+    n_classes = getattr(est, "n_classes_", None)
+    classes = np.asarray(getattr(est, "classes_", []))
+    if not isinstance(n_features, int | np.integer) or n_features < 1:
+        raise InvalidInputError(f"{where}: n_features_in_ = {n_features!r} is not a positive integer.")
+    if not isinstance(n_classes, int | np.integer) or classes.ndim != 1 or classes.size != n_classes:
+        raise InvalidInputError(
+            f"{where}: n_classes_ = {n_classes!r} but classes_ has shape {classes.shape}."
+        )
+    trees = [e.tree_ for e in est.estimators_] if hasattr(est, "estimators_") else [est.tree_]
+    depths = []
+    for i, tree in enumerate(trees):
+        label = f"{where}, tree {i}" if len(trees) > 1 else where
+        if int(np.asarray(tree.n_classes).ravel()[0]) != n_classes:
+            raise InvalidInputError(
+                f"{label}: the tree has {tree.n_classes} classes, the estimator {n_classes}."
+            )
+        depths.append(check_tree(tree, int(n_features), int(n_classes), label))
+    return depths
 
 
 @dataclass(frozen=True, eq=False)
@@ -643,6 +792,7 @@ class FastForest:
                 f"{', '.join(s.rsplit('.', 1)[1] for s in _SUPPORTED)}, not {type(est).__name__}; "
                 "predict it with its own predict()."
             )
+        depths = check_estimator(est, type(est).__name__)
         is_forest = hasattr(est, "estimators_")
         trees = [e.tree_ for e in est.estimators_] if is_forest else [est.tree_]
         n_classes = int(est.n_classes_)
@@ -650,7 +800,7 @@ class FastForest:
         spread: list[float] = []
         offset = 0
         n_leaves = 0
-        for tree in trees:
+        for tree, tree_depth in zip(trees, depths, strict=True):
             left = tree.children_left.astype(np.intp)
             right = tree.children_right.astype(np.intp)
             order = _preorder(left, right)
@@ -672,7 +822,7 @@ class FastForest:
             leaf_values.append(np.asarray(tree.value, dtype=np.float64)[leaves, 0, :n_classes])
             spread.append(float(np.ptp(leaf_values[-1], axis=1).max()) if n_classes > 1 else 0.0)
             roots.append(offset)
-            depth.append(int(tree.max_depth))
+            depth.append(tree_depth)  # sizes the kernel's stack: computed, never read from the file
             feature.append(new_feature)
             threshold.append(new_threshold)
             child.append(new_child)
@@ -735,9 +885,18 @@ class FastForest:
         return XT
 
     def _run(
-        self, X: Any, n_threads: int | None, want_proba: bool, feature_major: bool = False
+        self,
+        X: Any,
+        n_threads: int | None,
+        want_proba: bool,
+        feature_major: bool = False,
+        simd: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray, int]:
-        """Class indices, probabilities (when asked) and the number of (row, tree) walks done."""
+        """Class indices, probabilities (when asked) and the number of (row, tree) walks done.
+
+        ``simd``: rows per partition step (one of :func:`lcstack._simd.available_widths`); ``None`` for
+        :func:`lcstack._simd.simd_width`.
+        """
         XT = self._feature_major(X, feature_major)
         n = XT.shape[1]
         out_idx = np.empty(n, dtype=np.intp)
@@ -747,7 +906,7 @@ class FastForest:
         args = (
             XT, self.roots, int(self.depth.max(initial=0)), self.nodes, self.nodes.view(np.float32),
             self.values, self._vote_class, self._lead_before, self._gain_after, self._tol, self.divisor,
-            not want_proba, out_idx, out_proba, self._block, _simd.simd_width(),
+            not want_proba, out_idx, out_proba, self._block, _simd.simd_width() if simd is None else simd,
         )  # fmt: skip
         kernels = _kernels()
         if n_threads == 1 or n <= _BLOCK:
@@ -804,6 +963,168 @@ class FastForest:
         """
         _, proba, _ = self._run(X, n_threads, want_proba=True, feature_major=feature_major)
         return proba
+
+
+# ----------------------------------------------------------------------------------------------------
+# Partition step: the fastest on this CPU, measured once
+# ----------------------------------------------------------------------------------------------------
+
+_CALIBRATION_FILE = "lcstack-partition-step.json"
+_calibrated: dict[str, int] = {}
+_CALIBRATION_LOCK = threading.Lock()
+
+
+def _cpu_key() -> str:
+    """CPU model (vendor, family, model, name), numba's target CPU, lcstack's and numba's versions."""
+    import llvmlite.binding as llvm
+
+    from lcstack import __version__
+
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("vendor_id", "cpu family", "model", "model name") and key not in fields:
+                    fields[key] = value.strip()
+                if not line.strip() and fields:
+                    break
+    except OSError:  # pragma: no cover - not Linux
+        import platform
+
+        fields["model name"] = platform.processor()
+    cpu = " ".join(fields.get(k, "?") for k in ("vendor_id", "cpu family", "model", "model name"))
+    return f"{cpu} | {llvm.get_host_cpu_name()} | lcstack {__version__} | numba {numba.__version__}"
+
+
+def _calibration_path() -> str | None:
+    from lcstack import _kernel_cache
+
+    for folder in _kernel_cache.cache_dirs(__file__):
+        if _kernel_cache._writable(folder):
+            return os.path.join(folder, _CALIBRATION_FILE)
+    return None  # pragma: no cover - no writable folder: measured in every process
+
+
+def _synthetic_forest(seed: int = 20) -> tuple[FastForest, np.ndarray]:
+    """Build a fixed forest (4 complete trees of depth 14 on 24 features) and 65 536 rows to time it on.
+
+    Deep trees and the largest blocks: the memory-bound case, where the steps differ most (on the noisy
+    cube of ``benchmarks/bench_inference.py`` the AVX2 step ran 1.25-1.35x faster than the scalar loop on
+    an AMD Zen 3, which this forest reproduces, while on shallow trees the two were within 5-10 %).
+    """
+    rng = np.random.default_rng(seed)
+    n_trees, depth, n_features, n_classes = 4, 14, 24, 6
+    per_tree = 2 ** (depth + 1) - 1
+    nodes = np.empty((n_trees * per_tree, 4), dtype=np.int32)
+    values = rng.dirichlet(np.ones(n_classes) * 0.3, size=n_trees * 2**depth)
+    k = 0
+    leaf = 0
+    for _ in range(n_trees):
+        stack = [depth]
+        while stack:  # depth-first pre-order: a node's left child is the next node
+            d = stack.pop()
+            if d == 0:
+                nodes[k] = (0, np.float32(np.inf).view(np.int32), k, -1 - leaf)
+                leaf += 1
+            else:
+                right = k + 2**d  # after the left subtree's 2**d - 1 nodes
+                thr = np.float32(rng.normal(0.0, 0.7)).view(np.int32)
+                nodes[k] = (rng.integers(n_features), thr, right, 0)
+                stack += [d - 1, d - 1]
+            k += 1
+    spread = np.ptp(values, axis=1).reshape(n_trees, -1).max(axis=1)
+    forest = FastForest(
+        classes_=np.arange(n_classes),
+        n_features_in_=n_features,
+        roots=np.arange(n_trees, dtype=np.int32) * per_tree,
+        depth=np.full(n_trees, depth, dtype=np.int32),
+        nodes=nodes,
+        values=values,
+        divisor=float(n_trees),
+        spread=spread,
+    )
+    rows = rng.normal(size=(n_features, 65536)).astype(np.float32)
+    return forest, rows
+
+
+def _measure_steps(widths: tuple[int, ...], rounds: int = 7) -> dict[int, float]:
+    """Best-of-``rounds`` seconds per partition step on :func:`_synthetic_forest`, steps interleaved."""
+    import time
+
+    forest, rows = _synthetic_forest()
+    best = dict.fromkeys(widths, float("inf"))
+    reference = forest._run(rows, 1, False, feature_major=True, simd=0)[0]  # also compiles the kernel
+    for _ in range(rounds):
+        for width in widths:
+            start = time.perf_counter()
+            idx = forest._run(rows, 1, False, feature_major=True, simd=width)[0]
+            best[width] = min(best[width], time.perf_counter() - start)
+            if not np.array_equal(idx, reference):  # pragma: no cover - a broken step is never chosen
+                raise RuntimeError(f"the {width}-row partition step disagrees with the scalar loop")
+    return best
+
+
+def calibrated_width() -> int:
+    """Rows per partition step measured fastest on this CPU (``LCSTACK_SIMD=auto``).
+
+    Measured once per CPU model (vendor, family, model, numba's target CPU), lcstack version and numba
+    version on a fixed synthetic forest (:func:`_synthetic_forest`, about a second), kept in
+    ``lcstack-partition-step.json`` beside the kernel cache (:mod:`lcstack._kernel_cache`) and logged
+    once per process. With only the scalar loop compiled in (no AVX2, or ``NUMBA_CPU_NAME=generic``) it is
+    0 without measuring.
+
+    Returns
+    -------
+    int
+        One of :func:`lcstack._simd.available_widths`.
+
+    """
+    widths = _simd.available_widths()
+    if len(widths) == 1:
+        return widths[0]
+    key = _cpu_key()
+    if key in _calibrated:
+        return _calibrated[key]
+    with _CALIBRATION_LOCK:
+        if key not in _calibrated:
+            _calibrated[key] = _calibrate(key, widths)
+    return _calibrated[key]
+
+
+def _calibrate(key: str, widths: tuple[int, ...]) -> int:
+    import json
+
+    path = _calibration_path()
+    table: dict[str, Any] = {}
+    if path is not None and os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                table = json.load(f)
+        except (OSError, ValueError):
+            table = {}
+    entry = table.get(key)
+    if isinstance(entry, dict) and entry.get("width") in widths:
+        logger.info("partition step: %d rows (measured fastest on this CPU; %s)", entry["width"], path)
+        return int(entry["width"])
+    seconds = _measure_steps(widths)
+    width = min(widths, key=lambda w: (seconds[w], w))
+    table[key] = {"width": width, "seconds": {str(w): round(t, 5) for w, t in seconds.items()}}
+    logger.info(
+        "partition step: %d rows, the fastest on this CPU (seconds per width: %s; LCSTACK_SIMD forces one)",
+        width,
+        ", ".join(f"{w}: {t:.3f}" for w, t in seconds.items()),
+    )
+    if path is not None:
+        tmp = f"{path}.{os.getpid()}.tmp"
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(table, f, indent=1)
+            os.replace(tmp, path)
+        except OSError:  # pragma: no cover - measured again in the next process
+            logger.debug("could not write %s", path)
+    return width
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -931,6 +1252,51 @@ def fast_predict(est: Any, X: Any, *, n_threads: int | None = 1, feature_major: 
     return compiled.predict(X, n_threads=n_threads, feature_major=feature_major)
 
 
+def fast_predict_proba(
+    est: Any, X: Any, *, n_threads: int | None = 1, feature_major: bool = False
+) -> np.ndarray:
+    """``est.predict_proba(X)`` through the compiled kernel when ``est`` is supported (bit-identical).
+
+    Parameters
+    ----------
+    est : estimator
+        Fitted classifier with ``predict_proba``.
+    X : array-like of shape (n_samples, n_features)
+        Features; ``(n_features, n_samples)`` with ``feature_major=True``.
+    n_threads, feature_major
+        See :meth:`FastForest.predict`.
+
+    Returns
+    -------
+    ndarray of float64, shape (n_samples, n_classes)
+        Class probabilities, columns in the order of ``est.classes_``.
+
+    """
+    compiled = compile_estimator(est)
+    if compiled is None:
+        return est.predict_proba(np.asarray(X).T if feature_major else X)
+    return compiled.predict_proba(X, n_threads=n_threads, feature_major=feature_major)
+
+
+def _feature_major_input(model: Any, X: Any, assume_finite: bool) -> tuple[int, Callable[..., Any]]:
+    """Check ``(n_features, n_samples)`` features for a hierarchical model: sample count, sample selector."""
+    from sklearn.utils.validation import check_is_fitted
+
+    check_is_fitted(model)
+    X = np.asarray(X)
+    if X.ndim != 2 or X.shape[0] != model.n_features_in_:
+        raise InvalidInputError(
+            f"X has shape {X.shape}; with feature_major=True the model expects ({model.n_features_in_}, "
+            "n_samples) features."
+        )
+    if not assume_finite and not np.isfinite(X).all():
+        raise InvalidInputError(
+            "X contains NaN or inf; predict only on valid pixels and mark the others as nodata "
+            "(lcstack.classify does)."
+        )
+    return X.shape[1], lambda rows: X if rows is None else X[:, rows]
+
+
 def fast_predict_levels(
     model: Any, X: Any, *, n_threads: int | None = 1, feature_major: bool = False, assume_finite: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -962,40 +1328,36 @@ def fast_predict_levels(
         Subcategory codes; 1 (unclassified) where the predicted category has no level-2 model.
 
     """
-    from sklearn.utils._indexing import _safe_indexing
-    from sklearn.utils.validation import check_is_fitted
+    from lcstack.model import predict_levels
 
-    check_is_fitted(model)
-    if feature_major:
-        X = np.asarray(X)
-        if X.ndim != 2 or X.shape[0] != model.n_features_in_:
-            raise InvalidInputError(
-                f"X has shape {X.shape}; with feature_major=True the model expects ({model.n_features_in_}, "
-                "n_samples) features."
-            )
-        if not assume_finite and not np.isfinite(X).all():
-            raise InvalidInputError(
-                "X contains NaN or inf; predict only on valid pixels and mark the others as nodata "
-                "(lcstack.classify does)."
-            )
-        n_samples = X.shape[1]
+    def predict(est: Any, features: Any) -> np.ndarray:
+        return fast_predict(est, features, n_threads=n_threads, feature_major=feature_major)
 
-        def subset(rows: np.ndarray) -> np.ndarray:
-            return X[:, rows]
+    if not feature_major:  # validated by the model, as its own predict_levels
+        return model.predict_levels(X, predict=predict)
+    return predict_levels(model, *_feature_major_input(model, X, assume_finite), predict)
 
-    else:
-        X = model._validate_X(X)
-        n_samples = X.shape[0]
 
-        def subset(rows: np.ndarray) -> np.ndarray:
-            return _safe_indexing(X, rows)
+def fast_predict_proba_levels(
+    model: Any, X: Any, *, n_threads: int | None = 1, feature_major: bool = False, assume_finite: bool = False
+) -> Any:
+    """:meth:`lcstack.model.HierarchicalClassifier.predict_proba_levels` through the compiled kernels.
 
-    level1 = fast_predict(model.estimator_level1_, X, n_threads=n_threads, feature_major=feature_major)
-    level2 = np.full(n_samples, UNCLASSIFIED, dtype=np.int64)
-    for category, code in model.constant_level2_.items():
-        level2[level1 == category] = code
-    for category, sub in model.estimators_level2_.items():
-        rows = level1 == category
-        if rows.any():
-            level2[rows] = fast_predict(sub, subset(rows), n_threads=n_threads, feature_major=feature_major)
-    return level1, level2
+    Level-1 probabilities over all classes (bit-identical to ``predict_proba``), the level-1 code and the
+    margin between the best and second-best probability, and the level-2 code with its probability
+    conditional on level 1. Parameters as :func:`fast_predict_levels`.
+
+    Returns
+    -------
+    lcstack.model.LevelProbabilities
+        Equal to ``model.predict_proba_levels(X)``; its codes equal :func:`fast_predict_levels`'s.
+
+    """
+    from lcstack.model import predict_proba_levels
+
+    def predict_proba(est: Any, features: Any) -> np.ndarray:
+        return fast_predict_proba(est, features, n_threads=n_threads, feature_major=feature_major)
+
+    if not feature_major:
+        return model.predict_proba_levels(X, predict_proba=predict_proba)
+    return predict_proba_levels(model, *_feature_major_input(model, X, assume_finite), predict_proba)

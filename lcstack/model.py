@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import importlib
+import io
 import json
 import logging
 import os
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
@@ -45,6 +46,9 @@ from lcstack.errors import InputFileNotFoundError, InvalidInputError, ModelMisma
 
 __all__ = [
     "HierarchicalClassifier",
+    "LevelProbabilities",
+    "predict_levels",
+    "predict_proba_levels",
     "save_model",
     "load_model",
     "check_features",
@@ -313,13 +317,18 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         X = self._validate_X(X)
         return self.estimator_level1_.predict(X)
 
-    def predict_levels(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+    def predict_levels(
+        self, X: Any, *, predict: Callable[[Any, Any], np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Predict category and subcategory codes.
 
         Parameters
         ----------
         X : array-like or DataFrame of shape (n_samples, n_features)
             Features of valid (NaN-free) pixels, in the training order.
+        predict : callable, optional
+            ``predict(estimator, X)`` for each level's estimator, e.g. the compiled engine's
+            :func:`lcstack.fastpredict.fast_predict`; ``None`` calls the estimator's ``predict``.
 
         Returns
         -------
@@ -331,15 +340,36 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = self._validate_X(X)
-        level1 = self.estimator_level1_.predict(X)
-        level2 = np.full(X.shape[0], UNCLASSIFIED, dtype=np.int64)
-        for category, code in self.constant_level2_.items():
-            level2[level1 == category] = code
-        for category, model in self.estimators_level2_.items():
-            rows = level1 == category
-            if rows.any():
-                level2[rows] = model.predict(_safe_indexing(X, rows))
-        return level1, level2
+        return predict_levels(
+            self, X.shape[0], lambda rows: X if rows is None else _safe_indexing(X, rows), predict or _predict
+        )
+
+    def predict_proba_levels(
+        self, X: Any, *, predict_proba: Callable[[Any, Any], np.ndarray] | None = None
+    ) -> LevelProbabilities:
+        """Level-1 probabilities, codes and margins, and the level-2 code and its conditional probability.
+
+        Parameters
+        ----------
+        X : array-like or DataFrame of shape (n_samples, n_features)
+            Features of valid (NaN-free) pixels, in the training order.
+        predict_proba : callable, optional
+            ``predict_proba(estimator, X)`` for each level's estimator; ``None`` calls the estimator's.
+
+        Returns
+        -------
+        LevelProbabilities
+            ``level1`` and ``level2`` equal :meth:`predict_levels`; ``proba`` equals :meth:`predict_proba`.
+
+        """
+        check_is_fitted(self)
+        X = self._validate_X(X)
+        return predict_proba_levels(
+            self,
+            X.shape[0],
+            lambda rows: X if rows is None else _safe_indexing(X, rows),
+            predict_proba or _predict_proba,
+        )
 
     @available_if(_estimator_has("predict_proba"))
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -402,46 +432,230 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         return tags
 
 
+# -- the hierarchy, for any per-level predictor -----------------------------------------------------------
+
+
+def _predict(est: Any, X: Any) -> np.ndarray:
+    return est.predict(X)
+
+
+def _predict_proba(est: Any, X: Any) -> np.ndarray:
+    return est.predict_proba(X)
+
+
+def predict_levels(
+    model: HierarchicalClassifier,
+    n_samples: int,
+    subset: Callable[[np.ndarray | None], Any],
+    predict: Callable[[Any, Any], np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Level-1 and level-2 codes of ``model``, each level predicted by ``predict(estimator, X)``.
+
+    The one walk of the hierarchy, shared by :meth:`HierarchicalClassifier.predict_levels` (``predict``
+    calls the estimator's own) and the compiled engine (:mod:`lcstack.fastpredict`).
+
+    Parameters
+    ----------
+    model : HierarchicalClassifier
+        Fitted.
+    n_samples : int
+        Number of samples.
+    subset : callable
+        ``subset(rows)``: the features of the samples selected by boolean mask ``rows`` (all with ``None``),
+        in whatever layout ``predict`` takes.
+    predict : callable
+        ``predict(estimator, features)``: labels, as ``estimator.predict``.
+
+    Returns
+    -------
+    level1, level2 : ndarray
+        As :meth:`HierarchicalClassifier.predict_levels`.
+
+    """
+    level1 = predict(model.estimator_level1_, subset(None))
+    level2 = np.full(n_samples, UNCLASSIFIED, dtype=np.int64)
+    for category, code in model.constant_level2_.items():
+        level2[level1 == category] = code
+    for category, sub in model.estimators_level2_.items():
+        rows = level1 == category
+        if rows.any():
+            level2[rows] = predict(sub, subset(rows))
+    return level1, level2
+
+
+@dataclass(frozen=True)
+class LevelProbabilities:
+    """Per-sample probabilities of a hierarchical model (:func:`predict_proba_levels`).
+
+    Attributes
+    ----------
+    classes : ndarray
+        Level-1 classes, the columns of ``proba``.
+    proba : ndarray of float64, shape (n_samples, n_classes)
+        Level-1 probabilities (the level-1 estimator's ``predict_proba``).
+    level1 : ndarray of shape (n_samples,)
+        Level-1 codes, ``classes.take(argmax(proba))``.
+    margin : ndarray of float64, shape (n_samples,)
+        Best minus second-best level-1 probability (the best one with a single class).
+    level2 : ndarray of int64, shape (n_samples,)
+        Level-2 codes, as :meth:`HierarchicalClassifier.predict_levels`.
+    level2_proba : ndarray of float64, shape (n_samples,)
+        Probability of ``level2`` given ``level1`` (the level-2 estimator's best ``predict_proba``); 1 for
+        a category with a single subcategory, NaN for a category without level 2 (``level2`` = 1).
+
+    """
+
+    classes: np.ndarray
+    proba: np.ndarray
+    level1: np.ndarray
+    margin: np.ndarray
+    level2: np.ndarray
+    level2_proba: np.ndarray
+
+
+def _best(classes: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels (first maximum, as ``predict``), best probability and best minus second-best."""
+    best = np.argmax(proba, axis=1)
+    top = np.take_along_axis(proba, best[:, None], axis=1)[:, 0]
+    if proba.shape[1] < 2:
+        return classes.take(best, axis=0), top, top.copy()
+    second = np.partition(proba, proba.shape[1] - 2, axis=1)[:, -2]
+    return classes.take(best, axis=0), top, top - second
+
+
+def predict_proba_levels(
+    model: HierarchicalClassifier,
+    n_samples: int,
+    subset: Callable[[np.ndarray | None], Any],
+    predict_proba: Callable[[Any, Any], np.ndarray],
+) -> LevelProbabilities:
+    """:class:`LevelProbabilities` of ``model``, each level by ``predict_proba(estimator, X)``.
+
+    As :func:`predict_levels`, with ``predict_proba`` in place of ``predict``: the labels are the first
+    maximum of each estimator's probabilities, which is what a scikit-learn forest's ``predict`` returns.
+    """
+    est = model.estimator_level1_
+    proba = np.asarray(predict_proba(est, subset(None)), dtype=np.float64)
+    level1, _, margin = _best(np.asarray(est.classes_), proba)
+    level2 = np.full(n_samples, UNCLASSIFIED, dtype=np.int64)
+    level2_proba = np.full(n_samples, np.nan)
+    for category, code in model.constant_level2_.items():
+        level2[level1 == category] = code
+        level2_proba[level1 == category] = 1.0
+    for category, sub in model.estimators_level2_.items():
+        rows = level1 == category
+        if rows.any():
+            codes, top, _ = _best(np.asarray(sub.classes_), predict_proba(sub, subset(rows)))
+            level2[rows] = codes
+            level2_proba[rows] = top
+    return LevelProbabilities(np.asarray(est.classes_), proba, level1, margin, level2, level2_proba)
+
+
 # -- artefact ------------------------------------------------------------------------------------------------
 
-_TRUSTED_EXACT = frozenset({"lcstack.model.HierarchicalClassifier"})
+
+def _names(*types: type) -> frozenset[str]:
+    return frozenset(f"{t.__module__}.{t.__qualname__}" for t in types)
 
 
-def _resolve(name: str) -> Any:
-    module, _, attr = name.rpartition(".")
-    while module:
-        try:
-            obj: Any = importlib.import_module(module)
-        except ImportError:
-            module, _, head = module.rpartition(".")
-            attr = f"{head}.{attr}"
-            continue
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-        return obj
-    raise ImportError(name)
+def _numpy_types() -> frozenset[str]:
+    """NumPy's array, dtype, scalar and random-generator classes (data, never code)."""
+    scalars = [np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64]
+    scalars += [np.float16, np.float32, np.float64, np.longdouble, np.complex64, np.complex128, np.str_]
+    dtypes = [type(np.dtype(t)) for t in scalars]
+    names = {f"numpy.{t.__name__}" for t in scalars}  # skops names scalars by their public path
+    return names | _names(np.ndarray, np.dtype, *dtypes, np.random.Generator, np.random.RandomState)
+
+
+#: Every type a saved model may name in ``model.skops``, per family; :func:`load_model` refuses any other
+#: (whole modules are never trusted: ``sklearn`` re-exports classes such as ``gzip.GzipFile``). Adding an
+#: estimator family means adding its set here, with every class its fitted state holds (list them with
+#: :func:`model_types`).
+MODEL_TYPES: dict[str, frozenset[str]] = {
+    # the artefact's own containers and values
+    "base": frozenset(
+        {"lcstack.model.HierarchicalClassifier"}
+        | {f"builtins.{t}" for t in ("dict", "list", "tuple", "set", "str", "int", "float", "bool")}
+        | {f"builtins.{t}" for t in ("bytes", "bytearray", "slice", "complex")}
+    )
+    | _numpy_types(),
+    # RandomForestClassifier, ExtraTreesClassifier and their trees
+    "forest": frozenset(
+        {
+            "sklearn.ensemble._forest.RandomForestClassifier",
+            "sklearn.ensemble._forest.ExtraTreesClassifier",
+            "sklearn.tree._classes.DecisionTreeClassifier",
+            "sklearn.tree._classes.ExtraTreeClassifier",
+            "sklearn.tree._tree.Tree",
+        }
+    ),
+    # HistGradientBoostingClassifier: predictors, binning, losses; categorical_features adds the
+    # ColumnTransformer that ordinal-encodes them (FunctionTransformer of functools.partial(check_array))
+    "hist_gradient_boosting": frozenset(
+        {
+            "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
+            "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+            "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+            "sklearn.preprocessing._label.LabelEncoder",
+            "sklearn._loss.loss.HalfBinomialLoss",
+            "sklearn._loss.loss.HalfMultinomialLoss",
+            "sklearn._loss._loss.CyHalfBinomialLoss",
+            "sklearn._loss._loss.CyHalfMultinomialLoss",
+            "sklearn._loss.link.Interval",
+            "sklearn._loss.link.LogitLink",
+            "sklearn._loss.link.MultinomialLogit",
+            "sklearn.compose._column_transformer.ColumnTransformer",
+            "sklearn.preprocessing._encoders.OrdinalEncoder",
+            "sklearn.preprocessing._function_transformer.FunctionTransformer",
+            "functools.partial",
+            "sklearn.utils.validation.check_array",
+        }
+    ),
+}
+
+_ALLOWED_TYPES = frozenset().union(*MODEL_TYPES.values())
 
 
 def _is_allowed_type(name: str) -> bool:
-    """Allow-list for skops: lcstack's classifier, scikit-learn classes, NumPy scalar and dtype classes.
+    """Whether ``name`` (``module.qualname``) is in one of the :data:`MODEL_TYPES` sets."""
+    return name in _ALLOWED_TYPES
 
-    Only classes are allowed (never functions), and only from the ``sklearn`` and ``numpy`` packages, so a
-    tampered artefact cannot make skops call an arbitrary callable while loading.
+
+def model_types(blob: bytes) -> set[str]:
+    """Every type a skops file names (each node's ``module.class``, functions and types included).
+
+    Parameters
+    ----------
+    blob : bytes
+        The content of a ``.skops`` file.
+
+    Returns
+    -------
+    set of str
+        Fully qualified names, from the schema alone (nothing is imported or built).
+
+    Raises
+    ------
+    InvalidInputError
+        The file is not a skops zip with a JSON schema.
+
     """
-    if name in _TRUSTED_EXACT:
-        return True
-    root = name.split(".", 1)[0]
-    if root not in {"sklearn", "numpy"}:
-        return False
     try:
-        obj = _resolve(name)
-    except (ImportError, AttributeError):
-        return False
-    if not isinstance(obj, type):
-        return False
-    if root == "numpy":
-        return issubclass(obj, np.generic | np.dtype)
-    return True
+        with zipfile.ZipFile(io.BytesIO(blob)) as zf:
+            schema = json.loads(zf.read("schema.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError) as err:
+        raise InvalidInputError(f"not a skops file ({err}).") from None
+    names: set[str] = set()
+    todo = [schema]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):
+            if "__module__" in item or "__class__" in item:
+                names.add(f"{item.get('__module__')}.{item.get('__class__')}")
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+    return names
 
 
 def _fs(url: str | os.PathLike[str], storage_options: Mapping[str, Any] | None):
@@ -610,8 +824,9 @@ def load_model(
     """Load a model artefact written by :func:`save_model`.
 
     The skops file is checked against the ``model_sha256`` recorded in the metadata, then every type it
-    would instantiate must be on lcstack's allow-list (``lcstack.model.HierarchicalClassifier``, classes from
-    ``sklearn`` and NumPy scalar/dtype classes) or in ``trusted``.
+    names (each node of its schema, including the types skops trusts by default) must be one that a saved
+    model holds (:data:`MODEL_TYPES`: the classifier, the estimators of the supported families and their
+    trees, builtin containers, NumPy arrays and scalars) or be listed in ``trusted``.
 
     Parameters
     ----------
@@ -634,7 +849,8 @@ def load_model(
     InputFileNotFoundError
         The folder holds no complete artefact.
     InvalidInputError
-        The model file does not match its metadata, or it holds types that are not trusted.
+        The model file does not match its metadata, or it names a type that is not allowed (the message
+        names the types and the file).
 
     """
     fs, root = _fs(folder, storage_options)
@@ -655,18 +871,53 @@ def load_model(
             f"{model_path} does not match the model_sha256 in {METADATA_FILE}: the file was changed or "
             "partly written. Save the model again."
         )
-    untrusted = sio.get_untrusted_types(data=blob)
-    extra = set(trusted)
-    refused = sorted(t for t in untrusted if t not in extra and not _is_allowed_type(t))
-    if refused:
-        raise InvalidInputError(
-            f"{model_path} holds types lcstack does not trust: {refused}. Refusing to load it. If you "
-            "produced this file and checked these types, pass load_model(..., trusted=[...])."
-        )
+    untrusted = _checked_types(blob, model_path, trusted)
     model = sio.loads(blob, trusted=list(untrusted))
     if not isinstance(model, HierarchicalClassifier):
         raise InvalidInputError(f"{model_path} holds a {type(model).__name__}, not a HierarchicalClassifier.")
+    _check_trees(model, model_path)
     return model, meta
+
+
+def _check_trees(model: HierarchicalClassifier, model_path: str) -> None:
+    """Check every tree of the loaded model (a tampered one would crash any predict, not just raise)."""
+    from sklearn.ensemble import ExtraTreesClassifier
+    from sklearn.tree import DecisionTreeClassifier
+
+    from lcstack.fastpredict import check_estimator
+
+    models = {"level-1 model": getattr(model, "estimator_level1_", None)}
+    models.update(
+        {f"level-2 model of category {k}": v for k, v in model.__dict__.get("estimators_level2_", {}).items()}
+    )
+    for where, est in models.items():
+        if isinstance(est, RandomForestClassifier | ExtraTreesClassifier | DecisionTreeClassifier):
+            try:
+                check_estimator(est, where)
+            except InvalidInputError as err:
+                raise InvalidInputError(f"{model_path}: {err}") from None
+
+
+def _checked_types(blob: bytes, model_path: str, trusted: Sequence[str]) -> list[str]:
+    """Check that every type the file names is allowed; return the types skops asks to trust."""
+    extra = set(trusted)
+    try:
+        named = model_types(blob)
+        untrusted = set(sio.get_untrusted_types(data=blob))
+    except InvalidInputError as err:
+        raise InvalidInputError(f"{model_path}: {err} Save the model again.") from None
+    except Exception as err:  # skops cannot read the schema
+        raise InvalidInputError(
+            f"{model_path} is not a readable skops file ({err}). Save the model again."
+        ) from None
+    refused = sorted(t for t in named | untrusted if t not in extra and not _is_allowed_type(t))
+    if refused:
+        raise InvalidInputError(
+            f"{model_path} holds types no lcstack model holds: {refused}. Refusing to load it (it may have "
+            "been tampered with). If you produced this file and checked these types, pass "
+            "load_model(..., trusted=[...])."
+        )
+    return sorted(untrusted)
 
 
 def check_features(metadata: Mapping[str, Any], feature_names: Iterable[str]) -> None:

@@ -16,7 +16,14 @@ from sklearn.tree import DecisionTreeClassifier, ExtraTreeClassifier
 from lcstack import fastpredict
 from lcstack.classify import classify, predict_block
 from lcstack.errors import InvalidInputError
-from lcstack.fastpredict import FastForest, compile_estimator, fast_predict, fast_predict_levels
+from lcstack.fastpredict import (
+    FastForest,
+    compile_estimator,
+    fast_predict,
+    fast_predict_levels,
+    fast_predict_proba,
+    fast_predict_proba_levels,
+)
 from lcstack.model import HierarchicalClassifier
 
 pytest.importorskip("numba")
@@ -31,7 +38,7 @@ def partition_step(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
         pytest.skip("this CPU (or numba's target) has no AVX-512")
     if request.param == "avx2" and not _simd.AVX2:
         pytest.skip("this CPU (or numba's target) has no AVX2")
-    monkeypatch.setenv("LCSTACK_SIMD", {"avx512": "auto", "avx2": "avx2", "scalar": "0"}[request.param])
+    monkeypatch.setenv("LCSTACK_SIMD", {"avx512": "avx512", "avx2": "avx2", "scalar": "0"}[request.param])
     assert _simd.simd_width() == {"avx512": 16, "avx2": 8, "scalar": 0}[request.param]
     return request.param
 
@@ -433,3 +440,157 @@ def test_classify_over_dask_with_fast_path_equals_sklearn_on_every_demo_pixel(de
     sk = classify(cube, url, engine="sklearn").compute()
     xr.testing.assert_identical(sk["level1"], maps["level1"])
     xr.testing.assert_identical(sk["level2"], maps["level2"])
+
+
+_TAMPER = r"""
+import copy, sys
+import numpy as np
+from sklearn.ensemble import RandomForestClassifier
+from lcstack.errors import InvalidInputError
+from lcstack.fastpredict import compile_estimator, fast_predict
+
+X = np.random.default_rng(0).normal(size=(3000, 4)).astype(np.float32)
+fitted = RandomForestClassifier(n_estimators=3, max_depth=6, random_state=0).fit(X, X[:, 0] > X[:, 1])
+
+def tamper(kind):
+    est = copy.deepcopy(fitted)
+    tree = est.estimators_[1].tree_
+    state = tree.__getstate__()
+    nodes, values = state["nodes"].copy(), state["values"].copy()
+    inner = np.flatnonzero(nodes["left_child"] >= 0)
+    deep = inner[-1]  # an inner node below the root
+    if kind == "feature":
+        nodes["feature"][0] = 10**9
+    elif kind == "negative-feature":
+        nodes["feature"][deep] = -3
+    elif kind == "child-out-of-range":
+        nodes["right_child"][deep] = 10**6
+    elif kind == "cycle":
+        nodes["left_child"][deep] = 0
+    elif kind == "shared-child":
+        nodes["right_child"][0] = nodes["left_child"][0]
+    elif kind == "one-child":
+        nodes["right_child"][deep] = -1
+    elif kind == "nan-threshold":
+        nodes["threshold"][0] = np.nan
+    elif kind == "nan-value":
+        values[nodes["left_child"] < 0][:1] = np.nan
+        values[np.flatnonzero(nodes["left_child"] < 0)[0]] = np.nan
+    state["nodes"], state["values"] = nodes, values
+    tree.__setstate__(state)
+    return est
+
+for kind in sys.argv[1:]:
+    est = tamper(kind)
+    try:
+        compile_estimator(est)
+        fast_predict(est, X)
+    except InvalidInputError as err:
+        print(kind, "refused:", err, flush=True)
+    else:
+        print(kind, "accepted", flush=True)
+"""
+
+_TAMPERINGS = {
+    "feature": "split feature is outside 0..3",
+    "negative-feature": "split feature is outside 0..3",
+    "child-out-of-range": "child index is out of range",
+    "cycle": "child does not come after its parent",
+    "shared-child": "not exactly one",
+    "one-child": "one child",
+    "nan-threshold": "threshold is not finite",
+    "nan-value": "leaf value is negative or not finite",
+}
+
+
+def test_tampered_trees_are_refused_before_any_kernel_runs() -> None:
+    """Each tampering is refused with InvalidInputError; run in a subprocess, so a crash fails this test."""
+    import os
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _TAMPER, *_TAMPERINGS],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    assert done.returncode == 0, f"the process died (rc {done.returncode}): {done.stderr[-2000:]}"
+    lines = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    for kind, message in _TAMPERINGS.items():
+        assert lines.get(kind, "").startswith("refused:"), (kind, lines.get(kind), done.stderr[-2000:])
+        assert message in lines[kind] and "RandomForestClassifier, tree 1" in lines[kind], lines[kind]
+
+
+def test_forest_with_missing_value_splits_passes_the_checks() -> None:
+    X, y = _data(5, 800, 4, 3, discrete=False)
+    X[::3, 1] = np.nan  # splits on missing values get threshold +inf
+    est = RandomForestClassifier(n_estimators=5, random_state=0).fit(X, y)
+    assert any(np.isinf(t.tree_.threshold).any() for t in est.estimators_)
+    depths = fastpredict.check_estimator(est)
+    assert depths == [t.tree_.max_depth for t in est.estimators_]
+
+
+def _demo_pixels(demo_run: Any) -> tuple[Any, np.ndarray]:
+    from lcstack.model import load_model
+    from lcstack.pipeline import Workflow
+
+    _, cfg, _ = demo_run
+    with Workflow(cfg, progress=False) as wf:
+        values = wf.features(next(iter(wf.tiles))).transpose("feature", "y", "x").values
+        model, _ = load_model(wf.model_url())
+    flat = values.reshape(values.shape[0], -1)
+    return model, np.ascontiguousarray(flat[:, np.isfinite(flat).all(axis=0)], dtype=np.float32)
+
+
+def _serial(model: Any) -> Any:
+    """A copy whose forests predict with n_jobs=1: sklearn then adds the trees in order, as the kernel does.
+
+    (With n_jobs > 1 its threads add them in the order they finish, which moves the last bit.)
+    """
+    import copy
+
+    model = copy.deepcopy(model)
+    for est in (model.estimator_level1_, *model.estimators_level2_.values()):
+        est.n_jobs = 1
+    return model
+
+
+def test_probabilities_equal_sklearn_on_every_demo_pixel(demo_run: Any, partition_step: str) -> None:
+    model, columns = _demo_pixels(demo_run)
+    got = fast_predict_proba_levels(model, columns, feature_major=True, assume_finite=True)
+    np.testing.assert_allclose(got.proba, model.predict_proba(columns.T), rtol=1e-6, atol=1e-7)
+    model = _serial(model)
+    want = model.predict_proba_levels(columns.T)
+    np.testing.assert_array_equal(got.proba, want.proba)  # in fact bit for bit
+    np.testing.assert_array_equal(got.level2_proba, want.level2_proba)
+    np.testing.assert_array_equal(got.margin, want.margin)
+    level1, level2 = model.predict_levels(columns.T)
+    np.testing.assert_array_equal(got.level1, level1)
+    np.testing.assert_array_equal(got.level2, level2)
+    # the margin is best minus second best; level 2 is conditional on the level-1 category
+    ordered = np.sort(want.proba, axis=1)
+    np.testing.assert_allclose(got.margin, ordered[:, -1] - ordered[:, -2])
+    for category, sub in model.estimators_level2_.items():
+        rows = level1 == category
+        if rows.any():
+            np.testing.assert_array_equal(
+                got.level2_proba[rows], sub.predict_proba(columns.T[rows]).max(axis=1)
+            )
+    assert np.isnan(
+        got.level2_proba[~np.isin(level1, list(model.estimators_level2_) + list(model.constant_level2_))]
+    ).all()
+
+
+def test_rows_with_some_nan_features_follow_sklearn_bit_for_bit(demo_run: Any, partition_step: str) -> None:
+    """A forest fitted without NaN routes NaN where missing_go_to_left says (the larger child), as sklearn."""
+    model, columns = _demo_pixels(demo_run)
+    model = _serial(model)
+    rows = np.array(columns.T[:4000])
+    rng = np.random.default_rng(0)
+    rows[rng.random(rows.shape) < 0.2] = np.nan  # a fifth of the features of most rows
+    assert np.isnan(rows).any(axis=1).mean() > 0.9
+    for est in (model.estimator_level1_, *model.estimators_level2_.values()):
+        np.testing.assert_array_equal(fast_predict(est, rows), est.predict(rows))
+        np.testing.assert_array_equal(fast_predict_proba(est, rows), est.predict_proba(rows))

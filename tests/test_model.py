@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from sklearn.base import clone
-from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
+from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -248,9 +248,136 @@ def test_check_features_message():
         ("sklearn.utils.estimator_checks.check_estimator", False),
         ("builtins.eval", False),
         ("sklearn.no_such_module.Thing", False),
+        ("sklearn.datasets._covtype.GzipFile", False),  # a class, but not one a model holds
+        ("sklearn.ensemble._forest.RandomForestClassifier", True),
+        ("sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor", True),
     ],
 )
 def test_skops_allow_list(name, allowed):
     from lcstack.model import _is_allowed_type
 
     assert _is_allowed_type(name) is allowed
+
+
+def _add_node(path, key, module, cls):
+    """Add an attribute ``key`` to the saved HierarchicalClassifier: an object of type ``module.cls``.
+
+    The node is a copy of the level-1 estimator's node (an ObjectNode with a dict of attributes) with its
+    type replaced, as an attacker who rewrites ``schema.json`` would do.
+    """
+    with zipfile.ZipFile(path) as zf:
+        files = {n: zf.read(n) for n in zf.namelist()}
+    schema = json.loads(files["schema.json"])
+    attrs = schema["content"]["content"]
+    node = json.loads(json.dumps(attrs["estimator_level1_"]))
+    node["__module__"], node["__class__"] = module, cls
+    node["content"]["content"] = {}
+    node["content"]["key_types"]["content"] = []
+    node.pop("__id__", None)
+    node["content"].pop("__id__", None)
+    attrs[key] = node
+    schema["content"]["key_types"]["content"].append(schema["content"]["key_types"]["content"][0])
+    files["schema.json"] = json.dumps(schema).encode()
+    with zipfile.ZipFile(path, "w") as zf:
+        for n, data in files.items():
+            zf.writestr(n, data)
+
+
+def _rehash(folder):
+    import hashlib
+
+    meta = json.loads((folder / "metadata.json").read_text())
+    meta["model_sha256"] = hashlib.sha256((folder / "model.skops").read_bytes()).hexdigest()
+    (folder / "metadata.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    ("module", "cls"),
+    [
+        ("sklearn.datasets._covtype", "GzipFile"),  # a class re-exported by a scikit-learn module
+        ("sklearn.linear_model._logistic", "LogisticRegression"),  # an estimator no saved model holds
+        ("numpy", "memmap"),  # a NumPy class that opens files
+    ],
+)
+def test_load_refuses_any_type_a_saved_model_does_not_hold(tmp_path, module, cls):
+    clf, _, _ = _fitted()
+    folder = tmp_path / "m"
+    save_model(clf, folder, metadata={})
+    _add_node(folder / "model.skops", "payload", module, cls)
+    _rehash(folder)
+    with pytest.raises(InvalidInputError) as err:
+        load_model(folder)
+    assert f"{module}.{cls}" in str(err.value)
+    assert str(folder / "model.skops") in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "base",
+    [
+        None,
+        ExtraTreesClassifier(n_estimators=3),
+        HistGradientBoostingClassifier(max_iter=3),
+        HistGradientBoostingClassifier(max_iter=3, categorical_features=[4]),
+    ],
+    ids=["rf", "et", "hgb", "hgb-categorical"],
+)
+def test_every_type_a_saved_model_holds_is_allowed(tmp_path, base):
+    from lcstack.model import MODEL_TYPES, model_types
+
+    X, y, y_sub = _hierarchy_data(200)
+    X[:, 4] = np.arange(200) % 3
+    clf = HierarchicalClassifier(base, random_state=0).fit(X, y, y_sub)
+    save_model(clf, tmp_path / "m", metadata={"feature_names": list("abcde")})
+    named = model_types((tmp_path / "m" / "model.skops").read_bytes())
+    assert named <= frozenset().union(*MODEL_TYPES.values())
+    loaded, _ = load_model(tmp_path / "m")
+    np.testing.assert_array_equal(loaded.predict_levels(X)[1], clf.predict_levels(X)[1])
+
+
+def test_load_refuses_a_tampered_tree(tmp_path):
+    """A split feature index of 10**9 in a tree's nodes (hash rewritten) is refused at load, naming it."""
+    import io
+
+    clf, _, _ = _fitted()
+    folder = tmp_path / "m"
+    save_model(clf, folder, metadata={})
+    with zipfile.ZipFile(folder / "model.skops") as zf:
+        files = {n: zf.read(n) for n in zf.namelist()}
+    for name, data in files.items():
+        if name.endswith(".npy"):
+            array = np.load(io.BytesIO(data), allow_pickle=False)
+            if array.dtype.names and "feature" in array.dtype.names:
+                array["feature"][0] = 10**9
+                out = io.BytesIO()
+                np.save(out, array, allow_pickle=False)
+                files[name] = out.getvalue()
+                break
+    with zipfile.ZipFile(folder / "model.skops", "w") as zf:
+        for n, data in files.items():
+            zf.writestr(n, data)
+    _rehash(folder)
+    with pytest.raises(InvalidInputError, match=r"model\.skops: level-1 model, tree 0: a split feature"):
+        load_model(folder)
+
+
+def test_predict_hooks_walk_the_hierarchy_with_the_given_predictor():
+    X, y, y_sub = _hierarchy_data()
+    clf = _small().fit(X, y, y_sub)
+    seen = []
+
+    def predict(est, rows):
+        seen.append((est, len(rows)))
+        return est.predict(rows)
+
+    level1, level2 = clf.predict_levels(X, predict=predict)
+    np.testing.assert_array_equal(level1, clf.predict(X))
+    np.testing.assert_array_equal(level2, clf.predict_levels(X)[1])
+    assert seen[0] == (clf.estimator_level1_, len(X))
+    assert [est for est, _ in seen[1:]] == list(clf.estimators_level2_.values())
+    levels = clf.predict_proba_levels(X, predict_proba=lambda est, rows: est.predict_proba(rows))
+    np.testing.assert_array_equal(levels.proba, clf.predict_proba(X))
+    np.testing.assert_array_equal(levels.level1, level1)
+    np.testing.assert_array_equal(levels.level2, level2)
+    assert (levels.level2_proba[level1 == 2] == 1).all()  # a single subcategory
+    assert np.isnan(levels.level2_proba[level1 == 3]).all()  # no level 2
+    assert ((levels.margin >= 0) & (levels.margin <= 1)).all()

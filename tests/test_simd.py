@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -147,14 +148,14 @@ def test_simd_width_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         ("off", 0),
         ("scalar", 0),
         ("avx2", 8 if _simd.AVX2 else 0),
-        ("auto", best),
+        ("auto", fastpredict.calibrated_width()),
         ("1", best),
         (" AVX512 ", best),
     ]:
         monkeypatch.setenv("LCSTACK_SIMD", value)
         assert _simd.simd_width() == width, value
     monkeypatch.delenv("LCSTACK_SIMD")
-    assert _simd.simd_width() == best
+    assert _simd.simd_width() == fastpredict.calibrated_width() in _simd.available_widths()
     monkeypatch.setenv("LCSTACK_SIMD", "sse9")
     with pytest.raises(InvalidInputError, match=r"LCSTACK_SIMD = 'sse9' is not a partition step: use auto"):
         _simd.simd_width()
@@ -178,7 +179,7 @@ def test_block_rows_grow_with_the_trees() -> None:
     assert fastpredict._block_rows(0, 0) == minimum
 
 
-@pytest.mark.parametrize("step", ["auto", "avx2", "0"])
+@pytest.mark.parametrize("step", ["auto", "avx512", "avx2", "0"])
 def test_deep_forest_on_noisy_rows_uses_large_blocks_and_equals_sklearn(
     step: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -196,3 +197,57 @@ def test_deep_forest_on_noisy_rows_uses_large_blocks_and_equals_sklearn(
     np.testing.assert_array_equal(ff.predict(probe), expected)
     np.testing.assert_array_equal(ff.predict(probe, n_threads=2), expected)
     assert np.array_equal(ff.predict_proba(probe), est.predict_proba(probe))
+
+
+def test_calibration_picks_a_valid_step_measured_once_per_cpu(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "steps.json"
+    monkeypatch.setattr(fastpredict, "_calibration_path", lambda: str(path))
+    monkeypatch.setattr(fastpredict, "_calibrated", {})
+    monkeypatch.delenv("LCSTACK_SIMD", raising=False)
+    width = fastpredict.calibrated_width()
+    assert width in _simd.available_widths() and _simd.simd_width() == width
+    if len(_simd.available_widths()) == 1:
+        assert not path.exists()  # nothing to choose: no measurement
+        return
+    entry = json.loads(path.read_text())[fastpredict._cpu_key()]
+    assert entry["width"] == width and set(entry["seconds"]) == {str(w) for w in _simd.available_widths()}
+    assert min(entry["seconds"].values()) == entry["seconds"][str(width)]
+    # a new process (an empty in-process table) reads the file instead of measuring again
+    monkeypatch.setattr(fastpredict, "_calibrated", {})
+    monkeypatch.setattr(fastpredict, "_measure_steps", lambda *a: pytest.fail("measured again"))
+    assert fastpredict.calibrated_width() == width
+
+
+def test_calibration_uses_the_scalar_loop_where_numba_targets_a_generic_cpu() -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from lcstack import _simd, fastpredict; "
+        "print(_simd.available_widths(), _simd.simd_width(), fastpredict.calibrated_width())"
+    )
+    env = {**os.environ, "NUMBA_CPU_NAME": "generic", "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("LCSTACK_SIMD", None)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["(0,)", "0", "0"]
+
+
+def test_forcing_each_step_gives_identical_predictions() -> None:
+    forest, rows = fastpredict._synthetic_forest()
+    rows = rows[:, :20000]
+    rows[:, ::7] = np.nan  # NaN takes its side in every step
+    results = [
+        forest._run(rows, 1, want, feature_major=True, simd=w)
+        for w in _simd.available_widths()
+        for want in (False, True)
+    ]
+    scalar_idx, scalar_proba = results[0][0], results[1][1]
+    for idx, proba, _ in results:
+        np.testing.assert_array_equal(idx, scalar_idx)
+        if proba.size:
+            np.testing.assert_array_equal(proba, scalar_proba)
+    assert np.array_equal(scalar_proba.argmax(axis=1), scalar_idx)
