@@ -1066,6 +1066,9 @@ def _measure_steps(widths: tuple[int, ...], rounds: int = 7) -> dict[int, float]
     return best
 
 
+_CALIBRATION_MARGIN = 0.10
+
+
 def calibrated_width() -> int:
     """Rows per partition step measured fastest on this CPU (``LCSTACK_SIMD=auto``).
 
@@ -1073,7 +1076,8 @@ def calibrated_width() -> int:
     version on a fixed synthetic forest (:func:`_synthetic_forest`, about a second), kept in
     ``lcstack-partition-step.json`` beside the kernel cache (:mod:`lcstack._kernel_cache`) and logged
     once per process. With only the scalar loop compiled in (no AVX2, or ``NUMBA_CPU_NAME=generic``) it is
-    0 without measuring.
+    0 without measuring. The widest step whose time is within 10 % of the fastest is chosen, so noise on a
+    busy machine does not trade a wide step for a marginally faster narrow one.
 
     Returns
     -------
@@ -1109,7 +1113,10 @@ def _calibrate(key: str, widths: tuple[int, ...]) -> int:
         logger.info("partition step: %d rows (measured fastest on this CPU; %s)", entry["width"], path)
         return int(entry["width"])
     seconds = _measure_steps(widths)
-    width = min(widths, key=lambda w: (seconds[w], w))
+    # The widest step within _CALIBRATION_MARGIN of the fastest: a short measurement on a loaded machine can
+    # favour a narrower step by a few per cent, while on deep forests the wider step wins by far more.
+    fastest = min(seconds.values())
+    width = max(w for w in widths if seconds[w] <= fastest * (1.0 + _CALIBRATION_MARGIN))
     table[key] = {"width": width, "seconds": {str(w): round(t, 5) for w, t in seconds.items()}}
     logger.info(
         "partition step: %d rows, the fastest on this CPU (seconds per width: %s; LCSTACK_SIMD forces one)",
