@@ -21,6 +21,7 @@ __all__ = [
     "LcstackWarning",
     "NoCloudMaskWarning",
     "SkippedPointsWarning",
+    "InputWarning",
 ]
 
 
@@ -76,3 +77,7 @@ class NoCloudMaskWarning(LcstackWarning):
 
 class SkippedPointsWarning(LcstackWarning):
     """Some labelled points were left out (outside the area or on nodata)."""
+
+
+class InputWarning(LcstackWarning):
+    """An input file is accepted but probably not what was meant (e.g. overlapping seasons)."""
