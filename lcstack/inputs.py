@@ -84,8 +84,8 @@ def _read_text(path: Path) -> str:
         raise InvalidInputError(
             f"{path}, line {line} (byte {err.start}, 0x{data[err.start]:02x}): not UTF-8 text. lcstack reads "
             "its input files as UTF-8; this one is probably latin-1 / Windows-1252. Convert it, e.g. "
-            f"`iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}` and point the config at the new file, "
-            "or save it from your editor or spreadsheet as 'UTF-8' ('CSV UTF-8')."
+            f"`iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}` and point the config at the "
+            "new file, or save it from your editor or spreadsheet as 'UTF-8' ('CSV UTF-8')."
         ) from None
 
 
@@ -395,7 +395,7 @@ def read_seasons(path: os.PathLike | str) -> dict[str, Season]:
 
 
 def _shared_days(a: Season, b: Season) -> str | None:
-    """The days two seasons share (``"start..end"`` or a list of dates), or None."""
+    """Return the days two seasons share (``"start..end"`` or a list of dates), or None."""
     if a.dates is None and b.dates is None:
         start, end = max(a.start, b.start), min(a.end, b.end)
         return f"{start}..{end}" if start <= end else None
@@ -452,8 +452,7 @@ def _read_labels(path: os.PathLike | str, *, minimum: int, what: str, reserved: 
             )
         if code in seen:
             raise InvalidInputError(
-                f"{at}: code {code} is already used by {seen[code]!r}. "
-                "Give each label its own code."
+                f"{at}: code {code} is already used by {seen[code]!r}. Give each label its own code."
             )
         seen[code] = name
         out[name] = code

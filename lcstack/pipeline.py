@@ -27,7 +27,7 @@ from . import __version__
 from .errors import InvalidInputError, SkippedPointsWarning, StorageError
 from .grid import aoi_geobox, points_bbox, tile_geoboxes
 from .inputs import RunConfig, Season
-from .progress import progress_iter
+from .progress import progress_enabled, progress_iter
 from .settings import Settings, get_settings
 from .store import Storage, redact
 
@@ -75,7 +75,8 @@ class Workflow:
         An open registry; by default the one named by the config / settings, or the embedded SQLite
         file ``<storage>/registry.sqlite`` for local storage.
     progress
-        Show progress bars.
+        Show progress bars where :func:`lcstack.progress.progress_enabled` allows (``LCSTACK_PROGRESS``,
+        a terminal).
 
     """
 
@@ -91,7 +92,7 @@ class Workflow:
 
         self.config = config
         self.settings = settings or get_settings()
-        self.progress = progress
+        self.progress = progress_enabled(progress, self.settings)
         # Validate every input file before anything is created (registry file, storage folders).
         self._seasons: dict[str, Season] | None = config.read_seasons()
         self._points = config.read_points()

@@ -320,7 +320,9 @@ def test_overlapping_seasons_warned(tmp_path: Path) -> None:
             indent=1,
         ),
     )
-    with pytest.warns(InputWarning, match=r"s.json: seasons 'spring' \(line 2\) and 'summer' \(line 6\) overlap"):
+    with pytest.warns(
+        InputWarning, match=r"s.json: seasons 'spring' \(line 2\) and 'summer' \(line 6\) overlap"
+    ):
         read_seasons(p)
 
 
