@@ -138,7 +138,7 @@ def _warp_block(block: np.ndarray, src_gbox: GeoBox, dst_gbox: GeoBox) -> np.nda
 
 
 def _reproject_dem(native: xr.DataArray, src_gbox: GeoBox, geobox: GeoBox, ch: Mapping[str, int]) -> Any:
-    """The DEM on ``geobox``: one task per tile for a dask mosaic (then chunked as ``ch``), else NumPy."""
+    """Return the DEM on ``geobox``: one task per tile for a dask mosaic (chunked as ``ch``), else NumPy."""
     if not isinstance(native.data, dsa.Array):
         return _warp_block(np.asarray(native.data), src_gbox, geobox)
     warped = dsa.map_blocks(
