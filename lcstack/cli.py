@@ -56,6 +56,12 @@ def _setup_logging(quiet: bool, verbose: bool) -> None:
     pyw.handlers[:] = [handler]
 
 
+def _bars(quiet: bool) -> bool:
+    from .progress import progress_enabled
+
+    return progress_enabled(not quiet)
+
+
 def _fail(message: str, code: int = 2) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
@@ -121,7 +127,7 @@ def demo_data(
     _setup_logging(quiet, verbose)
     if flavour not in ("l2a", "l1c"):
         _fail(f"--flavour {flavour!r}: use 'l2a' or 'l1c'.")
-    area = make_demo_area(out_dir, size=size, seed=seed, flavour=flavour, with_dem=dem, progress=not quiet)  # type: ignore[arg-type]
+    area = make_demo_area(out_dir, size=size, seed=seed, flavour=flavour, with_dem=dem, progress=_bars(quiet))  # type: ignore[arg-type]
     typer.echo(f"demo area written to {area.root}\nconfig: {area.config}")
 
 
@@ -220,7 +226,7 @@ def demo(
     from .scoring import score_maps
 
     _setup_logging(quiet, verbose)
-    area = make_demo_area(storage, size=size, seed=seed, progress=not quiet)
+    area = make_demo_area(storage, size=size, seed=seed, progress=_bars(quiet))
     cfg = load_config(area.config)
     from .pipeline import Workflow
 

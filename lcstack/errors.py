@@ -23,6 +23,7 @@ __all__ = [
     "NoCloudMaskWarning",
     "SkippedPointsWarning",
     "SkippedScenesWarning",
+    "InputWarning",
 ]
 
 
@@ -114,3 +115,7 @@ class SkippedPointsWarning(LcstackWarning):
 
 class SkippedScenesWarning(LcstackWarning):
     """Scenes were left out of a season because an asset could not be read (``on_error: skip-scene``)."""
+
+
+class InputWarning(LcstackWarning):
+    """An input file is accepted but probably not what was meant (e.g. overlapping seasons)."""

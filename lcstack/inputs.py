@@ -22,6 +22,8 @@ import json
 import logging
 import math
 import os
+import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +33,7 @@ import pandas as pd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .errors import InputFileNotFoundError, InvalidInputError
+from .errors import InputFileNotFoundError, InputWarning, InvalidInputError, SkippedPointsWarning
 
 __all__ = [
     "Season",
@@ -51,6 +53,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _MAX_REPORTED = 10
+#: Fewest labelled locations a category or subcategory needs: one to learn from, one to validate on.
+MIN_POINTS_PER_CLASS = 2
 
 
 def _problems(path: os.PathLike | str, problems: Sequence[str], hint: str) -> InvalidInputError:
@@ -71,15 +75,42 @@ def _require_file(path: os.PathLike | str, what: str) -> Path:
     return p
 
 
-def _read_json(path: Path) -> Any:
-    text = path.read_text(encoding="utf-8-sig")
+def _read_text(path: Path) -> str:
+    """Read a text input as UTF-8 (a byte-order mark is fine); name the first bad byte otherwise."""
+    data = path.read_bytes()
     try:
-        return json.loads(text)
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise InvalidInputError(
+            f"{path}, line {line} (byte {err.start}, 0x{data[err.start]:02x}): not UTF-8 text. lcstack reads "
+            "its input files as UTF-8; this one is probably latin-1 / Windows-1252. Convert it, e.g. "
+            f"`iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}` and point the config at the "
+            "new file, or save it from your editor or spreadsheet as 'UTF-8' ('CSV UTF-8')."
+        ) from None
+
+
+def _read_json(path: Path) -> tuple[Any, str]:
+    """Parse a JSON input; return the data and the text (to quote line numbers)."""
+    text = _read_text(path)
+    try:
+        return json.loads(text), text
     except json.JSONDecodeError as err:
         raise InvalidInputError(
             f"{path}, line {err.lineno}, column {err.colno}: not valid JSON ({err.msg}). "
             "Fix the syntax there."
         ) from None
+
+
+def _json_key_line(text: str, key: str) -> int | None:
+    """Line (1-based) where the object key ``key`` first appears in a JSON text, if found."""
+    m = re.search(re.escape(json.dumps(key)) + r"\s*:", text)
+    return text.count("\n", 0, m.start()) + 1 if m else None
+
+
+def _at_line(text: str, key: str) -> str:
+    line = _json_key_line(text, key)
+    return f", line {line}" if line else ""
 
 
 # --------------------------------------------------------------------------------------------- points
@@ -119,7 +150,7 @@ def read_points(path: os.PathLike | str) -> pd.DataFrame:
 
     """
     p = _require_file(path, "Points")
-    text = p.read_text(encoding="utf-8-sig")
+    text = _read_text(p)
     lines = text.splitlines()
     if not lines or not lines[0].strip():
         raise InvalidInputError(
@@ -177,8 +208,61 @@ def read_points(path: os.PathLike | str) -> pd.DataFrame:
     df = df[cols + [c for c in df.columns if c not in cols]]
     sub = df["subcategory"].astype(object)
     df["subcategory"] = sub.where(sub.notna(), None)
+    df = _drop_duplicates(df, p)
     logger.debug("read %d points from %s (separator %r)", len(df), p, sep)
     return df
+
+
+def _drop_duplicates(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Keep the first of rows repeating the same point and labels; warn naming the repeats."""
+    key = ["latitude", "longitude", "category", "subcategory"]
+    dup = df.duplicated(subset=key, keep="first")
+    if not dup.any():
+        return df
+    first = df.drop_duplicates(subset=key, keep="first").set_index(key)["line"]
+    pairs = [
+        f"line {r.line} repeats line {first.loc[(r.latitude, r.longitude, r.category, r.subcategory)]}"
+        for r in df[dup].head(_MAX_REPORTED).itertuples()
+    ]
+    more = ", ..." if int(dup.sum()) > _MAX_REPORTED else ""
+    warnings.warn(
+        f"{path}: {int(dup.sum())} duplicated row(s) (same coordinates and labels) counted once: "
+        f"{', '.join(pairs)}{more}. Remove the repeats to silence this warning.",
+        SkippedPointsWarning,
+        stacklevel=3,
+    )
+    return df[~dup].reset_index(drop=True)
+
+
+def _line_list(lines: pd.Series, shown: int = 5) -> str:
+    values = [str(v) for v in lines.head(shown)]
+    return ", ".join(values) + (", ..." if len(lines) > shown else "")
+
+
+def _class_problems(points: pd.DataFrame) -> list[str]:
+    """Hierarchy and size problems: a subcategory under two categories, a class with too few locations."""
+    problems: list[str] = []
+    subs = points.dropna(subset=["subcategory"])
+    for name, group in subs.groupby("subcategory", sort=True):
+        parents = list(group.groupby("category", sort=True))
+        if len(parents) > 1:
+            where = ", ".join(f"{cat!r} (lines {_line_list(g['line'])})" for cat, g in parents)
+            problems.append(
+                f"subcategory {name!r} is under {len(parents)} categories: {where}; a subcategory belongs "
+                "to exactly one category (the level-2 classes refine the level-1 ones), so rename one of "
+                "them or correct the category"
+            )
+    for column, frame in (("category", points), ("subcategory", subs)):
+        for name, group in frame.groupby(column, sort=True):
+            n = len(group[["latitude", "longitude"]].drop_duplicates())
+            if n < MIN_POINTS_PER_CLASS:
+                problems.append(
+                    f"{column} {name!r} has {n} point{'s' if n != 1 else ''} (line "
+                    f"{_line_list(group['line'])}); a class needs at least {MIN_POINTS_PER_CLASS} points "
+                    "at different locations (one to learn from, one to validate on): add points or drop "
+                    "the class"
+                )
+    return problems
 
 
 def validate_points_labels(
@@ -190,12 +274,14 @@ def validate_points_labels(
     lc_source: os.PathLike | str = "lc_labels.json",
     sl_source: os.PathLike | str = "sl_labels.json",
 ) -> None:
-    """Check that every category (and subcategory) of the points has a code in the label files.
+    """Check the points for training: names in the label files, one category per subcategory, enough points.
 
     Raises
     ------
     InvalidInputError
-        Naming the lines whose category or subcategory is unknown and the label file to extend.
+        Naming the lines whose category or subcategory is unknown (and the label file to extend), a
+        subcategory found under two categories, or a class with fewer than :data:`MIN_POINTS_PER_CLASS`
+        points at different locations.
 
     """
     problems: list[str] = []
@@ -219,10 +305,9 @@ def validate_points_labels(
                 close = difflib.get_close_matches(str(name), list(sl_labels), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 problems.append(f"subcategory {name!r} on line(s) {lines} is not in {sl_source}{hint}")
+    problems += _class_problems(points)
     if problems:
-        raise _problems(
-            source, problems, "Add the missing names to the label file, or correct the points file."
-        )
+        raise _problems(source, problems, "Correct the points file (or add missing names to the label file).")
 
 
 # -------------------------------------------------------------------------------------------- seasons
@@ -264,7 +349,7 @@ def read_seasons(path: os.PathLike | str) -> dict[str, Season]:
     ``["YYYY-MM-DD", ...]`` (the scenes of exactly those days).
     """
     p = _require_file(path, "Seasons")
-    data = _read_json(p)
+    data, text = _read_json(p)
     if not isinstance(data, dict) or not data:
         raise InvalidInputError(
             f"{p}: expected a JSON object of seasons, e.g. "
@@ -306,29 +391,69 @@ def read_seasons(path: os.PathLike | str) -> dict[str, Season]:
                 f"{p}, season {name!r}: expected {{'start': ..., 'end': ...}} or a list of dates, "
                 f"got {type(spec).__name__}."
             )
+    _warn_overlaps(p, text, seasons)
     return seasons
+
+
+def _shared_days(a: Season, b: Season) -> str | None:
+    """Return the days two seasons share (``"start..end"`` or a list of dates), or None."""
+    if a.dates is None and b.dates is None:
+        start, end = max(a.start, b.start), min(a.end, b.end)
+        return f"{start}..{end}" if start <= end else None
+    listed, other = (a, b) if a.dates is not None else (b, a)
+    shared = [
+        d
+        for d in listed.dates or ()
+        if other.start <= d <= other.end and (other.dates is None or d in other.dates)
+    ]
+    return ", ".join(map(str, shared[:5])) + (", ..." if len(shared) > 5 else "") if shared else None
+
+
+def _warn_overlaps(path: Path, text: str, seasons: Mapping[str, Season]) -> None:
+    """Warn once per pair of seasons whose days overlap (their scenes would go into both composites)."""
+    names = list(seasons)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            days = _shared_days(seasons[a], seasons[b])
+            if days:
+                where_a, where_b = _json_key_line(text, a), _json_key_line(text, b)
+                warnings.warn(
+                    f"{path}: seasons {a!r} (line {where_a}) and {b!r} (line {where_b}) overlap ({days}): "
+                    "scenes of those days go into both composites. Make the date ranges disjoint unless "
+                    "this is intended.",
+                    InputWarning,
+                    stacklevel=3,
+                )
 
 
 # --------------------------------------------------------------------------------------------- labels
 def _read_labels(path: os.PathLike | str, *, minimum: int, what: str, reserved: str) -> dict[str, int]:
     p = _require_file(path, what)
-    data = _read_json(p)
+    data, text = _read_json(p)
     if not isinstance(data, dict) or not data:
         raise InvalidInputError(f'{p}: expected a JSON object of label names to codes, e.g. {{"forest": 2}}.')
     seen: dict[int, str] = {}
     out: dict[str, int] = {}
     for name, code in data.items():
+        at = f"{p}{_at_line(text, name)}, key {name!r}"
+        if isinstance(code, str) and code.strip().isdigit():
+            raise InvalidInputError(
+                f"{at}: code {code!r} is a string; codes are JSON numbers, so write it without quotes: "
+                f"{json.dumps(name)}: {int(code)}."
+            )
         if isinstance(code, bool) or not isinstance(code, int):
-            raise InvalidInputError(f"{p}, key {name!r}: code {code!r} is not an integer.")
+            raise InvalidInputError(
+                f"{at}: code {code!r} is not an integer; give a whole number {minimum}..255, e.g. "
+                f"{json.dumps(name)}: {max(minimum, 2)}."
+            )
         if code < minimum or code > 255:
             raise InvalidInputError(
-                f"{p}, key {name!r}: code {code} is not allowed; codes must be {minimum}..255 "
+                f"{at}: code {code} is not allowed; codes must be {minimum}..255 "
                 f"({reserved}). Renumber this label."
             )
         if code in seen:
             raise InvalidInputError(
-                f"{p}, key {name!r}: code {code} is already used by {seen[code]!r}. "
-                "Give each label its own code."
+                f"{at}: code {code} is already used by {seen[code]!r}. Give each label its own code."
             )
         seen[code] = name
         out[name] = code
@@ -405,7 +530,8 @@ class RunConfig(_Strict):
     collection: str = "sentinel-2-l2a"
     dem_collection: str | None = None
     seasons: Path
-    points: Path
+    #: The labelled points; needed to train (:meth:`read_points` says so when it is missing).
+    points: Path | None = None
     lc_labels: Path
     sl_labels: Path | None = None
     aoi: tuple[float, float, float, float] | AoiBox | Path | None = None
@@ -462,7 +588,20 @@ class RunConfig(_Strict):
         return read_sl_labels(self.sl_labels) if self.sl_labels else None
 
     def read_points(self, *, validate: bool = True) -> pd.DataFrame:
-        """Read the points, checking their names against the label files."""
+        """Read the points, checking their names against the label files.
+
+        Raises
+        ------
+        InvalidInputError
+            The config has no ``points`` key (training needs them), or the points are invalid.
+
+        """
+        if self.points is None:
+            raise InvalidInputError(
+                f"{self.source or 'the run configuration'}: missing key 'points': the labelled points the "
+                "model is trained on (a CSV with latitude, longitude, category[, subcategory] columns). Add "
+                "e.g. `points: dataset.csv` (relative to the config file's folder)."
+            )
         pts = read_points(self.points)
         if validate:
             validate_points_labels(
@@ -477,6 +616,11 @@ class RunConfig(_Strict):
 
 
 _PATH_KEYS = ("seasons", "points", "lc_labels", "sl_labels")
+_REQUIRED = {
+    "stac": "where the scenes come from, a STAC API URL (https://...) or the path of a static catalog.json",
+    "seasons": "the seasons file (e.g. `seasons: seasons.json`) that defines one composite per season",
+    "lc_labels": "the level-1 label file mapping class names to codes (e.g. `lc_labels: lc_labels.json`)",
+}
 
 
 def _is_url(value: str) -> bool:
@@ -491,6 +635,25 @@ def _key_lines(text: str) -> dict[str, int]:
     if not isinstance(node, yaml.MappingNode):
         return {}
     return {k.value: k.start_mark.line + 1 for k, _ in node.value if isinstance(k, yaml.ScalarNode)}
+
+
+def _safe_yaml(path: Path, text: str) -> Any:
+    """``yaml.safe_load`` with its errors (syntax, tags that would build Python objects) named by line."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = str(getattr(err, "problem", err))
+        tag = re.search(r"constructor for the tag '([^']+)'", problem)
+        if isinstance(err, yaml.constructor.ConstructorError) and tag:
+            name = tag.group(1).replace("tag:yaml.org,2002:", "!!")
+            raise InvalidInputError(
+                f"{path}{where}: refused the YAML tag {name!r}: tags that build Python objects are unsafe "
+                "(they can run code) and a config holds only plain values (mappings, lists, strings, "
+                "numbers). Remove the tag and write the value itself."
+            ) from None
+        raise InvalidInputError(f"{path}{where}: not valid YAML ({problem}).") from None
 
 
 def load_config(path: os.PathLike | str, **overrides: Any) -> RunConfig:
@@ -508,13 +671,8 @@ def load_config(path: os.PathLike | str, **overrides: Any) -> RunConfig:
 
     """
     p = _require_file(path, "Config")
-    text = p.read_text(encoding="utf-8")
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise InvalidInputError(f"{p}{where}: not valid YAML ({getattr(err, 'problem', err)}).") from None
+    text = _read_text(p)
+    raw = _safe_yaml(p, text)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -531,9 +689,9 @@ def load_config(path: os.PathLike | str, **overrides: Any) -> RunConfig:
                 f"{p}{where}: unknown key {key!r}.{hint} Valid keys: {', '.join(sorted(known))}."
             )
     base = p.resolve().parent
-    for key in ("stac", "seasons", "points", "lc_labels"):
+    for key, purpose in _REQUIRED.items():
         if key not in raw:
-            raise InvalidInputError(f"{p}: missing required key {key!r}.")
+            raise InvalidInputError(f"{p}: missing required key {key!r}: {purpose}.")
     resolved = dict(raw)
     for key in _PATH_KEYS:
         if resolved.get(key) is not None:

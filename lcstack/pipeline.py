@@ -34,7 +34,7 @@ from .errors import (
 from .grid import aoi_geobox, points_bbox, tile_geoboxes
 from .inputs import RunConfig, Season
 from .load import AssetProblem, asset_error, check_assets
-from .progress import progress_iter
+from .progress import progress_enabled, progress_iter
 from .settings import Settings, get_settings
 from .store import Storage, redact
 
@@ -82,7 +82,8 @@ class Workflow:
         An open registry; by default the one named by the config / settings, or the embedded SQLite
         file ``<storage>/registry.sqlite`` for local storage.
     progress
-        Show progress bars.
+        Show progress bars where :func:`lcstack.progress.progress_enabled` allows (``LCSTACK_PROGRESS``,
+        a terminal).
 
     """
 
@@ -98,7 +99,7 @@ class Workflow:
 
         self.config = config
         self.settings = settings or get_settings()
-        self.progress = progress
+        self.progress = progress_enabled(progress, self.settings)
         # Validate every input file before anything is created (registry file, storage folders).
         self._seasons: dict[str, Season] | None = config.read_seasons()
         self._points = config.read_points()

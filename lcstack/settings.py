@@ -39,7 +39,9 @@ class Settings(BaseSettings):
     memory_budget
         Memory per Dask worker that chunk sizes are chosen for, e.g. ``"2GB"``.
     progress
-        Show progress bars (``LCSTACK_PROGRESS=0`` silences them).
+        ``LCSTACK_PROGRESS``: ``0`` silences progress bars, ``1`` shows them even when standard error is
+        not a terminal; unset, they are shown only on a terminal
+        (:func:`lcstack.progress.progress_enabled`).
 
     """
 
@@ -67,7 +69,7 @@ class Settings(BaseSettings):
     gateway_username: str | None = None
     gateway_password: SecretStr | None = None
     memory_budget: str = "2GB"
-    progress: bool = True
+    progress: bool | None = None
 
     def storage_options(self, url: str) -> dict[str, Any]:
         """Fsspec ``storage_options`` for ``url`` built from these settings (empty for local paths)."""

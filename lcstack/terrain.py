@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,7 +23,8 @@ import pystac
 import xarray as xr
 from affine import Affine
 from odc.geo.geobox import GeoBox
-from odc.geo.xr import xr_reproject
+from odc.geo.warp import rio_reproject
+from odc.geo.xr import wrap_xr
 
 from lcstack._kernels import horn_slope_aspect
 from lcstack.errors import InvalidInputError
@@ -32,6 +34,11 @@ __all__ = ["TERRAIN_BANDS", "terrain_features", "load_terrain"]
 logger = logging.getLogger(__name__)
 
 TERRAIN_BANDS: tuple[str, ...] = ("elevation", "slope", "aspect")
+
+# rasterio silences a NotGeoreferencedWarning of its in-memory datasets with ``warnings.catch_warnings``,
+# which is not thread-safe: concurrent reprojections on dask threads let the warning through. A DEM is
+# small, so each tile's DEM is reprojected in one call, one call at a time per process.
+_WARP_LOCK = threading.Lock()
 
 
 def _horn_block(block: np.ndarray, dx: float, dy: float, which: int) -> np.ndarray:
@@ -121,6 +128,31 @@ def _native_grid(item: pystac.Item, asset: str, geobox: GeoBox, margin: int = 3)
     return GeoBox((row1 - row0, col1 - col0), affine, src.crs)
 
 
+def _warp_block(block: np.ndarray, src_gbox: GeoBox, dst_gbox: GeoBox) -> np.ndarray:
+    """Reproject a whole DEM mosaic onto ``dst_gbox`` (bilinear, NaN = nodata) in one rasterio call."""
+    dst = np.full(dst_gbox.shape.yx, np.nan, dtype=np.float32)
+    with _WARP_LOCK:
+        return rio_reproject(
+            np.asarray(block, dtype=np.float32), dst, src_gbox, dst_gbox, "bilinear", np.nan, np.nan
+        )
+
+
+def _reproject_dem(native: xr.DataArray, src_gbox: GeoBox, geobox: GeoBox, ch: Mapping[str, int]) -> Any:
+    """Return the DEM on ``geobox``: one task per tile for a dask mosaic (chunked as ``ch``), else NumPy."""
+    if not isinstance(native.data, dsa.Array):
+        return _warp_block(np.asarray(native.data), src_gbox, geobox)
+    warped = dsa.map_blocks(
+        _warp_block,
+        native.data.rechunk(-1),
+        src_gbox=src_gbox,
+        dst_gbox=geobox,
+        chunks=tuple((n,) for n in geobox.shape.yx),
+        dtype=np.float32,
+        meta=np.empty((0, 0), np.float32),
+    )
+    return warped.rechunk((ch["y"], ch["x"]))
+
+
 def load_terrain(
     dem_items: Sequence[pystac.Item],
     geobox: GeoBox,
@@ -177,8 +209,7 @@ def load_terrain(
         groupby=lambda item, parsed, idx: 0,  # all items in one mosaic layer
         stac_cfg={"*": {"assets": {asset: {"data_type": "float32", "nodata": float("nan")}}}},
     )
-    dem = xr_reproject(ds[asset].isel(time=0, drop=True), geobox, resampling="bilinear", dst_nodata=np.nan)
-    if isinstance(dem.data, dsa.Array):
-        dem = dem.chunk(ch)
+    data = _reproject_dem(ds[asset].isel(time=0, drop=True), native, geobox, ch)
+    dem = wrap_xr(data, geobox)
     dem.attrs = {"units": "m"}
     return terrain_features(dem)

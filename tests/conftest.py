@@ -41,6 +41,13 @@ def demo_run(demo_area: Any) -> Any:
     from lcstack.pipeline import Workflow
 
     cfg = load_config(demo_area.config)
-    with dask.config.set(scheduler="threads"), Workflow(cfg, progress=False) as wf:
+    with dask.config.set(scheduler="threads"), Workflow(cfg, progress=False) as wf, demo_skips():
         results = wf.run()
     return demo_area, cfg, results
+
+
+def demo_skips() -> Any:
+    """Expect the demo area's few points on nodata pixels (cloud, scene edges) to be left out, warned."""
+    from lcstack.errors import SkippedPointsWarning
+
+    return pytest.warns(SkippedPointsWarning, match="on nodata pixels")

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import rasterio
 import xarray as xr
+from conftest import demo_skips
 from distributed import Client, LocalCluster
 
 from lcstack.inputs import load_config
@@ -44,7 +45,8 @@ def sequential(demo_area: Any, tmp_path_factory: pytest.TempPathFactory) -> Path
     storage = tmp_path_factory.mktemp("sequential") / "out"
     with dask.config.set(scheduler="threads"), Workflow(_config(demo_area, storage), progress=False) as wf:
         assert len(wf.tiles) == 4
-        wf.run()
+        with demo_skips():
+            wf.run()
     return storage
 
 
@@ -82,7 +84,7 @@ def test_outputs_are_written_concurrently_and_equal_the_sequential_run(
 ) -> None:
     spans = _record_writes(monkeypatch)
     storage = tmp_path / "out"
-    with Workflow(_config(demo_area, storage), progress=False) as wf:
+    with Workflow(_config(demo_area, storage), progress=False) as wf, demo_skips():
         results = wf.run()
     composites = [s for s in spans if "/composites/" in s[0]]
     maps = [s for s in spans if "/classification-maps/" in s[0]]

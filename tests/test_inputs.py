@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lcstack.errors import InputFileNotFoundError, InvalidInputError
+from lcstack.errors import InputFileNotFoundError, InputWarning, InvalidInputError, SkippedPointsWarning
 from lcstack.inputs import (
     AoiBox,
     load_config,
@@ -233,8 +233,8 @@ def test_config_missing_file(inputs: Path) -> None:
 
 
 def test_config_missing_required_key(inputs: Path) -> None:
-    p = write(inputs, "c.yaml", "stac: catalog/catalog.json\nseasons: seasons.json\nlc_labels: lc.json\n")
-    with pytest.raises(InvalidInputError, match="missing required key 'points'"):
+    p = write(inputs, "c.yaml", "stac: catalog/catalog.json\npoints: dataset.csv\nlc_labels: lc.json\n")
+    with pytest.raises(InvalidInputError, match="missing required key 'seasons': the seasons file"):
         load_config(p)
 
 
@@ -248,3 +248,109 @@ def test_config_not_yaml(inputs: Path) -> None:
     p = write(inputs, "c.yaml", BASE + "bands: [red, nir\n")
     with pytest.raises(InvalidInputError, match="not valid YAML"):
         load_config(p)
+
+
+# ------------------------------------------------------------------------ encodings (issue 14, item 5)
+def test_points_latin1_names_file_line_and_fix(tmp_path: Path) -> None:
+    p = tmp_path / "dataset.csv"
+    p.write_bytes("latitude;longitude;category\n36.7;-4.4;forest\n36.8;-4.5;pastizal_ñ\n".encode("latin-1"))
+    with pytest.raises(InvalidInputError) as err:
+        read_points(p)
+    msg = str(err.value)
+    assert str(p) in msg and "line 3" in msg and "byte 64" in msg and "UTF-8" in msg
+    assert "iconv -f latin1 -t utf-8" in msg
+
+
+def test_points_utf8_bom_accepted(tmp_path: Path) -> None:
+    p = tmp_path / "dataset.csv"
+    p.write_bytes("latitude;longitude;category\n36.7;-4.4;pastizal_ñ\n".encode("utf-8-sig"))
+    assert list(read_points(p)["category"]) == ["pastizal_ñ"]
+
+
+def test_labels_latin1_names_file(tmp_path: Path) -> None:
+    p = tmp_path / "lc.json"
+    p.write_bytes('{"forest": 2,\n "pastizal_ñ": 3}'.encode("latin-1"))
+    with pytest.raises(InvalidInputError, match=r"lc.json, line 2.*not UTF-8"):
+        read_lc_labels(p)
+
+
+# ------------------------------------------------------------------------ suspicious inputs (item 10)
+def test_points_duplicated_rows_warned_and_counted_once(tmp_path: Path) -> None:
+    rows = ["36.7;-4.4;forest", "36.8;-4.5;water", "36.7;-4.4;forest", "36.7;-4.4;forest"]
+    p = write(tmp_path, "d.csv", "latitude;longitude;category\n" + "\n".join(rows) + "\n")
+    with pytest.warns(SkippedPointsWarning, match=r"d.csv: 2 duplicated row\(s\).*line 4 repeats line 2"):
+        df = read_points(p)
+    assert list(df["line"]) == [2, 3]
+
+
+def test_subcategory_under_two_categories_refused(tmp_path: Path) -> None:
+    rows = [
+        "36.70;-4.40;forest;conifers",
+        "36.71;-4.41;forest;conifers",
+        "36.72;-4.42;shrubland;conifers",
+        "36.73;-4.43;shrubland;conifers",
+    ]
+    p = write(tmp_path, "d.csv", "latitude;longitude;category;subcategory\n" + "\n".join(rows) + "\n")
+    with pytest.raises(InvalidInputError) as err:
+        validate_points_labels(read_points(p), {"forest": 2, "shrubland": 3}, {"conifers": 2}, source=p)
+    msg = str(err.value)
+    assert str(p) in msg and "subcategory 'conifers'" in msg
+    assert "'forest' (lines 2, 3)" in msg and "'shrubland' (lines 4, 5)" in msg
+
+
+def test_class_with_a_single_point_refused(tmp_path: Path) -> None:
+    rows = ["36.70;-4.40;forest", "36.71;-4.41;forest", "36.72;-4.42;water"]
+    p = write(tmp_path, "d.csv", "latitude;longitude;category\n" + "\n".join(rows) + "\n")
+    with pytest.raises(InvalidInputError) as err:
+        validate_points_labels(read_points(p), {"forest": 2, "water": 7}, None, source=p)
+    msg = str(err.value)
+    assert str(p) in msg and "category 'water' has 1 point (line 4)" in msg and "at least 2" in msg
+
+
+def test_overlapping_seasons_warned(tmp_path: Path) -> None:
+    p = write(
+        tmp_path,
+        "s.json",
+        json.dumps(
+            {
+                "spring": {"start": "2021-03-01", "end": "2021-05-31"},
+                "summer": {"start": "2021-05-15", "end": "2021-08-31"},
+                "autumn": {"start": "2021-09-01", "end": "2021-11-30"},
+            },
+            indent=1,
+        ),
+    )
+    with pytest.warns(
+        InputWarning, match=r"s.json: seasons 'spring' \(line 2\) and 'summer' \(line 6\) overlap"
+    ):
+        read_seasons(p)
+
+
+# ------------------------------------------------------------------------ vague messages (item 11)
+def test_label_code_given_as_string(tmp_path: Path) -> None:
+    p = write(tmp_path, "lc.json", '{\n  "forest": 2,\n  "water": "7"\n}')
+    with pytest.raises(InvalidInputError) as err:
+        read_lc_labels(p)
+    msg = str(err.value)
+    assert str(p) in msg and "line 3" in msg and "'7' is a string" in msg and '"water": 7' in msg
+
+
+def test_config_without_points_says_what_they_are_for(inputs: Path) -> None:
+    p = write(inputs, "c.yaml", "stac: catalog/catalog.json\nseasons: seasons.json\nlc_labels: lc.json\n")
+    cfg = load_config(p)
+    assert cfg.points is None
+    with pytest.raises(InvalidInputError) as err:
+        cfg.read_points()
+    msg = str(err.value)
+    assert str(p) in msg and "missing key 'points'" in msg and "labelled points" in msg
+    assert "points: dataset.csv" in msg
+
+
+def test_config_python_tag_refused_as_unsafe(inputs: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    p = write(inputs, "c.yaml", BASE + f"bands: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(InvalidInputError) as err:
+        load_config(p)
+    msg = str(err.value)
+    assert str(p) in msg and "line 5" in msg and "!!python/object/apply:os.system" in msg and "unsafe" in msg
+    assert not marker.exists()

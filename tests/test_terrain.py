@@ -186,3 +186,23 @@ def _utm_box() -> GeoBox:
     x, y = Transformer.from_crs(4326, 32630, always_xy=True).transform(-4.3003, 36.695)
     x0, y0 = round(x / 10) * 10 - 200, round(y / 10) * 10 - 150
     return GeoBox.from_bbox((x0, y0, x0 + 400, y0 + 300), "EPSG:32630", resolution=10)
+
+
+def test_load_terrain_warns_nothing_on_many_threads(tmp_path):
+    """Reprojecting the DEM on several dask threads at once leaks no ``NotGeoreferencedWarning``.
+
+    rasterio silences that warning inside its in-memory datasets with ``warnings.catch_warnings``, which
+    is not thread-safe: reprojecting many chunks concurrently let it through (issue 14, item 16).
+    """
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    def surface(lon, lat):
+        return 500 + 20000 * (lon + 4.3) + 10000 * (lat - 36.7)
+
+    items = [_write_dem(tmp_path / "d.tif", -4.31, 36.69, 40, 0.0005, surface)]
+    ds = load_terrain(items, _utm_box(), chunks={"y": 4, "x": 4})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NotGeoreferencedWarning)
+        ds["terrain"].compute(scheduler="threads", num_workers=8)

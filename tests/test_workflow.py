@@ -19,7 +19,7 @@ import xarray as xr
 from rio_cogeo.cogeo import cog_validate
 
 from lcstack.classify import classify
-from lcstack.errors import InvalidInputError, ModelMismatchError, NoCloudMaskWarning
+from lcstack.errors import InvalidInputError, ModelMismatchError, NoCloudMaskWarning, SkippedPointsWarning
 from lcstack.inputs import load_config
 from lcstack.model import load_model
 from lcstack.pipeline import Workflow
@@ -167,12 +167,19 @@ def test_points_with_class_absent_from_labels(demo_run: Any, tmp_path: Path) -> 
 def test_all_points_outside_the_aoi(demo_run: Any, tmp_path: Path) -> None:
     area, cfg, _ = demo_run
     far = tmp_path / "dataset.csv"
-    far.write_text("latitude;longitude;category;subcategory\n40.4;-3.7;forest;conifers\n40.5;-3.6;water;\n")
+    far.write_text(
+        "latitude;longitude;category;subcategory\n40.4;-3.7;forest;conifers\n40.41;-3.71;forest;conifers\n"
+        "40.5;-3.6;water;\n40.51;-3.61;water;\n"
+    )
     with Workflow(load_config(cfg.source, points=str(far), storage=cfg.storage), progress=False) as wf:
-        with dask.config.set(scheduler="threads"), pytest.raises(InvalidInputError) as err:
+        with (
+            dask.config.set(scheduler="threads"),
+            pytest.raises(InvalidInputError) as err,
+            pytest.warns(SkippedPointsWarning, match="left out 4 point"),
+        ):
             wf.samples()
     msg = str(err.value)
-    assert "none of the 2 points" in msg and "aoi" in msg
+    assert "none of the 4 points" in msg and "aoi" in msg
 
 
 def test_model_from_another_feature_set(demo_run: Any, tmp_path: Path) -> None:
