@@ -452,7 +452,7 @@ def read_reference(
 
     # a reference file names one level's classes in `category`; a subcategory column is not used
     points = read_points(path).assign(subcategory=None)
-    validate_points_labels(points, labels, None, source=path, lc_source=labels_file)
+    validate_points_labels(points, labels, None, source=path, lc_source=labels_file, training=False)
     return points.assign(reference=points["category"].map(labels).astype(np.int64))
 
 

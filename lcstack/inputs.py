@@ -239,7 +239,7 @@ def _line_list(lines: pd.Series, shown: int = 5) -> str:
     return ", ".join(values) + (", ..." if len(lines) > shown else "")
 
 
-def _class_problems(points: pd.DataFrame) -> list[str]:
+def _class_problems(points: pd.DataFrame, *, training: bool = True) -> list[str]:
     """Hierarchy and size problems: a subcategory under two categories, a class with too few locations."""
     problems: list[str] = []
     subs = points.dropna(subset=["subcategory"])
@@ -252,7 +252,7 @@ def _class_problems(points: pd.DataFrame) -> list[str]:
                 "to exactly one category (the level-2 classes refine the level-1 ones), so rename one of "
                 "them or correct the category"
             )
-    for column, frame in (("category", points), ("subcategory", subs)):
+    for column, frame in (("category", points), ("subcategory", subs)) if training else ():
         for name, group in frame.groupby(column, sort=True):
             n = len(group[["latitude", "longitude"]].drop_duplicates())
             if n < MIN_POINTS_PER_CLASS:
@@ -273,8 +273,11 @@ def validate_points_labels(
     source: os.PathLike | str = "points",
     lc_source: os.PathLike | str = "lc_labels.json",
     sl_source: os.PathLike | str = "sl_labels.json",
+    training: bool = True,
 ) -> None:
     """Check the points for training: names in the label files, one category per subcategory, enough points.
+
+    With ``training=False`` (a reference sample for accuracy assessment) a class may have a single point.
 
     Raises
     ------
@@ -305,7 +308,7 @@ def validate_points_labels(
                 close = difflib.get_close_matches(str(name), list(sl_labels), n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 problems.append(f"subcategory {name!r} on line(s) {lines} is not in {sl_source}{hint}")
-    problems += _class_problems(points)
+    problems += _class_problems(points, training=training)
     if problems:
         raise _problems(source, problems, "Correct the points file (or add missing names to the label file).")
 

@@ -287,7 +287,7 @@ def test_check_local_folder_read_only(read_only_dir: Path) -> None:
 
 def _cli_config(tmp_path: Path, storage: Path) -> Path:
     (tmp_path / "dataset.csv").write_text(
-        "latitude;longitude;category\n36.7;-4.4;forest\n36.71;-4.41;water\n"
+        "latitude;longitude;category\n36.7;-4.4;forest\n36.702;-4.402;forest\n36.71;-4.41;water\n36.712;-4.412;water\n"
     )
     (tmp_path / "seasons.json").write_text('{"spring": {"start": "2023-03-01", "end": "2023-05-31"}}')
     (tmp_path / "lc.json").write_text('{"forest": 2, "water": 7}')
