@@ -28,8 +28,8 @@ import json
 import logging
 import math
 import shutil
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -83,6 +83,24 @@ _SENSOR_NOISE = 0.004  # reflectance units, per 10 m pixel and scene
 
 # Independent random streams, one per purpose: changing one part of the generator never shifts the others.
 _S_TERRAIN, _S_PARCELS, _S_OVERLAYS, _S_UNITS, _S_TEXTURE, _S_POINTS, _S_SCHEDULE, _S_SCENE = range(1, 9)
+
+
+@dataclass(frozen=True)
+class _Tile:
+    """A Sentinel-2 tile of the demo: MGRS id, UTM EPSG code, upper-left corner and relative orbit."""
+
+    tile: str
+    epsg: int
+    x0: float
+    y0: float
+    orbit: int = 37
+
+    @property
+    def crs(self) -> str:
+        return f"EPSG:{self.epsg}"
+
+
+MALAGA = _Tile(MGRS_TILE, EPSG, X0, Y0)
 
 
 def _rng(seed: int, *keys: int) -> np.random.Generator:
@@ -159,7 +177,8 @@ class _Smooth:
 class _Terrain:
     """Smooth hills from a sum of plane waves in UTM metres, 0–1200 m, rising gently inland (north)."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, origin: tuple[float, float] = (X0, Y0)) -> None:
+        self.x0, self.y0 = origin
         rng = _rng(seed, _S_TERRAIN)
         n = 14
         wavelength = np.exp(rng.uniform(np.log(2_500.0), np.log(30_000.0), n))
@@ -171,7 +190,7 @@ class _Terrain:
         self.ky = 2 * np.pi * np.sin(theta) / wavelength
 
     def elevation(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        dx, dy = np.asarray(x, dtype=np.float64) - X0, np.asarray(y, dtype=np.float64) - Y0
+        dx, dy = np.asarray(x, dtype=np.float64) - self.x0, np.asarray(y, dtype=np.float64) - self.y0
         s = np.zeros(np.broadcast(dx, dy).shape)
         for k in range(len(self.amp)):
             s += self.amp[k] * np.cos(self.kx[k] * dx + self.ky[k] * dy + self.phase[k])
@@ -219,7 +238,8 @@ class _River:
 class _Landscape:
     """Unit map (int32 per 10 m pixel, padded grid), unit classes and unit spectra."""
 
-    def __init__(self, size: int, seed: int, terrain: _Terrain, progress: tqdm | None = None) -> None:
+    def __init__(self, size: int, seed: int, terrain: _Terrain, progress: tqdm | None = None,
+                 origin: tuple[float, float] = (X0, Y0)) -> None:  # fmt: skip
         self.size = size
         self.n = int(math.ceil(size / 6) * 6)  # padded so that the 60 m grid is whole
         self.seed = seed
@@ -237,7 +257,7 @@ class _Landscape:
         seeds = lattice + rng.uniform(-0.42 * s, 0.42 * s, lattice.shape)
         self._tree = cKDTree(seeds)
         n_parcels = len(seeds)
-        elev = terrain.elevation(X0 + seeds[:, 1] * RESOLUTION, Y0 - seeds[:, 0] * RESOLUTION)
+        elev = terrain.elevation(origin[0] + seeds[:, 1] * RESOLUTION, origin[1] - seeds[:, 0] * RESOLUTION)
         e = (elev / 1200.0 - 0.5) * 2.0
         logits = np.log([leaf.weight for leaf in leaves])[None, :] + np.outer(
             e, [leaf.uphill for leaf in leaves]
@@ -388,16 +408,22 @@ class _Scene:
     sun_azimuth: float
     sun_elevation: float
     cloud_height: float
+    tile: _Tile = field(default_factory=lambda: MALAGA)
 
     @property
     def item_id(self) -> str:
-        return f"S2{self.platform[-1].upper()}_{MGRS_TILE}_{self.time:%Y%m%d}_0"
+        return f"S2{self.platform[-1].upper()}_{self.tile.tile}_{self.time:%Y%m%d}_0"
 
 
-def _schedule(seed: int, flavour: str) -> list[_Scene]:
-    """Four usable scenes and one nearly overcast scene per season, on a 5-day S2A/S2B revisit."""
-    rng = _rng(seed, _S_SCHEDULE)
-    first_pass = dt.datetime(2023, 3, 2, 11, 3, 21, tzinfo=dt.UTC)
+def _schedule(seed: int, flavour: str, tile: _Tile | None = None, tile_index: int = 0) -> list[_Scene]:
+    """Four usable scenes and one nearly overcast scene per season, on a 5-day S2A/S2B revisit.
+
+    Tile ``tile_index`` > 0 is seen ``tile_index`` days later in the revisit cycle (another relative orbit),
+    from a random stream of its own; its scene indices start at ``1000 * tile_index``.
+    """
+    tile = tile or MALAGA
+    rng = _rng(seed, _S_SCHEDULE, tile_index) if tile_index else _rng(seed, _S_SCHEDULE)
+    first_pass = dt.datetime(2023, 3, 2, 11, 3, 21, tzinfo=dt.UTC) + dt.timedelta(days=tile_index)
     scenes: list[_Scene] = []
     for s, (start, end) in enumerate(spectra.SEASONS.values()):
         d0, d1 = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
@@ -420,7 +446,7 @@ def _schedule(seed: int, flavour: str) -> list[_Scene]:
             is_overcast = j == overcast
             scenes.append(
                 _Scene(
-                    index=len(scenes),
+                    index=1000 * tile_index + len(scenes),
                     season=s,
                     time=time.replace(microsecond=(time.microsecond // 1000) * 1000),
                     platform="sentinel-2a" if k % 2 == 0 else "sentinel-2b",
@@ -436,6 +462,7 @@ def _schedule(seed: int, flavour: str) -> list[_Scene]:
                     ),
                     sun_elevation=float(90.0 - 36.8 + declination - 9.0 + rng.uniform(-1, 1)),
                     cloud_height=float(rng.uniform(800.0, 2500.0)),
+                    tile=tile,
                 )
             )
             usable += 0 if is_overcast else 1
@@ -651,7 +678,7 @@ class _SceneRenderer:
 
 def _footprint(geobox: GeoBox) -> tuple[dict[str, Any], list[float]]:
     """Footprint polygon (four corners, as Earth Search writes it) and bbox of the densified outline."""
-    to_lonlat = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True)
+    to_lonlat = Transformer.from_crs(str(geobox.crs), "EPSG:4326", always_xy=True)
     left, bottom, right, top = geobox.extent.boundingbox
     corners = [(right, bottom), (right, top), (left, top), (left, bottom), (right, bottom)]
     ring = [list(to_lonlat.transform(x, y)) for x, y in corners]
@@ -667,6 +694,7 @@ def _scene_item(scene: _Scene, geobox: GeoBox, flavour: str, collection: str, as
                 stats: dict[str, float]) -> pystac.Item:  # fmt: skip
     level = "L1C" if flavour == "l1c" else "L2A"
     item_id = f"{scene.item_id}_{level}"
+    tile = scene.tile
     geometry, bbox = _footprint(geobox)
     generated = scene.time + dt.timedelta(hours=5, minutes=17)
     sat = "S2" + scene.platform[-1].upper()
@@ -678,12 +706,12 @@ def _scene_item(scene: _Scene, geobox: GeoBox, flavour: str, collection: str, as
         "constellation": "sentinel-2",
         "instruments": ["msi"],
         "eo:cloud_cover": stats["cloud_cover"],
-        "proj:code": CRS,
-        "proj:epsg": EPSG,
-        "mgrs:utm_zone": 30,
-        "mgrs:latitude_band": "S",
-        "mgrs:grid_square": "UF",
-        "grid:code": f"MGRS-{MGRS_TILE}",
+        "proj:code": tile.crs,
+        "proj:epsg": tile.epsg,
+        "mgrs:utm_zone": int(tile.tile[:2]),
+        "mgrs:latitude_band": tile.tile[2],
+        "mgrs:grid_square": tile.tile[3:],
+        "grid:code": f"MGRS-{tile.tile}",
         "view:sun_azimuth": round(scene.sun_azimuth, 6),
         "view:sun_elevation": round(scene.sun_elevation, 6),
         "s2:nodata_pixel_percentage": stats["nodata"],
@@ -694,7 +722,8 @@ def _scene_item(scene: _Scene, geobox: GeoBox, flavour: str, collection: str, as
         {
             "s2:product_type": "S2MSI1C" if flavour == "l1c" else "S2MSI2A",
             "s2:processing_baseline": pb,
-            "s2:product_uri": f"{sat}_MSI{level}_{stamp}_N{pb.replace('.', '')}_R037_T{MGRS_TILE}_{gen}.SAFE",
+            "s2:product_uri": f"{sat}_MSI{level}_{stamp}_N{pb.replace('.', '')}_R{tile.orbit:03d}"
+            f"_T{tile.tile}_{gen}.SAFE",
             "s2:generation_time": _iso(generated),
             "s2:datatake_id": f"G{sat}_{stamp}_0{40000 + scene.index}_N{pb}",
             "s2:datatake_type": "INS-NOBS",
@@ -720,7 +749,7 @@ def _scene_item(scene: _Scene, geobox: GeoBox, flavour: str, collection: str, as
         if key == "scl":
             extra: dict[str, Any] = {
                 "proj:shape": list(_shape(geobox, 20)),
-                "proj:transform": _transform_list(20),
+                "proj:transform": _transform_list(20, tile),
                 "raster:bands": [{"nodata": 0, "data_type": "uint8", "spatial_resolution": 20}],
             }
             title = "Scene classification map (SCL)"
@@ -738,7 +767,7 @@ def _scene_item(scene: _Scene, geobox: GeoBox, flavour: str, collection: str, as
                 ],
                 "gsd": res,
                 "proj:shape": list(_shape(geobox, res)),
-                "proj:transform": _transform_list(res),
+                "proj:transform": _transform_list(res, tile),
                 "raster:bands": [
                     {
                         "nodata": 0,
@@ -768,8 +797,9 @@ def _shape(geobox: GeoBox, res: int) -> tuple[int, int]:
     return n, n
 
 
-def _transform_list(res: int) -> list[float]:
-    return [res, 0, X0, 0, -res, Y0]
+def _transform_list(res: int, tile: _Tile | None = None) -> list[float]:
+    tile = tile or MALAGA
+    return [res, 0, tile.x0, 0, -res, tile.y0]
 
 
 def _scene_stats(
@@ -847,7 +877,7 @@ def _dem_item(
     return item
 
 
-def _write_dem(folder: Path, geobox: GeoBox, terrain: _Terrain) -> pystac.Item:
+def _write_dem(folder: Path, geobox: GeoBox, terrain: _Terrain, crs: str = CRS) -> pystac.Item:
     """Float32 DEM in EPSG:4326 on the 1 arc-second Copernicus lattice, covering the area plus a margin."""
     bbox = geobox.extent.to_crs("EPSG:4326", resolution=100.0).boundingbox
     # Copernicus pixel centres sit on whole arc-seconds: edges are half an arc-second off
@@ -858,7 +888,7 @@ def _write_dem(folder: Path, geobox: GeoBox, terrain: _Terrain) -> pystac.Item:
     width, height = col1 - col0, row1 - row0
     west, north = (col0 - 0.5) * _ARCSEC, (row1 - 0.5) * _ARCSEC
     transform = Affine(_ARCSEC, 0.0, west, 0.0, -_ARCSEC, north)
-    to_utm = Transformer.from_crs("EPSG:4326", CRS, always_xy=True)
+    to_utm = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
     lon = west + (np.arange(width) + 0.5) * _ARCSEC
     dem = np.empty((height, width), dtype=np.float32)
     for r0, r1 in _blocks(height, 256):
@@ -888,8 +918,14 @@ def _collection(collection_id: str, title: str, description: str, bbox: list[flo
 # points and side files
 
 
-def _sample_points(land: _Landscape, geobox: GeoBox, seed: int, n_points: int | None) -> list[str]:
-    """Stratified random points (one stratum per leaf class) at least 2 pixels inside a patch."""
+def _sample_points(land: Any, geobox: GeoBox, seed: int, n_points: int | None, *, tile_index: int = 0,
+                   keep: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+                   ) -> list[str]:  # fmt: skip
+    """Stratified random points (one stratum per leaf class) at least 2 pixels inside a patch.
+
+    With ``keep`` (lon, lat -> bool), five times as many points are drawn, those not kept are dropped and
+    each class is cut back to its quota (tiles of a multi-tile area keep the points they own).
+    """
     leaves = spectra.LEAVES
     leaf = land.leaf_map()
     interior = ndimage.maximum_filter(leaf, size=5, mode="nearest") == ndimage.minimum_filter(
@@ -901,7 +937,10 @@ def _sample_points(land: _Landscape, geobox: GeoBox, seed: int, n_points: int | 
     else:
         q, r = divmod(n_points, len(leaves))
         per_leaf = [q + (1 if i < r else 0) for i in range(len(leaves))]
-    rng = _rng(seed, _S_POINTS)
+    quota = list(per_leaf)
+    if keep is not None:
+        per_leaf = [5 * q for q in per_leaf]
+    rng = _rng(seed, _S_POINTS, tile_index) if tile_index else _rng(seed, _S_POINTS)
     flat_leaf, flat_interior = leaf.ravel(), interior.ravel()
     # Rejection sampling of random pixels keeps memory flat on a full tile (no index of every interior pixel);
     # classes it cannot fill (rare ones) fall back to an exhaustive draw.
@@ -937,7 +976,15 @@ def _sample_points(land: _Landscape, geobox: GeoBox, seed: int, n_points: int | 
     rows, cols = np.divmod(idx, land.size)
     x = geobox.affine.c + (cols + 0.5) * geobox.affine.a
     y = geobox.affine.f + (rows + 0.5) * geobox.affine.e
-    lon, lat = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True).transform(x, y)
+    lon, lat = Transformer.from_crs(str(geobox.crs), "EPSG:4326", always_xy=True).transform(x, y)
+    if keep is not None:
+        kept = np.asarray(keep(np.asarray(lon), np.asarray(lat)), dtype=bool)
+        rank = np.zeros(len(lab), dtype=np.int64)
+        for i in range(len(leaves)):  # rank of each kept point within its class, in draw order
+            sel = np.flatnonzero(kept & (lab == i))
+            rank[sel] = np.arange(len(sel))
+        kept &= rank < np.asarray(quota)[lab]
+        lon, lat, lab = np.asarray(lon)[kept], np.asarray(lat)[kept], lab[kept]
     lines = ["latitude;longitude;category;subcategory"]
     for la, lo, k in zip(lat, lon, lab, strict=True):
         leaf_k = leaves[k]
@@ -1102,32 +1149,7 @@ def make_demo_area(
             footprint_bbox,
             (scenes[0].time, scenes[-1].time),
         )
-        bands = spectra.L1C_BANDS if flavour == "l1c" else spectra.L2A_BANDS
-        for scene in scenes:
-            item_dir = stac_dir / collection / f"{scene.item_id}_{'L1C' if flavour == 'l1c' else 'L2A'}"
-            renderer = _SceneRenderer(scene, land, seed, flavour)
-            offset_dn = 1000 if (flavour == "l2a" and scene.baseline >= "04.00") else 0
-            assets: dict[str, Path] = {}
-            for name in bands:
-                dn = renderer.band(name, offset_dn)
-                res = spectra.BAND_INFO[name][1]
-                path = item_dir / f"{spectra.BAND_INFO[name][0]}.tif"
-                _write_cog(path, dn, _transform(res), CRS, nodata=0)
-                assets[name] = path
-            scl: np.ndarray | None = None
-            if flavour == "l2a":
-                scl = renderer.scl
-                _write_cog(item_dir / "SCL.tif", scl, _transform(20), CRS, nodata=0, resampling="mode")
-                assets["scl"] = item_dir / "SCL.tif"
-            # cloud truth on the 20 m grid: 1 cloud/cirrus, 0 clear, -1 no data
-            s20 = renderer.scl.shape
-            cloud = ((renderer.alpha > 0) | (renderer.cirrus > 0))[: s20[0], : s20[1]].astype(np.int8)
-            cloud[renderer.scl == 0] = -1
-            nodata_fraction = float(renderer.nodata_fraction_10m())
-            stats = _scene_stats(scene, scl, nodata_fraction, cloud)
-            s2.add_item(_scene_item(scene, geobox, flavour, collection, assets, stats))
-            logger.debug("demo scene %s: cloud cover %.2f %%", scene.item_id, stats["cloud_cover"])
-            bar.update()
+        _write_scenes(stac_dir, s2, scenes, land, geobox, seed, flavour, bar)
 
         catalog = pystac.Catalog(
             id=CATALOG_ID,
@@ -1178,5 +1200,39 @@ def make_demo_area(
     )
 
 
-def _transform(res: int) -> Affine:
-    return Affine(res, 0.0, X0, 0.0, -res, Y0)
+def _transform(res: int, tile: _Tile | None = None) -> Affine:
+    tile = tile or MALAGA
+    return Affine(res, 0.0, tile.x0, 0.0, -res, tile.y0)
+
+
+def _write_scenes(stac_dir: Path, s2: pystac.Collection, scenes: list[_Scene], land: Any, geobox: GeoBox,
+                  seed: int, flavour: str, bar: tqdm) -> None:  # fmt: skip
+    """Render every scene of one tile (bands, SCL) as COGs and add its item to the collection."""
+    collection = s2.id
+    bands = spectra.L1C_BANDS if flavour == "l1c" else spectra.L2A_BANDS
+    for scene in scenes:
+        tile = scene.tile
+        item_dir = stac_dir / collection / f"{scene.item_id}_{'L1C' if flavour == 'l1c' else 'L2A'}"
+        renderer = _SceneRenderer(scene, land, seed, flavour)
+        offset_dn = 1000 if (flavour == "l2a" and scene.baseline >= "04.00") else 0
+        assets: dict[str, Path] = {}
+        for name in bands:
+            dn = renderer.band(name, offset_dn)
+            res = spectra.BAND_INFO[name][1]
+            path = item_dir / f"{spectra.BAND_INFO[name][0]}.tif"
+            _write_cog(path, dn, _transform(res, tile), tile.crs, nodata=0)
+            assets[name] = path
+        scl: np.ndarray | None = None
+        if flavour == "l2a":
+            scl = renderer.scl
+            _write_cog(item_dir / "SCL.tif", scl, _transform(20, tile), tile.crs, nodata=0, resampling="mode")
+            assets["scl"] = item_dir / "SCL.tif"
+        # cloud truth on the 20 m grid: 1 cloud/cirrus, 0 clear, -1 no data
+        s20 = renderer.scl.shape
+        cloud = ((renderer.alpha > 0) | (renderer.cirrus > 0))[: s20[0], : s20[1]].astype(np.int8)
+        cloud[renderer.scl == 0] = -1
+        nodata_fraction = float(renderer.nodata_fraction_10m())
+        stats = _scene_stats(scene, scl, nodata_fraction, cloud)
+        s2.add_item(_scene_item(scene, geobox, flavour, collection, assets, stats))
+        logger.debug("demo scene %s: cloud cover %.2f %%", scene.item_id, stats["cloud_cover"])
+        bar.update()
