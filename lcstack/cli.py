@@ -112,6 +112,9 @@ def demo_data(
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same bytes.")] = 0,
     flavour: Annotated[str, typer.Option(help="'l2a' (with SCL) or 'l1c' (with cirrus, no SCL).")] = "l2a",
     dem: Annotated[bool, typer.Option("--dem/--no-dem", help="Write a DEM collection too.")] = True,
+    tiles: Annotated[
+        int, typer.Option(help="Sentinel-2 tiles (1..4); 2 or more lie in two UTM zones around 0 deg E.")
+    ] = 1,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -121,8 +124,10 @@ def demo_data(
     _setup_logging(quiet, verbose)
     if flavour not in ("l2a", "l1c"):
         _fail(f"--flavour {flavour!r}: use 'l2a' or 'l1c'.")
-    area = make_demo_area(out_dir, size=size, seed=seed, flavour=flavour, with_dem=dem, progress=not quiet)  # type: ignore[arg-type]
-    typer.echo(f"demo area written to {area.root}\nconfig: {area.config}")
+    area = make_demo_area(
+        out_dir, size=size, seed=seed, flavour=flavour, with_dem=dem, progress=not quiet, tiles=tiles  # type: ignore[arg-type]
+    )
+    typer.echo(f"demo area written to {area.root} (tiles {', '.join(area.tiles)})\nconfig: {area.config}")
 
 
 @app.command()

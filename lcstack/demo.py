@@ -28,7 +28,7 @@ import json
 import logging
 import math
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -56,6 +56,7 @@ CRS = f"EPSG:{EPSG}"
 RESOLUTION = 10
 MIN_SIZE, MAX_SIZE = 256, 10980
 MGRS_TILE = "30SUF"
+MAX_TILES = 4
 DEM_COLLECTION = "cop-dem-glo-30"
 CATALOG_ID = "lcstack-demo"
 COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
@@ -123,6 +124,10 @@ class DemoArea:
     collection: str
     dem_collection: str | None
     geobox: GeoBox
+    #: every tile's 10 m grid (one entry, ``30SUF``, for a one-tile area)
+    tiles: Mapping[str, GeoBox] = field(default_factory=dict)
+    #: every tile's level-1 and level-2 truth rasters
+    truths: Mapping[str, tuple[Path, Path]] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1003,26 +1008,37 @@ def _aoi(geobox: GeoBox) -> list[float]:
     ]
 
 
-def _config_text(collection: str, with_dem: bool, aoi: list[float], size: int, seed: int) -> str:
+_AOI_NOTE = (
+    "# Lon/lat bounds of the demo grid, rounded outwards. Reprojected to EPSG:32630 and snapped outwards",
+    "# to 10 m they give a pixel-aligned grid that contains the demo grid (a few pixels larger on each",
+    "# side, since UTM is rotated against lon/lat); the demo grid itself has its top-left corner at",
+)
+_TILES_AOI_NOTE = (
+    "# Lon/lat bounds of all demo tiles, rounded outwards. Each tile is processed on its own UTM grid",
+    "# (the grid its items carry in proj:transform); every location is owned by one tile.",
+)
+
+
+def _config_text(collection: str, with_dem: bool, aoi: list[float], size: int, seed: int,
+                 tiles: list[str] | None = None) -> str:  # fmt: skip
+    """Return the demo's run config: one tile near Malaga, or ``tiles`` in several zones (no ``crs``)."""
+    where = f"at 0 deg E): tiles {', '.join(tiles)}, each" if tiles else "near Malaga):"
     lines = [
-        f"# lcstack demo area (synthetic Sentinel-2 near Malaga): {size} x {size} px at 10 m, seed {seed}.",
+        f"# lcstack demo area (synthetic Sentinel-2 {where} {size} x {size} px at 10 m, seed {seed}.",
         "# Paths are relative to this file.",
         "stac: stac/catalog.json",
         f"collection: {collection}",
     ]
     if with_dem:
         lines.append(f"dem_collection: {DEM_COLLECTION}")
+    lines += ["seasons: seasons.json", "points: dataset.csv", "lc_labels: lc_labels.json"]
+    lines += ["sl_labels: sl_labels.json"]
+    aoi_line = "aoi: [" + ", ".join(f"{v:.7f}" for v in aoi) + "]"
+    if tiles:
+        lines += [*_TILES_AOI_NOTE, aoi_line]
+    else:
+        lines += [*_AOI_NOTE, f"# ({X0:.0f}, {Y0:.0f}) and is {size} x {size} px.", aoi_line, f"crs: {CRS}"]
     lines += [
-        "seasons: seasons.json",
-        "points: dataset.csv",
-        "lc_labels: lc_labels.json",
-        "sl_labels: sl_labels.json",
-        "# Lon/lat bounds of the demo grid, rounded outwards. Reprojected to EPSG:32630 and snapped outwards",
-        "# to 10 m they give a pixel-aligned grid that contains the demo grid (a few pixels larger on each",
-        "# side, since UTM is rotated against lon/lat); the demo grid itself has its top-left corner at",
-        f"# ({X0:.0f}, {Y0:.0f}) and is {size} x {size} px.",
-        "aoi: [" + ", ".join(f"{v:.7f}" for v in aoi) + "]",
-        f"crs: {CRS}",
         f"resolution: {RESOLUTION}",
         "storage: lcstack-data",
         "max_cloud_cover: 60",
@@ -1034,6 +1050,18 @@ def _config_text(collection: str, with_dem: bool, aoi: list[float], size: int, s
 
 def _write_text(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8", newline="\n")
+
+
+def _write_side_files(root: Path) -> None:
+    """``seasons.json``, ``lc_labels.json`` and ``sl_labels.json``."""
+    season_json = {name: {"start": a, "end": b} for name, (a, b) in spectra.SEASONS.items()}
+    files = {
+        "seasons.json": season_json,
+        "lc_labels.json": spectra.LC_LABELS,
+        "sl_labels.json": spectra.SL_LABELS,
+    }
+    for name, content in files.items():
+        _write_text(root / name, json.dumps(content, indent=2) + "\n")
 
 
 def _prepare_folder(root: Path) -> Path:
@@ -1067,6 +1095,7 @@ def make_demo_area(
     with_dem: bool = True,
     n_points: int | None = None,
     progress: bool = False,
+    tiles: int = 1,
 ) -> DemoArea:
     """Write a synthetic, deterministic Sentinel-2 area (STAC catalog, truth, points, config) to a folder.
 
@@ -1089,6 +1118,11 @@ def make_demo_area(
         60 per leaf class for a 512² area, growing with the square root of ``size``.
     progress
         Show a progress bar.
+    tiles
+        Number of Sentinel-2 tiles, 1 to 4. ``1``: one area in tile 30SUF near Malaga. ``2`` to ``4``:
+        windows of ``size`` × ``size`` px of the real tiles 30SYJ, 31SBD, 30SYH, 31SBC around 0° E, in two UTM
+        zones (see :mod:`lcstack._demo_tiles`); ``dataset.csv`` covers all of them, and the truth rasters are
+        ``truth/<tile>.tif`` and ``truth/<tile>_sl.tif``.
 
     Returns
     -------
@@ -1114,7 +1148,14 @@ def make_demo_area(
         isinstance(n_points, bool) or not isinstance(n_points, int | np.integer) or n_points < 1
     ):
         raise InvalidInputError(f"n_points={n_points!r} is invalid: pass a positive integer or None.")
+    if isinstance(tiles, bool) or not isinstance(tiles, int | np.integer) or not 1 <= tiles <= MAX_TILES:
+        raise InvalidInputError(f"tiles={tiles!r} is out of range: pass an integer from 1 to {MAX_TILES}.")
     size, seed = int(size), int(seed)
+    if tiles > 1:
+        from ._demo_tiles import make_tiles_area
+
+        return make_tiles_area(out_dir, size=size, seed=seed, flavour=flavour, with_dem=with_dem,
+                               n_points=n_points, progress=progress, tiles=int(tiles))  # fmt: skip
 
     root = Path(out_dir).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -1173,14 +1214,7 @@ def make_demo_area(
         catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
         bar.update()
 
-    season_json = {name: {"start": a, "end": b} for name, (a, b) in spectra.SEASONS.items()}
-    files = {
-        "seasons.json": season_json,
-        "lc_labels.json": spectra.LC_LABELS,
-        "sl_labels.json": spectra.SL_LABELS,
-    }
-    for name, content in files.items():
-        _write_text(root / name, json.dumps(content, indent=2) + "\n")
+    _write_side_files(root)
     config = root / "config.yaml"
     _write_text(config, _config_text(collection, with_dem, _aoi(geobox), size, seed))
     logger.info("demo area written to %s", root)
@@ -1197,6 +1231,8 @@ def make_demo_area(
         collection=collection,
         dem_collection=DEM_COLLECTION if with_dem else None,
         geobox=geobox,
+        tiles={MGRS_TILE: geobox},
+        truths={MGRS_TILE: (truth, truth_sl)},
     )
 
 
