@@ -125,7 +125,13 @@ def demo_data(
     if flavour not in ("l2a", "l1c"):
         _fail(f"--flavour {flavour!r}: use 'l2a' or 'l1c'.")
     area = make_demo_area(
-        out_dir, size=size, seed=seed, flavour=flavour, with_dem=dem, progress=not quiet, tiles=tiles  # type: ignore[arg-type]
+        out_dir,
+        size=size,
+        seed=seed,
+        flavour=flavour,  # type: ignore[arg-type]
+        with_dem=dem,
+        progress=not quiet,
+        tiles=tiles,
     )
     typer.echo(f"demo area written to {area.root} (tiles {', '.join(area.tiles)})\nconfig: {area.config}")
 
