@@ -410,7 +410,7 @@ def test_refuses_foreign_stac_folder(tmp_path: Path) -> None:
 # -- one tile: unchanged -----------------------------------------------------------------------------------
 
 #: sha256 (first 16 hex digits) of text files and of decoded pixels of the 256², seed 0 area, as written by
-#: the generator before multi-tile areas existed (pixels rather than COG bytes, which depend on the zlib build).
+#: the generator before multi-tile areas existed (pixels, not COG bytes, which depend on the zlib build).
 ONE_TILE_DIGESTS = {
     "dataset.csv": "9cd8041a546dc8bf",
     "config.yaml": "3acd055780ed5d48",
