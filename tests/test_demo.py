@@ -511,7 +511,7 @@ def test_tiles_have_their_own_dates_and_orbits(tiles3: Path) -> None:
 def truth_at(path: Path, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
     with rasterio.open(path) as src:
         x, y = Transformer.from_crs("EPSG:4326", src.crs, always_xy=True).transform(lon, lat)
-        row, col = src.index(x, y)
+        row, col = rasterio.transform.rowcol(src.transform, x, y)
         data = src.read(1)
     row, col = np.asarray(row), np.asarray(col)
     ok = (row >= 0) & (row < data.shape[0]) & (col >= 0) & (col < data.shape[1])
