@@ -25,14 +25,11 @@ overlap geometry, and makes each demo tile a *window* of its real tile:
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pystac
 from affine import Affine
 from odc.geo.geobox import GeoBox
 from pyproj import Transformer
@@ -179,32 +176,17 @@ def make_tiles_area(out_dir: str | Path, *, size: int, seed: int, flavour: str, 
         )
         for (spec, gbox), scenes in zip(specs, schedules, strict=True):
             demo._write_scenes(stac_dir, s2, scenes, lands[spec.tile][0], gbox, seed, flavour, bar)
-        _save_catalog(stac_dir, s2, ref_box, terrain, with_dem, size, seed, tiles)
+        description = (
+            f"lcstack synthetic Sentinel-2 area at 0 deg E ({tiles} tiles of {size} x {size} px, seed {seed})"
+        )
+        demo._save_catalog(stac_dir, s2, description, ref_box, terrain, with_dem, REFERENCE_CRS)
         bar.update()
     demo._write_side_files(root)
     config = root / "config.yaml"
-    aoi = [
-        math.floor(v * 1e7) / 1e7 if i < 2 else math.ceil(v * 1e7) / 1e7
-        for i, v in enumerate(_lonlat_bbox(boxes))
-    ]
-    demo._write_text(config, demo._config_text(collection, with_dem, aoi, size, seed, list(lands)))
-    first = specs[0][0].tile
-    return demo.DemoArea(
-        root=root,
-        catalog=stac_dir / "catalog.json",
-        config=config,
-        points=points,
-        seasons=root / "seasons.json",
-        lc_labels=root / "lc_labels.json",
-        sl_labels=root / "sl_labels.json",
-        truth=truths[first][0],
-        truth_sl=truths[first][1],
-        collection=collection,
-        dem_collection=demo.DEM_COLLECTION if with_dem else None,
-        geobox=lands[first][1],
-        tiles={tile: gbox for tile, (_, gbox) in lands.items()},
-        truths=truths,
+    demo._write_text(
+        config, demo._config_text(collection, with_dem, demo._aoi(*boxes), size, seed, list(lands))
     )
+    return demo._demo_area(root, collection, with_dem, {t: g for t, (_, g) in lands.items()}, truths)
 
 
 def _write_truths(root: Path, lands: dict[str, tuple[_TileLand, GeoBox]]) -> dict[str, tuple[Path, Path]]:
@@ -217,29 +199,3 @@ def _write_truths(root: Path, lands: dict[str, tuple[_TileLand, GeoBox]]) -> dic
             demo._write_cog(path, codes[leaf], gbox.affine, str(gbox.crs), nodata=0, resampling="mode")
         out[tile] = paths
     return out
-
-
-def _save_catalog(stac_dir: Path, s2: pystac.Collection, ref_box: GeoBox, terrain: Any, with_dem: bool,
-                  size: int, seed: int, tiles: int) -> None:  # fmt: skip
-    catalog = pystac.Catalog(
-        id=demo.CATALOG_ID,
-        description=f"lcstack synthetic Sentinel-2 area at 0 deg E ({tiles} tiles of {size} x {size} px, "
-        f"seed {seed})",
-        title="lcstack demo",
-    )
-    catalog.add_child(s2)
-    if with_dem:
-        dem_item = demo._write_dem(stac_dir, ref_box, terrain, crs=REFERENCE_CRS)
-        when = dt.datetime(2021, 4, 22, tzinfo=dt.UTC)
-        dem = demo._collection(
-            demo.DEM_COLLECTION,
-            "Copernicus DEM GLO-30 (lcstack synthetic demo)",
-            "Synthetic smooth hills on the Copernicus GLO-30 1 arc-second lattice (lcstack.demo).",
-            list(dem_item.bbox or _lonlat_bbox([ref_box])),
-            (when, when),
-        )
-        dem.add_item(dem_item)
-        catalog.add_child(dem)
-    catalog.normalize_hrefs(str(stac_dir))
-    catalog.make_all_asset_hrefs_relative()
-    catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)

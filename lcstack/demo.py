@@ -997,14 +997,14 @@ def _sample_points(land: Any, geobox: GeoBox, seed: int, n_points: int | None, *
     return lines
 
 
-def _aoi(geobox: GeoBox) -> list[float]:
-    """Lon/lat bounds of the grid, rounded outwards to 7 decimals (about 1 cm)."""
-    bbox = geobox.extent.to_crs("EPSG:4326", resolution=100.0).boundingbox
+def _aoi(*geoboxes: GeoBox) -> list[float]:
+    """Lon/lat bounds of the grids, rounded outwards to 7 decimals (about 1 cm)."""
+    boxes = [g.extent.to_crs("EPSG:4326", resolution=100.0).boundingbox for g in geoboxes]
     return [
-        math.floor(bbox.left * 1e7) / 1e7,
-        math.floor(bbox.bottom * 1e7) / 1e7,
-        math.ceil(bbox.right * 1e7) / 1e7,
-        math.ceil(bbox.top * 1e7) / 1e7,
+        math.floor(min(b.left for b in boxes) * 1e7) / 1e7,
+        math.floor(min(b.bottom for b in boxes) * 1e7) / 1e7,
+        math.ceil(max(b.right for b in boxes) * 1e7) / 1e7,
+        math.ceil(max(b.top for b in boxes) * 1e7) / 1e7,
     ]
 
 
@@ -1192,48 +1192,15 @@ def make_demo_area(
         )
         _write_scenes(stac_dir, s2, scenes, land, geobox, seed, flavour, bar)
 
-        catalog = pystac.Catalog(
-            id=CATALOG_ID,
-            description=f"lcstack synthetic Sentinel-2 area near Malaga ({size} x {size} px, seed {seed})",
-            title="lcstack demo",
-        )
-        catalog.add_child(s2)
-        if with_dem:
-            dem_item = _write_dem(stac_dir, geobox, terrain)
-            dem = _collection(
-                DEM_COLLECTION,
-                "Copernicus DEM GLO-30 (lcstack synthetic demo)",
-                "Synthetic smooth hills on the Copernicus GLO-30 1 arc-second lattice (lcstack.demo).",
-                list(dem_item.bbox or footprint_bbox),
-                (dt.datetime(2021, 4, 22, tzinfo=dt.UTC), dt.datetime(2021, 4, 22, tzinfo=dt.UTC)),
-            )
-            dem.add_item(dem_item)
-            catalog.add_child(dem)
-        catalog.normalize_hrefs(str(stac_dir))
-        catalog.make_all_asset_hrefs_relative()
-        catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+        description = f"lcstack synthetic Sentinel-2 area near Malaga ({size} x {size} px, seed {seed})"
+        _save_catalog(stac_dir, s2, description, geobox, terrain, with_dem, CRS)
         bar.update()
 
     _write_side_files(root)
     config = root / "config.yaml"
     _write_text(config, _config_text(collection, with_dem, _aoi(geobox), size, seed))
     logger.info("demo area written to %s", root)
-    return DemoArea(
-        root=root,
-        catalog=stac_dir / "catalog.json",
-        config=config,
-        points=points,
-        seasons=root / "seasons.json",
-        lc_labels=root / "lc_labels.json",
-        sl_labels=root / "sl_labels.json",
-        truth=truth,
-        truth_sl=truth_sl,
-        collection=collection,
-        dem_collection=DEM_COLLECTION if with_dem else None,
-        geobox=geobox,
-        tiles={MGRS_TILE: geobox},
-        truths={MGRS_TILE: (truth, truth_sl)},
-    )
+    return _demo_area(root, collection, with_dem, {MGRS_TILE: geobox}, {MGRS_TILE: (truth, truth_sl)})
 
 
 def _transform(res: int, tile: _Tile | None = None) -> Affine:
@@ -1272,3 +1239,46 @@ def _write_scenes(stac_dir: Path, s2: pystac.Collection, scenes: list[_Scene], l
         s2.add_item(_scene_item(scene, geobox, flavour, collection, assets, stats))
         logger.debug("demo scene %s: cloud cover %.2f %%", scene.item_id, stats["cloud_cover"])
         bar.update()
+
+
+def _save_catalog(stac_dir: Path, s2: pystac.Collection, description: str, dem_box: GeoBox, terrain: _Terrain,
+                  with_dem: bool, crs: str) -> None:  # fmt: skip
+    """Write the self-contained catalog: the Sentinel-2 collection and, with ``with_dem``, a DEM."""
+    catalog = pystac.Catalog(id=CATALOG_ID, description=description, title="lcstack demo")
+    catalog.add_child(s2)
+    if with_dem:
+        dem_item = _write_dem(stac_dir, dem_box, terrain, crs)
+        dem = _collection(
+            DEM_COLLECTION,
+            "Copernicus DEM GLO-30 (lcstack synthetic demo)",
+            "Synthetic smooth hills on the Copernicus GLO-30 1 arc-second lattice (lcstack.demo).",
+            list(dem_item.bbox or s2.extent.spatial.bboxes[0]),
+            (dt.datetime(2021, 4, 22, tzinfo=dt.UTC), dt.datetime(2021, 4, 22, tzinfo=dt.UTC)),
+        )
+        dem.add_item(dem_item)
+        catalog.add_child(dem)
+    catalog.normalize_hrefs(str(stac_dir))
+    catalog.make_all_asset_hrefs_relative()
+    catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+
+
+def _demo_area(root: Path, collection: str, with_dem: bool, tiles: dict[str, GeoBox],
+               truths: dict[str, tuple[Path, Path]]) -> DemoArea:  # fmt: skip
+    """Return the :class:`DemoArea` of a written folder (``truth``, ``geobox``, ...: the first tile)."""
+    first = next(iter(tiles))
+    return DemoArea(
+        root=root,
+        catalog=root / "stac" / "catalog.json",
+        config=root / "config.yaml",
+        points=root / "dataset.csv",
+        seasons=root / "seasons.json",
+        lc_labels=root / "lc_labels.json",
+        sl_labels=root / "sl_labels.json",
+        truth=truths[first][0],
+        truth_sl=truths[first][1],
+        collection=collection,
+        dem_collection=DEM_COLLECTION if with_dem else None,
+        geobox=tiles[first],
+        tiles=tiles,
+        truths=truths,
+    )
