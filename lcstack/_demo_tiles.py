@@ -129,6 +129,12 @@ def _points(lands: dict[str, tuple[_TileLand, GeoBox]], seed: int, n_points: int
 
         if quota != 0:
             lines += demo._sample_points(land, gbox, seed, quota, tile_index=i + 1, keep=keep)[1:]
+    found = {line.split(";")[3] or line.split(";")[2] for line in lines[1:]}
+    missing = sorted({leaf.subcategory or leaf.category for leaf in spectra.LEAVES} - found)
+    if missing and n_points is None:
+        logger.warning(
+            "demo area: no interior pixels of class(es) %s in any tile; no points for them", missing
+        )
     return lines
 
 

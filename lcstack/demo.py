@@ -967,7 +967,9 @@ def _sample_points(land: Any, geobox: GeoBox, seed: int, n_points: int | None, *
         if len(picked[i]) < want:
             pool = np.setdiff1d(np.flatnonzero((flat_leaf == i) & flat_interior), picked[i])
             if len(picked[i]) + len(pool) < want:
-                logger.warning(
+                # a tile of a multi-tile area may well lack a class: the whole area is checked instead
+                logger.log(
+                    logging.WARNING if keep is None else logging.DEBUG,
                     "demo area: only %d interior pixels of class %r, wanted %d points",
                     len(picked[i]) + len(pool), leaves[i].subcategory or leaves[i].category, want,
                 )  # fmt: skip

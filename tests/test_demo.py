@@ -570,6 +570,30 @@ def test_tiles_config_covers_every_tile(tiles3: Path) -> None:
     assert left < aoi.left and right > aoi.right and bottom < aoi.bottom and top > aoi.top
 
 
+def test_tiles_partition_the_configured_aoi(tiles3: Path) -> None:
+    """The workflow's view: tiles of the config's AOI from the catalog alone, each location owned once."""
+    from lcstack.s2grid import owner_of_points, ownership_mask, tiles_for_aoi
+
+    config = yaml.safe_load((tiles3 / "config.yaml").read_text())
+    items = [i for group in items_by_tile(tiles3).values() for i in group]
+    tiles = tiles_for_aoi(items, config["aoi"], tile_size=128)
+    assert sorted(tiles) == sorted(TILES3) and all(len(t.items) == 15 for t in tiles.values())
+    footprints = {name: t.geobox for name, t in tiles.items()}
+    rng = np.random.default_rng(1)
+    lon, lat = [], []
+    for gbox in footprints.values():  # random locations on the demo tiles
+        x = gbox.affine.c + rng.uniform(0, SIZE * 10, 500)
+        y = gbox.affine.f - rng.uniform(0, SIZE * 10, 500)
+        lo, la = Transformer.from_crs(gbox.crs, "EPSG:4326", always_xy=True).transform(x, y)
+        lon.append(lo)
+        lat.append(la)
+    owner = owner_of_points(np.concatenate(lon), np.concatenate(lat), footprints)
+    assert (owner != "").all() and set(owner) == set(TILES3)
+    for name, t in tiles.items():
+        mask = ownership_mask(name, footprints, t.aoi_geobox)
+        assert 0.1 < mask.mean() <= 1.0 and all(g.shape[0] <= 128 for g in t.subtiles.values())
+
+
 @pytest.mark.parametrize("tiles", [0, 5, True, 2.0])
 def test_invalid_tiles(tmp_path: Path, tiles: object) -> None:
     with pytest.raises(InvalidInputError, match="tiles="):
