@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -246,14 +247,18 @@ def _utm_epsg(zone: int, north: bool) -> int:
     return (32600 if north else 32700) + zone
 
 
-@lru_cache(maxsize=256)
-def _to_utm(epsg: int) -> Transformer:
-    return Transformer.from_crs("EPSG:4326", f"EPSG:{epsg}", always_xy=True)
-
-
-@lru_cache(maxsize=256)
-def _transformer(src: str, dst: str) -> Transformer:
+@lru_cache(maxsize=512)
+def _cached_transformer(src: str, dst: str, thread: int) -> Transformer:
     return Transformer.from_crs(src, dst, always_xy=True)
+
+
+def _transformer(src: str, dst: str) -> Transformer:
+    """Return a cached transformer, one per thread (Dask runs blocks in threads)."""
+    return _cached_transformer(src, dst, threading.get_ident())
+
+
+def _to_utm(epsg: int) -> Transformer:
+    return _transformer("EPSG:4326", f"EPSG:{epsg}")
 
 
 def _gzd_bounds(zone: int, band: str) -> tuple[float, float, float, float]:
@@ -357,7 +362,7 @@ def mgrs_square(lon: Any, lat: Any) -> np.ndarray:
 
 def _footprints(tiles: Mapping[str, GeoBox] | Iterable[str]) -> dict[str, GeoBox]:
     if isinstance(tiles, Mapping):
-        return {normalise_tile(t): g for t, g in sorted(tiles.items())}
+        return dict(sorted(((normalise_tile(t), g) for t, g in tiles.items()), key=lambda kv: kv[0]))
     return {t: s2_tile_geobox(t) for t in sorted({normalise_tile(t) for t in tiles})}
 
 
@@ -372,6 +377,8 @@ def _owners(lon: np.ndarray, lat: np.ndarray, footprints: Mapping[str, GeoBox],
     """Index into ``list(footprints)`` of the owner of every location, ``-1`` where no tile owns it."""
     names = list(footprints)
     codes = _square_codes(lon, lat, xy)
+    if not names:
+        return np.full(codes.shape, -1, dtype=np.int64)
     present = np.array([_code_of(t) for t in names], dtype=np.int64)
     order = np.argsort(present)
     pos = np.clip(np.searchsorted(present[order], codes), 0, len(names) - 1)

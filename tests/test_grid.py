@@ -213,6 +213,7 @@ def test_fallback_to_the_tiles_present() -> None:
     assert s2grid.ownership_mask("30SYJ", windows).all()
     outside = s2grid.owner_of_points([10.0], [45.0], windows)
     assert outside.tolist() == [""]
+    assert s2grid.owner_of_points([0.0], [39.0], {}).tolist() == [""]
     with pytest.raises(InvalidInputError, match="31SBD is not among"):
         s2grid.ownership_mask("31SBD", windows)
 
