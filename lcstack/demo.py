@@ -16,6 +16,9 @@ class's phenology (see :mod:`lcstack._demo_spectra`); parcels are warped Voronoi
 rivers (with riparian wetland) drawn over them. Every scene has its own smooth cloud field, cirrus veil and
 cloud shadows, all marked in the SCL band.
 
+With ``tiles`` = 2 to 4, the area is instead made of windows of real Sentinel-2 tiles either side of 0° E
+(UTM zones 30 and 31) with one truth pair per tile under ``truth/``; see :mod:`lcstack._demo_tiles`.
+
 Everything is generated in row blocks, so memory stays well under 3 GB even for a full 10980² tile. The same
 ``seed`` (and size, flavour, ...) gives byte-identical rasters and CSV on the same software stack; nothing
 depends on the clock.
