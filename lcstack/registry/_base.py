@@ -17,11 +17,12 @@ if TYPE_CHECKING:
 
 __all__ = ["KINDS", "STATUSES", "Kind", "Registry", "Status"]
 
-Kind = Literal["scenes", "composites", "datasets", "models", "maps"]
+Kind = Literal["scenes", "composites", "datasets", "models", "maps", "plans"]
 Status = Literal["pending", "complete", "failed"]
 
-#: Record kinds, one table (SQLite) or collection (MongoDB) each.
-KINDS: Final[tuple[str, ...]] = ("scenes", "composites", "datasets", "models", "maps")
+#: Record kinds, one table (SQLite) or collection (MongoDB) each; ``plans`` holds the composites a
+#: config's last discovery planned, so that status and clean work offline.
+KINDS: Final[tuple[str, ...]] = ("scenes", "composites", "datasets", "models", "maps", "plans")
 #: Allowed values of a record's ``status`` field.
 STATUSES: Final[tuple[str, ...]] = ("pending", "complete", "failed")
 
