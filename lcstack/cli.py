@@ -249,10 +249,14 @@ def demo(
 @app.command()
 @handle_errors
 def status(config: ConfigArg, verbose: VerboseOpt = False) -> None:
-    """List which outputs of a config are done and which are pending."""
+    """List which outputs of a config are done and which are pending (from the registry, offline)."""
     _setup_logging(True, verbose)
     with _workflow(config, True) as wf:
         st = wf.status()
+    if not st:
+        typer.echo(
+            f"nothing recorded for {config} yet: `lcstack discover {config}` or `lcstack run` plans it"
+        )
     for kind, rows in st.items():
         done = sum(r["done"] for r in rows)
         typer.echo(f"{kind}: {done}/{len(rows)} done")

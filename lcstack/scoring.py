@@ -31,10 +31,13 @@ def score_maps(area: Any, workflow: Any) -> dict[str, Any]:
     truth2 = rioxarray.open_rasterio(area.truth_sl).squeeze("band", drop=True)
     maps = []
     for rec in workflow.registry.find("maps", model=workflow.model_key()):
-        maps.append(workflow.storage.open_zarr(rec["urls"]["zarr"]))
+        maps.append(workflow.storage.open_zarr(workflow.map_urls(rec)["zarr"]))
     merged = xr.combine_by_coords([m[["level1", "level2"]] for m in maps]) if len(maps) > 1 else maps[0]
     return {
         "level1": agreement(merged["level1"], truth1),
         "level2": agreement(merged["level2"], truth2),
-        "maps": [rec["urls"]["level1"] for rec in workflow.registry.find("maps", model=workflow.model_key())],
+        "maps": [
+            workflow.map_urls(rec)["level1"]
+            for rec in workflow.registry.find("maps", model=workflow.model_key())
+        ],
     }
