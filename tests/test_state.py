@@ -47,7 +47,7 @@ def small_points(area: Any, out: Path, *, drop: int = 0) -> Path:
 
 
 def small_config(
-    area: Any, name: str, *, storage: str, points: Path, stac: str | None = None, **extra: str
+    area: Any, name: str, *, storage: str, points: Path, stac: str | None = None, trees: int = 20
 ) -> Path:
     """A config of the window writing to ``storage`` (relative to the area folder)."""
     lines = []
