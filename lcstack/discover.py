@@ -26,6 +26,7 @@ from lcstack.errors import InputFileNotFoundError, InvalidInputError, NoScenesFo
 __all__ = [
     "FsspecStacIO",
     "SceneInfo",
+    "asset_fingerprints",
     "discover_dem",
     "discover_scenes",
     "open_source",
@@ -539,6 +540,82 @@ def _no_scenes_error(
         f"bbox {tuple(bbox)}, cloud limit {limit}, "
         f"source {_describe(catalog)}: {'; '.join(counts)}. To fix: {'; '.join(advice)}."
     )
+
+
+# ----------------------------------------------------------------------------------- content identity
+
+
+def asset_fingerprints(
+    hrefs: Sequence[str],
+    *,
+    checksums: Mapping[str, str] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    max_workers: int = 16,
+) -> dict[str, str]:
+    """Return a token per asset that changes when its content does, without reading any pixel.
+
+    In order of preference: the catalog's ``file:checksum`` (given in ``checksums``); for a local file its
+    size and modification time (nanoseconds); for an object store or HTTP its ETag, else its size and
+    last-modified time. Remote assets are asked in parallel (one HEAD / stat each, ``max_workers`` at
+    once). An asset that cannot be asked about (missing, unreachable) gets ``"missing:<reason>"``, so the
+    key differs from any key of the asset once it is there; reading it then fails with its own error.
+
+    Parameters
+    ----------
+    hrefs
+        Absolute asset hrefs (local paths, ``file://``, ``s3://``, ``https://``, ...).
+    checksums
+        ``{href: file:checksum}`` where the catalog provides one.
+    storage_options
+        fsspec options for ``s3://`` hrefs (endpoint, credentials).
+    max_workers
+        Concurrent remote requests.
+
+    Returns
+    -------
+    dict of str to str
+        ``{href: token}`` for every href.
+
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    checksums = checksums or {}
+    out: dict[str, str] = {h: f"checksum:{checksums[h]}" for h in hrefs if checksums.get(h)}
+    todo = [h for h in dict.fromkeys(hrefs) if h not in out]
+    remote = [h for h in todo if "://" in h and not h.startswith("file://")]
+    for href in todo:
+        if href not in remote:
+            out[href] = _local_fingerprint(href[len("file://") :] if href.startswith("file://") else href)
+    if remote:
+        with ThreadPoolExecutor(min(max_workers, len(remote))) as pool:
+            tokens = pool.map(lambda h: _remote_fingerprint(h, storage_options or {}), remote)
+            out.update(zip(remote, tokens, strict=True))
+    return out
+
+
+def _local_fingerprint(path: str) -> str:
+    try:
+        st = Path(path).stat()
+    except OSError as exc:
+        return f"missing:{type(exc).__name__}"
+    return f"stat:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _remote_fingerprint(href: str, storage_options: Mapping[str, Any]) -> str:
+    from fsspec.core import url_to_fs
+
+    try:
+        opts = dict(storage_options) if href.startswith(("s3://", "s3a://")) else {}
+        fs, path = url_to_fs(href, **opts)
+        info = fs.info(path)
+    except Exception as exc:  # noqa: BLE001 - any failure means "cannot tell": a key that matches nothing
+        logger.debug("cannot stat asset %s: %s", href.split("?", 1)[0], type(exc).__name__)
+        return f"missing:{type(exc).__name__}"
+    etag = info.get("ETag") or info.get("etag")
+    if etag:
+        return f"etag:{str(etag).strip(chr(34))}"
+    modified = info.get("LastModified") or info.get("Last-Modified") or info.get("mtime")
+    return f"size:{info.get('size')}:{modified}"
 
 
 # ---------------------------------------------------------------------------------------------- helpers

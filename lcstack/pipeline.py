@@ -119,7 +119,7 @@ class Workflow:
             )
             default = None
             if "://" not in config.storage:
-                os.makedirs(config.storage, exist_ok=True)
+                self.storage.create_root()
                 default = f"{config.storage}/registry.sqlite"
             elif url is None:
                 raise InvalidInputError(
@@ -136,6 +136,7 @@ class Workflow:
         )
         self._scenes: dict[str, list[Any]] | None = None
         self._geobox: GeoBox | None = None
+        self._fingerprints: dict[str, str] = {}
 
     def close(self) -> None:
         """Close the registry connection."""
@@ -279,6 +280,7 @@ class Workflow:
                     "grid": _grid_token(gbox),
                     "season": [season, str(s.start), str(s.end), [str(d) for d in s.dates or ()]],
                     "items": sorted(i.id for i in items),
+                    "content": self._content(items, self._scene_assets),
                     "params": params,
                 }
                 key = _digest(ident)
@@ -287,13 +289,52 @@ class Workflow:
                     (tile_id, season, key, url, {"items": sorted(i.id for i in items), "_items": items})
                 )
             if self.config.dem_collection:
-                ident = {"grid": _grid_token(gbox), "dem": sorted(i.id for i in dem), "lcstack": __version__}
+                ident = {
+                    "grid": _grid_token(gbox),
+                    "dem": sorted(i.id for i in dem),
+                    "content": self._content(dem, lambda item: ["data"]),
+                    "lcstack": __version__,
+                }
                 key = _digest(ident)
                 url = self.storage.url("composites", tile_id, f"terrain_{key[:8]}.zarr")
                 plan.append(
                     (tile_id, "terrain", key, url, {"items": sorted(i.id for i in dem), "_items": dem})
                 )
         return plan
+
+    def _scene_assets(self, item: Any) -> list[str]:
+        """Asset keys of ``item`` a seasonal composite reads: its bands (the config's or all) and SCL."""
+        from .harmonize import band_assets
+
+        mapping = band_assets(item)
+        bands = list(self.config.bands) if self.config.bands else list(mapping)
+        return [mapping[b] for b in dict.fromkeys([*bands, "scl"]) if b in mapping]
+
+    def _content(self, items: Sequence[Any], assets_of: Any) -> list[list[str]]:
+        """``[item id, asset key, fingerprint]`` of every asset read (see ``asset_fingerprints``), sorted.
+
+        The fingerprint (``file:checksum``, else size + modification time or ETag) changes when an
+        asset's pixels are rewritten under an unchanged item, so a key resting on it never reuses a stale
+        output. One stat per asset, remembered for the whole run; no pixel is read.
+        """
+        from .discover import asset_fingerprints
+
+        wanted = []
+        for item in items:
+            for key in assets_of(item):
+                asset = item.assets.get(key)
+                href = (asset.get_absolute_href() or asset.href) if asset is not None else None
+                wanted.append((item.id, key, href or "", asset))
+        new = [w for w in wanted if w[2] and w[2] not in self._fingerprints]
+        if new:
+            self._fingerprints.update(
+                asset_fingerprints(
+                    [w[2] for w in new],
+                    checksums={w[2]: w[3].extra_fields.get("file:checksum") for w in new},
+                    storage_options=self.settings.storage_options("s3://"),
+                )
+            )
+        return sorted([i, k, self._fingerprints.get(h, "missing:href")] for i, k, h, _ in wanted)
 
     def _is_complete(self, kind: str, key: str, url: str) -> bool:
         rec = self.registry.get(kind, key)

@@ -393,19 +393,44 @@ class Storage:
                 self._call(partial(fs.exists, path), f"check {', '.join(root_kinds)} storage at", root)
 
     def _check_local(self, path: str, kinds: list[str]) -> None:
+        what = "storage" if set(kinds) == set(KINDS) else f"storage for {', '.join(kinds)}"
         existing = os.path.abspath(path)
         while not os.path.exists(existing):
             existing = os.path.dirname(existing)
         if not os.path.isdir(existing):
-            raise StorageError(
-                f"storage for {', '.join(kinds)} at {path!r} cannot be created: {existing!r} is a file; "
-                "change `storage` / `layout`."
+            where = (
+                "is a file"
+                if existing == os.path.abspath(path)
+                else f"lies under {existing!r}, which is a file"
             )
+            raise StorageError(
+                f"{what} folder {path!r} cannot be used: it {where}, not a folder. Point `storage:` (or "
+                "`layout`) at a folder, or move the file away."
+            )
+        # os.access also honours read-only mounts and immutable folders (chattr +i), even for root.
         if not os.access(existing, os.W_OK | os.X_OK):
             raise StorageError(
-                f"storage for {', '.join(kinds)} at {path!r} is not writable ({existing!r} denies write "
-                "access); fix its permissions or change `storage` / `layout`."
+                f"{what} folder {path!r} is not writable ({existing!r} denies write access: its permissions, "
+                "a read-only mount or an immutable flag); fix that or point `storage:` / `layout` elsewhere."
             )
+
+    def create_root(self) -> None:
+        """Create the local root folder, after checking it can be (not a file, writable).
+
+        Nothing to do for an object store root. Raises :class:`~lcstack.errors.StorageError` naming the
+        path and what to change, never a bare ``OSError``.
+        """
+        if not _is_local(self.root):
+            return
+        path = _strip_file(self.root)
+        self._check_local(path, list(KINDS))
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as err:
+            raise StorageError(
+                f"storage folder {path!r} could not be created ({err.strerror or err}); "
+                "point `storage:` at a writable folder."
+            ) from None
 
     def _preflight_fs(self, url: str) -> fsspec.AbstractFileSystem:
         """Return an uncached S3 filesystem like :meth:`fs`'s but with few retries, to fail fast."""

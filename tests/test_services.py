@@ -122,3 +122,19 @@ def test_preflight_bucket_missing(demo_area: Any, s3: S3Endpoint, services_env: 
         wf.run()
     msg = str(err.value)
     assert "no-such-bucket-lcstack" in msg and s3.secret not in msg
+
+
+def test_mongodb_authentication_failure_is_a_registry_error(
+    demo_area: Any, mongo_uri: str, tmp_path: Path
+) -> None:
+    # nx-27017 has no users: pymongo's SCRAM handshake gets a reply without `payload` (a KeyError in
+    # pymongo) where a real server refuses the credentials (OperationFailure 18): both are RegistryErrors.
+    uri = mongo_uri.replace("mongodb://", "mongodb://lcuser:hunter2secret@", 1)
+    cfg = _config(demo_area, str(tmp_path / "out"), uri)
+    with pytest.raises(RegistryError) as err, Workflow(cfg, progress=False) as wf:
+        wf.run()
+    msg = str(err.value)
+    assert "hunter2secret" not in msg and "127.0.0.1" in msg
+    assert "authentication" in msg and "credentials" in msg
+    assert err.value.__cause__ is None and err.value.__suppress_context__, "no pymongo traceback"
+    assert not any((tmp_path / "out").rglob("*.zarr")), "no work before the pre-flight check"

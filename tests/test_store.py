@@ -254,11 +254,75 @@ def test_check_local_folder(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
     with pytest.raises(StorageError, match="is a file"):
         Storage(tmp_path / "afile" / "sub").check()
+    with pytest.raises(StorageError, match="is a file"):
+        Storage(tmp_path / "afile").check()
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Any:
+    """A folder nobody may write into, root included (``chattr +i`` as root, mode 0500 otherwise)."""
+    import shutil
+    import subprocess
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
     if os.geteuid() != 0:
-        locked = tmp_path / "locked"
-        locked.mkdir(mode=0o500)
-        with pytest.raises(StorageError, match="not writable"):
-            Storage(locked / "out").check()
+        locked.chmod(0o500)
+        yield locked
+        locked.chmod(0o700)
+        return
+    chattr = shutil.which("chattr")
+    if chattr is None or subprocess.run([chattr, "+i", str(locked)], capture_output=True).returncode:
+        pytest.skip("running as root on a file system without `chattr +i`: no folder is read-only")
+    yield locked
+    subprocess.run([chattr, "-i", str(locked)], check=True)
+
+
+def test_check_local_folder_read_only(read_only_dir: Path) -> None:
+    for where in (read_only_dir, read_only_dir / "out"):
+        with pytest.raises(StorageError, match="not writable") as err:
+            Storage(where).check()
+        assert str(read_only_dir) in str(err.value)
+
+
+def _cli_config(tmp_path: Path, storage: Path) -> Path:
+    (tmp_path / "dataset.csv").write_text(
+        "latitude;longitude;category\n36.7;-4.4;forest\n36.71;-4.41;water\n"
+    )
+    (tmp_path / "seasons.json").write_text('{"spring": {"start": "2023-03-01", "end": "2023-05-31"}}')
+    (tmp_path / "lc.json").write_text('{"forest": 2, "water": 7}')
+    (tmp_path / "catalog.json").write_text(
+        '{"type": "Catalog", "id": "empty", "stac_version": "1.0.0", "description": "x", "links": []}'
+    )
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        "stac: catalog.json\nseasons: seasons.json\npoints: dataset.csv\nlc_labels: lc.json\n"
+        f"storage: {storage}\n"
+    )
+    return cfg
+
+
+@pytest.mark.parametrize("case", ["file", "under a file", "read-only", "under read-only"])
+def test_cli_unusable_storage_exits_2_naming_the_path(tmp_path: Path, read_only_dir: Path, case: str) -> None:
+    from typer.testing import CliRunner
+
+    from lcstack.cli import app
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    storage, expected = {
+        "file": (afile, "is a file"),
+        "under a file": (afile / "out", "is a file"),
+        "read-only": (read_only_dir, "not writable"),
+        "under read-only": (read_only_dir / "out", "not writable"),
+    }[case]
+    cfg = _cli_config(tmp_path, storage)
+    result = CliRunner().invoke(app, ["run", str(cfg), "--quiet", "--scheduler", "threads"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: ") and "Traceback" not in result.output
+    assert expected in result.output and str(storage) in result.output
+    assert "storage" in result.output  # what to change
+    assert afile.read_text() == "x" and not any(read_only_dir.iterdir())
 
 
 # -- retries ----------------------------------------------------------------------------------------

@@ -31,6 +31,13 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# What pymongo's authentication code raises when a (misbehaving) server answers the SCRAM handshake
+# without the fields it expects (KeyError: 'payload', ...); the operations wrapped by ``_run`` are
+# pymongo calls only, so these cannot come from lcstack's own code.
+_HANDSHAKE_ERRORS: tuple[type[Exception], ...] = (KeyError,)
+# MongoDB's error codes for refused credentials: AuthenticationFailed, MechanismUnavailable.
+_AUTH_CODES = frozenset({18, 334})
+
 # put() is optimistic (read, then write guarded by what was read); give up after this many races.
 _PUT_ATTEMPTS = 20
 
@@ -122,6 +129,14 @@ class MongoRegistry(ClaimMixin):
 
     def _error(self, what: str, exc: BaseException) -> RegistryError:
         reason = scrub(str(exc).split(", Timeout:")[0].split("\n")[0], self._secrets)[:300]
+        auth = _auth_problem(exc)
+        if auth is not None:
+            return RegistryError(
+                f"MongoDB registry at {self.endpoint} (database {self.database!r}): {what} failed: "
+                f"{auth} ({type(exc).__name__}: {reason}). Check the user name, password "
+                "and authSource (and authMechanism) in MONGO_URI or the registry URL; they are the "
+                "credentials of a user the server knows, for the database that holds that user."
+            )
         return RegistryError(
             f"MongoDB registry at {self.endpoint} (database {self.database!r}): {what} failed: {reason}. "
             f"Check that the MongoDB server runs and is reachable from this machine, and that MONGO_URI "
@@ -169,7 +184,7 @@ class MongoRegistry(ClaimMixin):
                     collection = client[self.database][f"{self.collection_prefix}{kind}"]
                     collection.create_index("key", unique=True)
                     collection.create_index("status")
-            except PyMongoError as exc:
+            except (PyMongoError, *_HANDSHAKE_ERRORS) as exc:
                 raise self._error("creating indexes", exc) from None
             self._indexed_pid = os.getpid()
 
@@ -180,7 +195,7 @@ class MongoRegistry(ClaimMixin):
             return func()
         except DuplicateKeyError:
             raise  # an answer (the key exists), not a failure: insert() and put() handle it
-        except PyMongoError as exc:
+        except (PyMongoError, *_HANDSHAKE_ERRORS) as exc:
             # `from None`: the pymongo exception may quote the server's reply verbatim.
             raise self._error(what, exc) from None
 
@@ -300,6 +315,19 @@ class MongoRegistry(ClaimMixin):
         query = _query(kind, equals)
         collection = self._run(f"delete_many {kind}", lambda: self._collection(kind))
         return int(self._run(f"delete_many {kind}", lambda: collection.delete_many(query)).deleted_count)
+
+
+def _auth_problem(exc: BaseException) -> str | None:
+    """How authentication failed, or None when ``exc`` is not about authentication."""
+    from pymongo.errors import ConfigurationError, OperationFailure
+
+    if isinstance(exc, _HANDSHAKE_ERRORS):
+        return f"authentication failed: the server's handshake reply lacks the field {exc}"
+    if isinstance(exc, OperationFailure) and (exc.code in _AUTH_CODES or "auth" in str(exc).lower()):
+        return "authentication was refused"
+    if isinstance(exc, ConfigurationError) and "auth" in str(exc).lower():
+        return "the authentication options are wrong"
+    return None
 
 
 def _query(kind: str, equals: dict[str, Any]) -> dict[str, Any]:
