@@ -29,6 +29,7 @@ from pystac.extensions.classification import Classification, ClassificationExten
 from pystac.extensions.file import FileExtension
 from pystac.extensions.projection import ProjectionExtension
 
+from ._gdal import gdal_path, rasterio_env
 from .errors import InvalidInputError, StorageError
 from .store import Storage
 
@@ -112,8 +113,7 @@ def _raster_info(storage: Storage, url: str) -> dict[str, Any]:
     """CRS, grid, colour table and class names of a COG, as stored."""
     import rasterio
 
-    env = _rasterio_env(storage, url)
-    with env, rasterio.open(_gdal_path(url)) as src:
+    with rasterio_env(storage, url), rasterio.open(gdal_path(url)) as src:
         try:
             colormap = src.colormap(1)
         except ValueError:
@@ -129,35 +129,6 @@ def _raster_info(storage: Storage, url: str) -> dict[str, Any]:
             "dtype": src.dtypes[0],
             "nodata": src.nodata,
         }
-
-
-def _gdal_path(url: str) -> str:
-    """A path GDAL opens: local paths as they are, ``s3://`` as ``/vsis3/``, ``http(s)`` as ``/vsicurl/``."""
-    if url.startswith("file://"):
-        return url[len("file://") :]
-    if url.startswith(("s3://", "s3a://")):
-        return "/vsis3/" + url.split("://", 1)[1]
-    if url.startswith(("http://", "https://")):
-        return "/vsicurl/" + url
-    return url
-
-
-def _rasterio_env(storage: Storage, url: str) -> Any:
-    """A rasterio Env with the storage's S3 endpoint and credentials for ``url`` (no-op otherwise)."""
-    import rasterio
-
-    opts = storage.storage_options if url.startswith(("s3://", "s3a://")) else {}
-    cfg: dict[str, Any] = {}
-    endpoint = opts.get("endpoint_url") or (opts.get("client_kwargs") or {}).get("endpoint_url")
-    if endpoint:
-        scheme, host = str(endpoint).split("://", 1) if "://" in str(endpoint) else ("https", str(endpoint))
-        cfg.update(AWS_S3_ENDPOINT=host.rstrip("/"), AWS_HTTPS="YES" if scheme == "https" else "NO")
-        cfg["AWS_VIRTUAL_HOSTING"] = "FALSE"
-    if opts.get("key"):
-        cfg.update(AWS_ACCESS_KEY_ID=opts["key"], AWS_SECRET_ACCESS_KEY=opts.get("secret", ""))
-    if opts.get("anon"):
-        cfg["AWS_NO_SIGN_REQUEST"] = "YES"
-    return rasterio.Env(**cfg)
 
 
 def _classes(info: Mapping[str, Any], where: str) -> list[Classification]:
