@@ -8,7 +8,7 @@ __all__ = ["gdal_path", "rasterio_env"]
 
 
 def gdal_path(url: str) -> str:
-    """A path GDAL opens: local paths as they are, ``s3://`` as ``/vsis3/``, ``http(s)`` as ``/vsicurl/``."""
+    """Return the path GDAL opens: local as is, ``s3://`` as ``/vsis3/``, ``http(s)`` as ``/vsicurl/``."""
     if url.startswith("file://"):
         return url[len("file://") :]
     if url.startswith(("s3://", "s3a://")):
@@ -19,7 +19,7 @@ def gdal_path(url: str) -> str:
 
 
 def rasterio_env(storage: Any, url: str) -> Any:
-    """A rasterio Env with the storage's S3 endpoint and credentials for ``url`` (no-op otherwise)."""
+    """Return a rasterio Env with the storage's S3 endpoint and credentials for ``url`` (no-op otherwise)."""
     import rasterio
 
     opts = storage.storage_options if url.startswith(("s3://", "s3a://")) else {}

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +36,7 @@ from ._gdal import gdal_path, rasterio_env
 from .errors import InvalidInputError
 from .store import Storage
 
-__all__ = ["MosaicSource", "zone_vrts", "mosaic", "DEGREES_PER_METRE"]
+__all__ = ["MosaicSource", "zone_vrts", "mosaic", "mosaic_workflow", "DEGREES_PER_METRE"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +89,9 @@ def _read_tiles(storage: Storage, sources: Sequence[MosaicSource]) -> tuple[list
     for s in sources:
         with rasterio_env(storage, s.url), rasterio.open(gdal_path(s.url)) as src:
             if src.count != 1 or src.dtypes[0] != "uint8":
-                raise InvalidInputError(f"{s.url}: expected a 1-band uint8 class map, got {src.count} band(s).")
+                raise InvalidInputError(
+                    f"{s.url}: expected a 1-band uint8 class map, got {src.count} band(s)."
+                )
             try:
                 colormap = src.colormap(1)
             except ValueError:
@@ -126,9 +129,13 @@ def _vrt_xml(tiles: Sequence[_Tile], style: Mapping[str, Any]) -> str:
     sources = []
     for t in reversed(tiles):  # later sources overwrite earlier ones where they have data
         col, row = ~origin * (t.transform.c, t.transform.f)
-        if (t.transform.a, t.transform.e) != (res_x, res_y) or abs(col - round(col)) > 1e-6 or abs(
-            row - round(row)
-        ) > 1e-6 or t.transform.b or t.transform.d:
+        if (
+            (t.transform.a, t.transform.e) != (res_x, res_y)
+            or abs(col - round(col)) > 1e-6
+            or abs(row - round(row)) > 1e-6
+            or t.transform.b
+            or t.transform.d
+        ):
             raise InvalidInputError(
                 f"{t.source.url}: not on the pixel lattice of {tiles[0].source.url} (resolution "
                 f"{(t.transform.a, t.transform.e)} vs {(res_x, res_y)}, offset {col:.3f}, {row:.3f} px); "
@@ -146,7 +153,9 @@ def _vrt_xml(tiles: Sequence[_Tile], style: Mapping[str, Any]) -> str:
     entries = "".join(
         '<Entry c1="{}" c2="{}" c3="{}" c4="{}"/>'.format(*colors.get(i, (0, 0, 0, 0))) for i in range(256)
     )
-    table = f"    <ColorInterp>Palette</ColorInterp>\n    <ColorTable>{entries}</ColorTable>\n" if colors else ""
+    table = (
+        f"    <ColorInterp>Palette</ColorInterp>\n    <ColorTable>{entries}</ColorTable>\n" if colors else ""
+    )
     labels = escape(json.dumps(style.get("labels") or {}, sort_keys=True))
     return (
         f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">\n'
@@ -197,10 +206,13 @@ def _warp(path: str, storage: Storage, url: str, window: Mapping[str, Any]) -> n
     """
     import rasterio
     from rasterio.enums import Resampling
+    from rasterio.errors import NotGeoreferencedWarning
     from rasterio.warp import reproject
 
     out = np.zeros((window["height"], window["width"]), dtype=np.uint8)
-    with rasterio_env(storage, url), rasterio.open(path) as src:
+    with rasterio_env(storage, url), rasterio.open(path) as src, warnings.catch_warnings():
+        # rasterio warns while it sets up the in-memory destination, before dst_transform applies.
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
         reproject(
             rasterio.band(src, 1),
             out,
@@ -232,7 +244,9 @@ def _fill_block(
         values = _warp(gdal_path(t.source.url), storage, t.source.url, window)
         data.append(values)
         if t.source.owner_mask is not None:
-            owned = (_warp(gdal_path(t.source.owner_mask), storage, t.source.owner_mask, window) != 0) & ~taken
+            owned = (
+                _warp(gdal_path(t.source.owner_mask), storage, t.source.owner_mask, window) != 0
+            ) & ~taken
             out[owned], taken = values[owned], taken | owned
     for values in data:  # priority order for pixels nobody owns
         free = ~taken & (values != 0)
@@ -280,9 +294,7 @@ def mosaic(
     tiles, style = _read_tiles(storage, _sources(sources))
     gbox = _target_geobox(tiles, crs, resolution)
     template = xr_zeros(gbox, dtype="uint8", chunks=(block, block))
-    data = dsa.map_blocks(
-        _fill_block, template.data, tiles=tiles, gbox=gbox, storage=storage, dtype=np.uint8
-    )
+    data = dsa.map_blocks(_fill_block, template.data, tiles=tiles, gbox=gbox, storage=storage, dtype=np.uint8)
     da = template.copy(data=data)
     da = da.rename(dict(zip(da.dims, ("y", "x"), strict=True)))  # lon/lat grids name them latitude/longitude
     da.name = posixpath.splitext(posixpath.basename(url))[0]
@@ -295,3 +307,36 @@ def mosaic(
         storage=storage,
         max_blocks_in_flight=max_blocks_in_flight,
     )
+
+
+def mosaic_workflow(
+    wf: Any, *, level: int = 1, crs: str = "EPSG:4326", resolution: float | None = None
+) -> dict[str, Any]:
+    """VRTs per zone and one mosaic COG of a :class:`~lcstack.pipeline.Workflow`'s complete maps.
+
+    Tiles are taken in tile-id order as the priority order (until ownership masks are recorded per
+    tile). Outputs go next to the maps: ``classification-maps/model_<key>/vrt/level<N>/EPSG_<code>.vrt``
+    and ``classification-maps/model_<key>/mosaic_level<N>_<crs>.tif``.
+
+    Returns
+    -------
+    dict
+        ``{"vrts": {crs: url}, "mosaic": url, "tiles": n}``.
+
+    """
+    from .stac_out import outputs_from_workflow
+
+    if level not in (1, 2):
+        raise InvalidInputError(f"--level {level}: use 1 (category) or 2 (subcategory).")
+    key = f"level{level}"
+    outputs = [o for o in outputs_from_workflow(wf) if key in o.maps]
+    if not outputs:
+        raise InvalidInputError(
+            f"no complete {key} maps for this config (model {wf.model_key()}); run `lcstack run` first."
+        )
+    base = wf.storage.url("classification-maps", f"model_{wf.model_key()}")
+    sources = [o.maps[key] for o in outputs]
+    vrts = zone_vrts(wf.storage, sources, Storage._join(base, "vrt", key))
+    name = f"mosaic_{key}_{crs.replace(':', '_')}.tif"
+    url = mosaic(wf.storage, sources, Storage._join(base, name), crs=crs, resolution=resolution)
+    return {"vrts": vrts, "mosaic": url, "tiles": len(sources)}

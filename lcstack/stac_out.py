@@ -145,7 +145,9 @@ def _classes(info: Mapping[str, Any], where: str) -> list[Classification]:
         hint = "{:02X}{:02X}{:02X}".format(*rgb[:3]) if rgb is not None else None
         out.append(
             Classification.create(
-                value=int(code), name=_NAME_SAFE.sub("_", name) or f"class_{code}", description=name,
+                value=int(code),
+                name=_NAME_SAFE.sub("_", name) or f"class_{code}",
+                description=name,
                 color_hint=hint,
             )
         )
@@ -196,8 +198,8 @@ def _tile_item(storage: Storage, out: TileOutputs) -> pystac.Item:
     infos = {key: _raster_info(storage, url) for key, url in out.maps.items()}
     ref = infos.get("level1") or next(iter(infos.values()))
     geometry, bbox, native_bbox = _footprint(ref)
-    start = dt.datetime.combine(out.start or dt.date.today(), dt.time(0), tzinfo=dt.timezone.utc)
-    end = dt.datetime.combine(out.end or out.start or dt.date.today(), dt.time(23, 59, 59), dt.timezone.utc)
+    start = dt.datetime.combine(out.start or dt.date.today(), dt.time(0), tzinfo=dt.UTC)
+    end = dt.datetime.combine(out.end or out.start or dt.date.today(), dt.time(23, 59, 59), dt.UTC)
     item = pystac.Item(
         id=out.tile,
         geometry=geometry,
@@ -277,7 +279,7 @@ def write_outputs_collection(
 
 
 def outputs_from_workflow(wf: Any) -> list[TileOutputs]:
-    """The complete map and composite outputs of a :class:`lcstack.pipeline.Workflow`, per tile.
+    """Collect the complete map and composite outputs of a :class:`lcstack.pipeline.Workflow`, per tile.
 
     Reads the registry's ``maps`` records of the run's model and its composite plan; tiles without a
     complete map are left out.

@@ -33,7 +33,9 @@ def _values(seed: int, shape=(N, N)) -> np.ndarray:
 def _two_zones(tmp_path: Path) -> tuple[list[str], list[np.ndarray]]:
     """Tile A in UTM 30N ending just east of 0°, tile B in UTM 31N starting west of A's east edge."""
     a_x0, top = 755_000.0, 4_430_000.0
-    lon, lat = Transformer.from_crs("EPSG:32630", "EPSG:4326", always_xy=True).transform(a_x0 + 900, top - 300)
+    lon, lat = Transformer.from_crs("EPSG:32630", "EPSG:4326", always_xy=True).transform(
+        a_x0 + 900, top - 300
+    )
     bx, by = Transformer.from_crs("EPSG:4326", "EPSG:32631", always_xy=True).transform(lon, lat)
     values = [_values(1), _values(2)]
     urls = [
@@ -152,3 +154,25 @@ def test_mosaic_refuses_maps_of_different_classes(tmp_path):
         mosaic(Storage(tmp_path), [a, b], str(tmp_path / "m.tif"))
     with pytest.raises(InvalidInputError, match="no tile maps"):
         mosaic(Storage(tmp_path), [], str(tmp_path / "m.tif"))
+
+
+def test_cli_mosaic_of_the_demo_run_equals_its_tile_map(demo_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from lcstack.cli import app
+
+    area, cfg, _ = demo_run
+    with rasterio.open(next(Path(cfg.storage).glob("classification-maps/model_*/*/level1.tif"))) as tile:
+        crs, res, values = tile.crs, tile.transform.a, tile.read(1)
+        bounds = tile.bounds
+    result = CliRunner().invoke(
+        app, ["mosaic", str(area.config), "--crs", str(crs), "--resolution", str(res), "--level", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    url = result.output.split()[-1]
+    assert Path(url).name == f"mosaic_level1_EPSG_{crs.to_epsg()}.tif"
+    with rasterio.open(url) as out:  # the same grid: the mosaic of one tile is that tile, pixel for pixel
+        assert tuple(out.bounds) == pytest.approx(tuple(bounds))
+        np.testing.assert_array_equal(out.read(1), values)
+    result = CliRunner().invoke(app, ["mosaic", str(area.config), "--level", "3"])
+    assert result.exit_code == 2 and "--level 3" in result.output
