@@ -281,6 +281,47 @@ def clean(
     typer.echo(f"removed {n} output(s)")
 
 
+# --- outputs: mosaic and STAC catalog (lcstack.mosaic, lcstack.stac_out) -------------------------------
+@app.command()
+@handle_errors
+def mosaic(
+    config: ConfigArg,
+    crs: Annotated[str, typer.Option("--crs", help="Target CRS of the mosaic COG.")] = "EPSG:4326",
+    resolution: Annotated[
+        float | None,
+        typer.Option(
+            "--resolution", help="Pixel size in CRS units (default: the tiles', in degrees for lon/lat)."
+        ),
+    ] = None,
+    level: Annotated[int, typer.Option("--level", help="1 (category) or 2 (subcategory).")] = 1,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Write a VRT per UTM zone of the tile maps and one COG mosaic over the whole area."""
+    from .mosaic import mosaic_workflow
+
+    _setup_logging(True, verbose)
+    with _workflow(config, True) as wf:
+        out = mosaic_workflow(wf, level=level, crs=crs, resolution=resolution)
+    for zone, url in out["vrts"].items():
+        typer.echo(f"vrt     {zone}  {url}")
+    typer.echo(f"mosaic  {out['tiles']} tile(s)  {out['mosaic']}")
+
+
+@app.command()
+@handle_errors
+def stac(config: ConfigArg, verbose: VerboseOpt = False) -> None:
+    """Write a static STAC collection of the run's outputs under <storage>/stac/collection.json."""
+    from .stac_out import outputs_from_workflow, write_outputs_collection
+
+    _setup_logging(True, verbose)
+    with _workflow(config, True) as wf:
+        url = write_outputs_collection(wf.storage, outputs_from_workflow(wf))
+    typer.echo(url)
+
+
+# --- end of outputs commands ----------------------------------------------------------------------------
+
+
 def main() -> None:
     """Entry point."""
     app()

@@ -32,6 +32,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import InputFileNotFoundError, InvalidInputError
+from .signing import StacSource, stac_source
 
 __all__ = [
     "Season",
@@ -418,6 +419,8 @@ class RunConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     dask: DaskConfig = Field(default_factory=DaskConfig)
     source: Path | None = None
+    #: ``stac:`` given as a mapping {url, headers, modifier} (lcstack.signing); ``stac`` holds its URL.
+    stac_source: StacSource | None = None
 
     @field_validator("aoi", mode="before")
     @classmethod
@@ -511,7 +514,7 @@ def load_config(path: os.PathLike | str, **overrides: Any) -> RunConfig:
         raise InvalidInputError(f"{p}: expected a mapping of keys (stac, collection, seasons, ...).")
     raw = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
     lines = _key_lines(text)
-    known = set(RunConfig.model_fields) - {"source"}
+    known = set(RunConfig.model_fields) - {"source", "stac_source"}
     for key in raw:
         if key not in known:
             close = difflib.get_close_matches(str(key), sorted(known), n=1)
@@ -528,9 +531,18 @@ def load_config(path: os.PathLike | str, **overrides: Any) -> RunConfig:
     for key in _PATH_KEYS:
         if resolved.get(key) is not None:
             resolved[key] = (base / os.path.expanduser(str(resolved[key]))).resolve()
+    # --- stac: a URL / path, or a mapping {url, headers, modifier} (lcstack.signing.StacSource) ---
+    stac_src = None
+    if isinstance(resolved["stac"], dict):
+        where = f"{p}, line {lines['stac']}" if "stac" in lines else str(p)
+        stac_src = stac_source(resolved["stac"], where=f"{where}, key 'stac'")
+        resolved["stac"] = stac_src.url
+    # --- end stac mapping ---
     stac = str(resolved["stac"])
     if not _is_url(stac):
         resolved["stac"] = str((base / os.path.expanduser(stac)).resolve())
+    if stac_src is not None:
+        resolved["stac_source"] = stac_src.model_copy(update={"url": resolved["stac"]})
     storage = str(resolved.get("storage", "lcstack-data"))
     if not _is_url(storage):
         resolved["storage"] = str((base / os.path.expanduser(storage)).resolve())
