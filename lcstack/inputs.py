@@ -45,6 +45,7 @@ __all__ = [
     "ModelConfig",
     "DaskConfig",
     "RunConfig",
+    "GridConfig",
     "load_config",
 ]
 
@@ -390,6 +391,13 @@ class AoiBox(_Strict):
     crs: str = "EPSG:4326"
 
 
+class GridConfig(_Strict):
+    """An explicit processing grid (``grid: {crs: EPSG:3035, resolution: 10}``), not the Sentinel-2 tiles."""
+
+    crs: str
+    resolution: float = Field(10.0, gt=0)
+
+
 class RunConfig(_Strict):
     """A validated run configuration; relative paths are already resolved against the config's folder."""
 
@@ -401,6 +409,9 @@ class RunConfig(_Strict):
     lc_labels: Path
     sl_labels: Path | None = None
     aoi: tuple[float, float, float, float] | AoiBox | Path | None = None
+    #: the processing grid: the Sentinel-2 tiles of the AOI when neither ``grid`` nor ``crs`` is given
+    grid: GridConfig | None = None
+    #: ``crs: EPSG:...`` alone is the user grid ``grid: {crs: ..., resolution: <resolution>}``
     crs: str | None = None
     resolution: float = Field(10.0, gt=0)
     bands: tuple[str, ...] | None = None
@@ -412,6 +423,8 @@ class RunConfig(_Strict):
     max_cloud_cover: float = Field(60.0, ge=0, le=100)
     max_scenes_per_season: int = Field(5, ge=1)
     min_valid_fraction: float = Field(0.0, ge=0, le=1)
+    #: a Sentinel-2 tile without a usable scene in a season: ``fail`` the run, or ``skip`` the tile
+    on_missing: Literal["fail", "skip"] = "fail"
     tile_size: int = Field(4096, ge=64)
     chunk_size: int | None = Field(None, ge=64)
     loader: Literal["odc", "stackstac"] = "odc"

@@ -27,8 +27,9 @@ from odc.geo.geobox import GeoBox
 
 from . import __version__
 from .errors import InvalidInputError, SkippedPointsWarning, StorageError
-from .grid import aoi_geobox, points_bbox, tile_geoboxes
+from .grid import aoi_geobox, aoi_geometry, points_bbox
 from .inputs import RunConfig, Season
+from .plan import Unit, points_of_units, s2_units, user_units
 from .progress import progress_iter
 from .settings import Settings, get_settings
 from .store import Storage, redact
@@ -134,8 +135,11 @@ class Workflow:
         self._storage_id = redact(
             self.storage.root if "://" in self.storage.root else os.path.abspath(self.storage.root)
         )
-        self._scenes: dict[str, list[Any]] | None = None
+        #: tile id (``"*"``: every unit of a user grid) -> season -> the chosen scenes
+        self._scenes: dict[str, dict[str, list[Any]]] | None = None
         self._geobox: GeoBox | None = None
+        self._units: dict[str, Unit] | None = None
+        self._s2_footprints: dict[str, GeoBox] = {}  # every Sentinel-2 tile processed -> its grid
         self._fingerprints: dict[str, str] = {}
 
     def close(self) -> None:
@@ -157,32 +161,64 @@ class Workflow:
         return self._seasons
 
     @property
+    def aoi(self) -> Any:
+        """The configured AOI, or the bounding box of the points when none is configured."""
+        if self.config.aoi is not None:
+            return self.config.aoi
+        pts = self.config.read_points(validate=False)
+        return points_bbox(pts["longitude"], pts["latitude"])
+
+    @property
+    def user_grid(self) -> tuple[str, float] | None:
+        """The explicit grid ``(crs, resolution)`` of the config; None: the Sentinel-2 tile grid."""
+        cfg = self.config
+        if cfg.grid is not None and cfg.crs is not None:
+            raise InvalidInputError(
+                f"{cfg.source or 'config'}: both `grid:` and `crs:` are given; keep one "
+                "(`grid: {crs: EPSG:..., resolution: ...}`)."
+            )
+        if cfg.grid is not None:
+            return cfg.grid.crs, cfg.grid.resolution
+        if cfg.crs is not None:
+            return cfg.crs, cfg.resolution
+        if cfg.resolution != 10:
+            raise InvalidInputError(
+                f"{cfg.source or 'config'}: resolution {cfg.resolution:g} needs a user grid; the "
+                "Sentinel-2 tile grid is 10 m. Give `grid: {crs: EPSG:..., resolution: ...}`."
+            )
+        return None
+
+    @property
     def geobox(self) -> GeoBox:
-        """The output grid of the whole area."""
+        """The whole AOI on the user grid (or on the UTM zone of its centre, for the Sentinel-2 grid)."""
         if self._geobox is None:
-            aoi: Any = self.config.aoi
-            if aoi is None:
-                pts = self.config.read_points(validate=False)
-                aoi = points_bbox(pts["longitude"], pts["latitude"])
-            self._geobox = aoi_geobox(aoi, crs=self.config.crs, resolution=self.config.resolution)
+            crs, res = self.user_grid or (None, 10.0)
+            self._geobox = aoi_geobox(self.aoi, crs=crs, resolution=res)
         return self._geobox
 
     @property
     def bbox_lonlat(self) -> tuple[float, float, float, float]:
         """The AOI bounds in lon/lat, for STAC searches."""
-        b = self.geobox.extent.to_crs("EPSG:4326").boundingbox
+        area = self.geobox.extent if self.user_grid else aoi_geometry(self.aoi)
+        b = area.to_crs("EPSG:4326").boundingbox
         return (b.left, b.bottom, b.right, b.top)
 
     @property
+    def units(self) -> Mapping[str, Unit]:
+        """Processing units by id (see :mod:`lcstack.plan`); the Sentinel-2 grid needs discovery first."""
+        if self._units is None:
+            grid = self.user_grid
+            if grid is None:
+                self.discover()  # sets the units of the tiles found
+            else:
+                res, size = grid[1], self.config.tile_size
+                self._units = user_units(self.aoi, grid[0], resolution=res, tile_size=size)
+        return dict(self._units or {})
+
+    @property
     def tiles(self) -> Mapping[str, GeoBox]:
-        """Processing tiles, keyed by an id that is stable for the grid (CRS and tile origin)."""
-        tiles = tile_geoboxes(self.geobox, self.config.tile_size)
-        out = {}
-        for gbox in tiles.values():
-            epsg = gbox.crs.epsg or _digest(str(gbox.crs), 8)
-            x0, y0 = gbox.affine.c, gbox.affine.f
-            out[f"{epsg}_{x0:.0f}_{y0:.0f}_{gbox.shape.x}x{gbox.shape.y}"] = gbox
-        return out
+        """The grid of every processing unit, by unit id (``30SYJ``, ``30SYJ_r000c001``, ``E..N..``)."""
+        return {uid: unit.geobox for uid, unit in self.units.items()}
 
     @property
     def chunks(self) -> dict[str, int]:
@@ -200,40 +236,54 @@ class Workflow:
         self.registry.ping()
         self.storage.check(write=write)
 
-    def discover(self) -> dict[str, list[Any]]:
-        """Find the scenes of every season over the AOI and record them."""
-        from .discover import discover_scenes, open_source
+    def discover(self) -> dict[str, dict[str, list[Any]]]:
+        """Find the scenes of every tile and season and record them; tile -> season -> scenes.
+
+        On the Sentinel-2 grid each tile gets its own best scenes (``lcstack.discover.discover_tile_scenes``);
+        on a user grid the scenes are chosen over the whole AOI, under the tile ``"*"``.
+        """
+        from .discover import discover_scenes, discover_tile_scenes, open_source
 
         if self._scenes is not None:
             return self._scenes
-        source = open_source(self.config.stac)
-        scenes = discover_scenes(
-            source,
-            self.config.collection,
-            self.bbox_lonlat,
-            self.seasons,
-            max_cloud_cover=self.config.max_cloud_cover,
-            max_scenes=self.config.max_scenes_per_season,
-            min_valid_fraction=self.config.min_valid_fraction,
-        )
-        for season, infos in scenes.items():
-            for info in infos:
-                item = info.item
-                self.registry.put(
-                    "scenes",
-                    item.id,
-                    {
-                        "collection": self.config.collection,
-                        "datetime": str(item.datetime),
-                        "cloud_cover": info.cloud_cover,
-                        "valid_fraction": info.valid_fraction,
-                        "season": season,
-                        "stac": redact(self.config.stac),
-                        "status": "complete",
-                    },
-                )
+        cfg = self.config
+        source = open_source(cfg.stac)
+        limits = {
+            "max_cloud_cover": cfg.max_cloud_cover,
+            "max_scenes": cfg.max_scenes_per_season,
+            "min_valid_fraction": cfg.min_valid_fraction,
+        }
+        if self.user_grid is None:
+            tiles, scenes = discover_tile_scenes(
+                source, cfg.collection, self.aoi, self.seasons, tile_size=cfg.tile_size,
+                on_missing=cfg.on_missing, **limits,
+            )  # fmt: skip
+            self._s2_footprints = {t: s2tile.geobox for t, s2tile in tiles.items()}
+            self._units = s2_units(tiles, cfg.tile_size)
+        else:
+            scenes = {"*": discover_scenes(source, cfg.collection, self.bbox_lonlat, self.seasons, **limits)}
+        self._record_scenes(scenes)
         self._scenes = scenes
         return scenes
+
+    def _record_scenes(self, scenes: Mapping[str, Mapping[str, Sequence[Any]]]) -> None:
+        for tile, seasons in scenes.items():
+            for season, infos in seasons.items():
+                for info in infos:
+                    self.registry.put(
+                        "scenes",
+                        info.item.id,
+                        {
+                            "collection": self.config.collection,
+                            "datetime": str(info.item.datetime),
+                            "cloud_cover": info.cloud_cover,
+                            "valid_fraction": info.valid_fraction,
+                            "season": season,
+                            "tile": None if tile == "*" else tile,
+                            "stac": redact(self.config.stac),
+                            "status": "complete",
+                        },
+                    )
 
     def _dem_items(self) -> list[Any]:
         from .discover import discover_dem, open_source
@@ -270,9 +320,11 @@ class Workflow:
         plan = []
         params = self._composite_params()
         dem = self._dem_items()
-        for tile_id, gbox in self.tiles.items():
-            for season, infos in scenes.items():
-                items = self._tile_items(infos, gbox)
+        for tile_id, unit in self.units.items():
+            gbox = unit.geobox
+            for season, infos in scenes[unit.tile or "*"].items():
+                # a Sentinel-2 unit reads its own tile's scenes only; a user-grid unit those over it
+                items = [i.item for i in infos] if unit.tile else self._tile_items(infos, gbox)
                 if not items:
                     continue
                 s = self.seasons[season]
@@ -285,9 +337,8 @@ class Workflow:
                 }
                 key = _digest(ident)
                 url = self.storage.url("composites", tile_id, f"{season}_{key[:8]}.zarr")
-                plan.append(
-                    (tile_id, season, key, url, {"items": sorted(i.id for i in items), "_items": items})
-                )
+                rec = {"items": sorted(i.id for i in items), "_items": items, "s2_tile": unit.tile}
+                plan.append((tile_id, season, key, url, rec))
             if self.config.dem_collection:
                 ident = {
                     "grid": _grid_token(gbox),
@@ -297,9 +348,8 @@ class Workflow:
                 }
                 key = _digest(ident)
                 url = self.storage.url("composites", tile_id, f"terrain_{key[:8]}.zarr")
-                plan.append(
-                    (tile_id, "terrain", key, url, {"items": sorted(i.id for i in dem), "_items": dem})
-                )
+                rec = {"items": sorted(i.id for i in dem), "_items": dem, "s2_tile": unit.tile}
+                plan.append((tile_id, "terrain", key, url, rec))
         return plan
 
     def _scene_assets(self, item: Any) -> list[str]:
@@ -514,8 +564,10 @@ class Workflow:
         sl = self.config.read_sl_labels()
         tables, placed = [], np.zeros(len(points), dtype=bool)
         skipped_nodata: list[int] = []
-        for tile_id, gbox in self.tiles.items():
-            inside = _points_in(points, gbox)
+        lon, lat = points["longitude"].to_numpy(), points["latitude"].to_numpy()
+        planned = {p[0] for p in self.composite_plan()}
+        units = {u: unit for u, unit in self.units.items() if u in planned}
+        for tile_id, inside in points_of_units(lon, lat, units, self._s2_footprints).items():
             placed |= inside
             if not inside.any():
                 continue
@@ -621,17 +673,21 @@ class Workflow:
             desc="maps",
         )
         results.update({r.details["tile"]: r for r in written})
-        return [results[t] for t in self.tiles if t in results]
+        return [results[t] for t in dict.fromkeys(p[0] for p in self.composite_plan()) if t in results]
 
     def _map_jobs(self, model_key: str) -> list[tuple[str, str, str, dict[str, str]]]:
-        """List the maps of every tile with composites: (tile id, key, folder URL, URL per file)."""
+        """List the maps of every unit with composites: (unit id, key, folder URL, URL per file).
+
+        The units come from the composite plan, so this works offline from a recorded plan too. On the
+        Sentinel-2 grid a map keeps only the pixels its tile owns, and its key says so.
+        """
         plan = self.composite_plan()
         jobs = []
-        for tile_id in self.tiles:
+        s2_tiles = sorted({p[4]["s2_tile"] for p in plan if p[4].get("s2_tile")})
+        for tile_id in dict.fromkeys(p[0] for p in plan):
             comp = sorted(p[2] for p in plan if p[0] == tile_id)
-            if not comp:
-                continue
-            key = _digest({"model": model_key, "composites": comp})
+            ident = {"model": model_key, "composites": comp} | ({"owned_among": s2_tiles} if s2_tiles else {})
+            key = _digest(ident)
             base = self.storage.url("classification-maps", f"model_{model_key}", tile_id)
             names = {"zarr": "maps.zarr", "level1": "level1.tif", "level2": "level2.tif"}
             jobs.append((tile_id, key, base, {k: self.storage._join(base, v) for k, v in names.items()}))
@@ -651,6 +707,7 @@ class Workflow:
     ) -> StepResult:
         doc = {
             "tile": tile_id,
+            "s2_tile": self.units[tile_id].tile,
             "model": model_key,
             "paths": {k: self._where("maps", u) for k, u in urls.items()},
         }
@@ -677,6 +734,7 @@ class Workflow:
         from .cog import write_cog
 
         maps = classify_cube(self.features(tile_id), model_url, storage_options=self.storage.storage_options)
+        maps = self._owned_only(tile_id, maps)
         write_maps_zarr(maps, urls["zarr"], storage=self.storage, progress=progress)
         stored = self.storage.open_zarr(urls["zarr"])
         cogs = [(stored["level1"], urls["level1"], labels[0])]
@@ -690,6 +748,29 @@ class Workflow:
             desc="COGs",
             progress=False,
         )
+
+    def _owned_only(self, unit_id: str, maps: xr.Dataset) -> xr.Dataset:
+        """Set the pixels of a unit that its Sentinel-2 tile does not own to 0 (nodata), lazily per chunk.
+
+        Every AOI pixel then has a class in exactly one tile's maps (``lcstack.s2grid.ownership_mask``).
+        """
+        from .s2grid import ownership_mask
+
+        unit = self.units[unit_id]
+        if unit.tile is None:
+            return maps
+        first = maps["level1"]
+        chunks = first.chunks if first.chunks is not None else None
+        mask = ownership_mask(unit.tile, self._s2_footprints, unit.geobox, chunks=self.chunks["x"])
+        if chunks is not None:
+            mask = mask.rechunk(chunks)
+        owned = xr.DataArray(mask if chunks is not None else mask.compute(), dims=first.dims)
+        out = maps.copy()
+        for name, var in maps.data_vars.items():
+            out[name] = var.where(owned, 0).astype(var.dtype)
+            out[name].attrs = var.attrs
+            out[name].encoding = var.encoding
+        return out
 
     # ------------------------------------------------------------------------------------ run
     def run(self, steps: Iterable[str] = STEPS) -> list[StepResult]:
@@ -792,7 +873,7 @@ class Workflow:
         (a copied storage keeps its plan), and keeps what selects scenes and shapes the grid.
         """
         fields = ("collection", "dem_collection", "bands", "indices", "max_cloud_cover")
-        fields += ("max_scenes_per_season", "min_valid_fraction", "tile_size", "loader", "mask")
+        fields += ("max_scenes_per_season", "min_valid_fraction", "tile_size", "loader", "mask", "on_missing")
         seasons = {
             n: [str(s.start), str(s.end), [str(d) for d in s.dates or ()]] for n, s in self.seasons.items()
         }
@@ -800,14 +881,22 @@ class Workflow:
             {
                 "config": self.config.model_dump(mode="json", include=set(fields)),
                 "seasons": seasons,
-                "grid": _grid_token(self.geobox),
+                "grid": _grid_token(self.geobox) if self.user_grid else "sentinel-2",
+                "aoi": str(aoi_geometry(self.aoi).json) if self.user_grid is None else None,
                 "lcstack": __version__,
             }
         )
 
     def _record_plan(self, plan: Sequence[tuple[str, str, str, str, dict[str, Any]]]) -> None:
         composites = [
-            {"tile": t, "season": s, "key": k, "path": self._where("composites", u), "items": r["items"]}
+            {
+                "tile": t,
+                "season": s,
+                "key": k,
+                "path": self._where("composites", u),
+                "items": r["items"],
+                "s2_tile": r.get("s2_tile"),
+            }
             for t, s, k, u, r in plan
         ]
         self.registry.put("plans", self.plan_key(), {"composites": composites, "discovered_at": _now()})
@@ -823,7 +912,8 @@ class Workflow:
         for c in rec.get("composites", []):
             url = self._locate("composites", c.get("path"))
             if url is not None:
-                plan.append((c["tile"], c["season"], c["key"], url, {"items": c.get("items", [])}))
+                rec = {"items": c.get("items", []), "s2_tile": c.get("s2_tile")}
+                plan.append((c["tile"], c["season"], c["key"], url, rec))
         self._plan = plan
         return True
 
@@ -941,15 +1031,3 @@ def _lines(lines: Sequence[int], shown: int = 5) -> str:
         return ""
     more = ", ..." if len(lines) > shown else ""
     return " (lines " + ", ".join(map(str, lines[:shown])) + more + ")"
-
-
-def _points_in(points: pd.DataFrame, gbox: GeoBox) -> np.ndarray:
-    """Which points fall inside ``gbox`` (by pixel footprint)."""
-    from pyproj import Transformer
-
-    tr = Transformer.from_crs("EPSG:4326", gbox.crs.to_wkt(), always_xy=True)
-    x, y = tr.transform(points["longitude"].to_numpy(), points["latitude"].to_numpy())
-    inv = ~gbox.affine
-    col, row = inv * (np.asarray(x), np.asarray(y))
-    ny, nx = gbox.shape.yx
-    return (col >= 0) & (col < nx) & (row >= 0) & (row < ny)
