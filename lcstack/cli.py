@@ -221,6 +221,9 @@ def demo(
     ] = Path("lcstack-demo"),
     size: Annotated[int, typer.Option(help="Pixels per side at 10 m (256..10980).")] = 512,
     seed: Annotated[int, typer.Option(help="Random seed of the synthetic area.")] = 0,
+    tiles: Annotated[
+        int, typer.Option(help="Sentinel-2 tiles (1..4); 2 or more lie in two UTM zones around 0 deg E.")
+    ] = 1,
     scheduler: SchedulerOpt = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -228,22 +231,25 @@ def demo(
     """Generate the offline demo area and run the whole workflow on it; report accuracy against truth."""
     from .demo import make_demo_area
     from .inputs import load_config
-    from .scoring import score_maps
+    from .scoring import score_tiles
 
     _setup_logging(quiet, verbose)
-    area = make_demo_area(storage, size=size, seed=seed, progress=not quiet)
+    area = make_demo_area(storage, size=size, seed=seed, progress=not quiet, tiles=tiles)
     cfg = load_config(area.config)
     from .pipeline import Workflow
 
     with Workflow(cfg, progress=not quiet) as wf, _dask(scheduler, cfg, quiet=quiet):
         results = wf.run()
         _report(results)
-        scores = score_maps(area, wf)
-    typer.echo(
-        f"level-1 overall accuracy vs truth: {scores['level1']:.4f}; level-2: {scores['level2']:.4f}\n"
-        f"maps: {', '.join(scores['maps'])}\n"
-        f"re-run or continue with: lcstack run {area.config}"
-    )
+        per_tile = score_tiles(area, wf)
+        maps = [wf.map_urls(r).get("level1", "") for r in wf.registry.find("maps", model=wf.model_key())]
+    for tile, scores in per_tile.items():
+        typer.echo(
+            f"tile {tile}: level-1 overall accuracy vs truth: {scores['level1']:.4f}; "
+            f"level-2: {scores['level2']:.4f}"
+        )
+    typer.echo(f"maps: {', '.join(maps)}")
+    typer.echo(f"re-run or continue with: lcstack run {area.config}")
 
 
 @app.command()

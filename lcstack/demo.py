@@ -1014,9 +1014,9 @@ def _aoi(*geoboxes: GeoBox) -> list[float]:
 
 
 _AOI_NOTE = (
-    "# Lon/lat bounds of the demo grid, rounded outwards. Reprojected to EPSG:32630 and snapped outwards",
-    "# to 10 m they give a pixel-aligned grid that contains the demo grid (a few pixels larger on each",
-    "# side, since UTM is rotated against lon/lat); the demo grid itself has its top-left corner at",
+    "# Lon/lat bounds of the demo grid, rounded outwards. The tile is processed on its own grid (the",
+    "# EPSG:32630 grid its items carry in proj:transform, cropped to the AOI), which is the demo grid:",
+    "# its top-left corner is at",
 )
 _TILES_AOI_NOTE = (
     "# Lon/lat bounds of all demo tiles, rounded outwards. Each tile is processed on its own UTM grid",
@@ -1042,7 +1042,7 @@ def _config_text(collection: str, with_dem: bool, aoi: list[float], size: int, s
     if tiles:
         lines += [*_TILES_AOI_NOTE, aoi_line]
     else:
-        lines += [*_AOI_NOTE, f"# ({X0:.0f}, {Y0:.0f}) and is {size} x {size} px.", aoi_line, f"crs: {CRS}"]
+        lines += [*_AOI_NOTE, f"# ({X0:.0f}, {Y0:.0f}) and is {size} x {size} px.", aoi_line]
     lines += [
         f"resolution: {RESOLUTION}",
         "storage: lcstack-data",

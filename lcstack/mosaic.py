@@ -9,6 +9,9 @@ several UTM zones meet without favouring one zone. Each output block is filled f
 reach it, each warped with nearest-neighbour resampling (no new class codes), exact to the pixel
 (warp error tolerance 0). Which tile a pixel comes from:
 
+* with Sentinel-2 tile footprints (``footprints``, and each source's ``tile``): the tile that owns the
+  output pixel's centre by :mod:`lcstack.s2grid`'s rule (the rule the maps and training points use), when
+  that tile has data there; pixels whose owner has none (seams between zones) fall back to the last rule;
 * with ownership masks (one raster per tile on the tile's grid, non-zero where the tile owns the pixel):
   the first tile in ``sources`` order that owns it; a pixel that no tile owns after warping (seams
   between zones) falls back to the rule below;
@@ -55,11 +58,14 @@ class MosaicSource:
         The tile's class map COG.
     owner_mask
         Optional raster on the same grid as ``url``; non-zero where this tile owns the pixel.
+    tile
+        Optional Sentinel-2 tile id of the map, used with :func:`mosaic`'s ``footprints``.
 
     """
 
     url: str
     owner_mask: str | None = None
+    tile: str | None = None
 
 
 @dataclass(frozen=True)
@@ -226,8 +232,26 @@ def _warp(path: str, storage: Storage, url: str, window: Mapping[str, Any]) -> n
     return out
 
 
+def _owner_of_pixels(sub: Any, footprints: Mapping[str, Any]) -> np.ndarray:
+    """Sentinel-2 tile owning each pixel centre of grid ``sub`` (``lcstack.s2grid``'s rule)."""
+    from pyproj import Transformer
+
+    from .s2grid import owner_of_points
+
+    ny, nx = sub.shape.yx
+    t = sub.affine
+    xx, yy = np.meshgrid(t.c + (np.arange(nx) + 0.5) * t.a, t.f + (np.arange(ny) + 0.5) * t.e)
+    lon, lat = Transformer.from_crs(sub.crs.to_wkt(), "EPSG:4326", always_xy=True).transform(xx, yy)
+    return owner_of_points(np.asarray(lon), np.asarray(lat), footprints)
+
+
 def _fill_block(
-    block: np.ndarray, tiles: Sequence[_Tile], gbox: Any, storage: Storage, block_info: Any = None
+    block: np.ndarray,
+    tiles: Sequence[_Tile],
+    gbox: Any,
+    storage: Storage,
+    footprints: Mapping[str, Any] | None = None,
+    block_info: Any = None,
 ) -> np.ndarray:
     """One output block: each pixel from its owning tile, else from the first tile with data."""
     from odc.geo.geom import box
@@ -238,11 +262,15 @@ def _fill_block(
     out = np.zeros(block.shape, dtype=np.uint8)
     taken = np.zeros(block.shape, dtype=bool)
     data = []
+    owner = _owner_of_pixels(sub, footprints) if footprints else None
     for t in tiles:
         if not box(*t.bounds, crs=str(t.crs)).to_crs(sub.crs).intersects(sub.extent):
             continue
         values = _warp(gdal_path(t.source.url), storage, t.source.url, window)
         data.append(values)
+        if owner is not None and t.source.tile is not None:
+            owned = (owner == t.source.tile) & (values != 0) & ~taken
+            out[owned], taken = values[owned], taken | owned
         if t.source.owner_mask is not None:
             owned = (
                 _warp(gdal_path(t.source.owner_mask), storage, t.source.owner_mask, window) != 0
@@ -263,6 +291,7 @@ def mosaic(
     resolution: float | None = None,
     block: int = 1024,
     max_blocks_in_flight: int | None = None,
+    footprints: Mapping[str, Any] | None = None,
 ) -> str:
     """Write one COG over all tile maps, in ``crs``; return its URL.
 
@@ -284,6 +313,9 @@ def mosaic(
         number of tiles that overlap one block.
     max_blocks_in_flight
         Blocks computed at once (see :func:`lcstack.cog.write_cog`).
+    footprints
+        Every Sentinel-2 tile of the run -> its grid; with the sources' ``tile``, each output pixel comes
+        from the tile that owns its centre (see the module docstring).
 
     """
     import dask.array as dsa
@@ -294,7 +326,15 @@ def mosaic(
     tiles, style = _read_tiles(storage, _sources(sources))
     gbox = _target_geobox(tiles, crs, resolution)
     template = xr_zeros(gbox, dtype="uint8", chunks=(block, block))
-    data = dsa.map_blocks(_fill_block, template.data, tiles=tiles, gbox=gbox, storage=storage, dtype=np.uint8)
+    data = dsa.map_blocks(
+        _fill_block,
+        template.data,
+        tiles=tiles,
+        gbox=gbox,
+        storage=storage,
+        footprints=footprints,
+        dtype=np.uint8,
+    )
     da = template.copy(data=data)
     da = da.rename(dict(zip(da.dims, ("y", "x"), strict=True)))  # lon/lat grids name them latitude/longitude
     da.name = posixpath.splitext(posixpath.basename(url))[0]
@@ -314,9 +354,9 @@ def mosaic_workflow(
 ) -> dict[str, Any]:
     """VRTs per zone and one mosaic COG of a :class:`~lcstack.pipeline.Workflow`'s complete maps.
 
-    Tiles are taken in tile-id order as the priority order (until ownership masks are recorded per
-    tile). Outputs go next to the maps: ``classification-maps/model_<key>/vrt/level<N>/EPSG_<code>.vrt``
-    and ``classification-maps/model_<key>/mosaic_level<N>_<crs>.tif``.
+    On the Sentinel-2 grid each pixel comes from the tile that owns it (``lcstack.s2grid``; the maps hold
+    owned pixels only), else tiles are taken in tile-id order as the priority order. Outputs go next
+    to the maps: ``classification-maps/model_<key>/vrt/level<N>/EPSG_<code>.vrt`` and ``classification-maps/model_<key>/mosaic_level<N>_<crs>.tif``.
 
     Returns
     -------
@@ -335,8 +375,12 @@ def mosaic_workflow(
             f"no complete {key} maps for this config (model {wf.model_key()}); run `lcstack run` first."
         )
     base = wf.storage.url("classification-maps", f"model_{wf.model_key()}")
-    sources = [o.maps[key] for o in outputs]
+    units = wf.units
+    sources = [MosaicSource(o.maps[key], tile=getattr(units.get(o.tile), "tile", None)) for o in outputs]
     vrts = zone_vrts(wf.storage, sources, Storage._join(base, "vrt", key))
     name = f"mosaic_{key}_{crs.replace(':', '_')}.tif"
-    url = mosaic(wf.storage, sources, Storage._join(base, name), crs=crs, resolution=resolution)
+    footprints = wf.s2_footprints or None
+    url = mosaic(
+        wf.storage, sources, Storage._join(base, name), crs=crs, resolution=resolution, footprints=footprints
+    )
     return {"vrts": vrts, "mosaic": url, "tiles": len(sources)}

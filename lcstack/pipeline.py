@@ -216,6 +216,13 @@ class Workflow:
         return dict(self._units or {})
 
     @property
+    def s2_footprints(self) -> Mapping[str, GeoBox]:
+        """Every Sentinel-2 tile processed -> its native grid (empty on a user grid); needs discovery."""
+        if self.user_grid is None:
+            self.discover()
+        return dict(self._s2_footprints)
+
+    @property
     def tiles(self) -> Mapping[str, GeoBox]:
         """The grid of every processing unit, by unit id (``30SYJ``, ``30SYJ_r000c001``, ``E..N..``)."""
         return {uid: unit.geobox for uid, unit in self.units.items()}

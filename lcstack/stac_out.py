@@ -295,7 +295,7 @@ def outputs_from_workflow(wf: Any) -> list[TileOutputs]:
     for rec in wf.registry.find("maps", model=model):
         if rec.get("status") != "complete":
             continue
-        urls = dict(rec.get("urls") or {})
+        urls = wf.map_urls(rec)  # relative record paths located under this storage
         tile = str(rec["tile"])
         maps = {k: v for k, v in urls.items() if k != "zarr" and wf.storage.exists(v)}
         out.append(
