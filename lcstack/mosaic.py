@@ -356,7 +356,8 @@ def mosaic_workflow(
 
     On the Sentinel-2 grid each pixel comes from the tile that owns it (``lcstack.s2grid``; the maps hold
     owned pixels only), else tiles are taken in tile-id order as the priority order. Outputs go next
-    to the maps: ``classification-maps/model_<key>/vrt/level<N>/EPSG_<code>.vrt`` and ``classification-maps/model_<key>/mosaic_level<N>_<crs>.tif``.
+    to the maps: ``classification-maps/model_<key>/vrt/level<N>/EPSG_<code>.vrt`` and
+    ``classification-maps/model_<key>/mosaic_level<N>_<crs>.tif``.
 
     Returns
     -------

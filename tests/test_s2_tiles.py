@@ -58,15 +58,19 @@ def _maps(root: Path) -> dict[str, list[Path]]:
     return out
 
 
-def _sample(path: Path, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
-    """Values of a class map at lon/lat points (0 outside it)."""
+def _sample(path: Path, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Values of a class map at lon/lat points (0 outside it), and which points lie within 5 % of a pixel
+    of a pixel edge (GDAL's warper and PROJ differ by up to ~1 % of a pixel, so may round differently)."""
     with rasterio.open(path) as src:
         data = src.read(1)
         x, y = Transformer.from_crs("EPSG:4326", src.crs, always_xy=True).transform(lon, lat)
-        row, col = rasterio.transform.rowcol(src.transform, x, y)
-    row, col = np.asarray(row), np.asarray(col)
+        fcol, frow = ~src.transform * (np.asarray(x), np.asarray(y))
+    row, col = np.floor(frow).astype(int), np.floor(fcol).astype(int)
     ok = (row >= 0) & (row < data.shape[0]) & (col >= 0) & (col < data.shape[1])
-    return np.where(ok, data[np.clip(row, 0, data.shape[0] - 1), np.clip(col, 0, data.shape[1] - 1)], 0)
+    values = np.where(ok, data[np.clip(row, 0, data.shape[0] - 1), np.clip(col, 0, data.shape[1] - 1)], 0)
+    edge = (np.abs(frow - np.round(frow)) < 0.05) | (np.abs(fcol - np.round(fcol)) < 0.05)
+    near = (frow > -1) & (frow < data.shape[0] + 1) & (fcol > -1) & (fcol < data.shape[1] + 1)
+    return values, edge & near
 
 
 def _centres(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -131,21 +135,25 @@ def test_no_map_pixel_is_owned_twice_and_the_mosaic_covers_every_pixel(tiles3: P
         for path in paths:
             lon, lat, value = _centres(path)
             data = value > 0
-            assert data.mean() > 0.3
+            assert data.mean() > 0.1  # the tile's owned part of its window
             assert (owner_of_points(lon[data], lat[data], footprints) == tile).all(), tile
     # the mosaic: each pixel from the tile owning it when that tile has data there, nothing left out
     (mosaic,) = (tiles3 / "lcstack-data" / "classification-maps").rglob("mosaic_level1_EPSG_4326.tif")
     lon, lat, got = _centres(mosaic)
-    values = {t: np.max([_sample(p, lon, lat) for p in paths], axis=0) for t, paths in maps.items()}
+    sampled = {t: [_sample(p, lon, lat) for p in paths] for t, paths in maps.items()}
+    values = {t: np.max([v for v, _ in s], axis=0) for t, s in sampled.items()}
+    sure = ~np.any([e for s in sampled.values() for _, e in s], axis=0)
+    assert sure.mean() > 0.75
     owner = owner_of_points(lon, lat, footprints)
     own = np.zeros_like(got)
     for tile, v in values.items():
         own[owner == tile] = v[owner == tile]
     anywhere = np.max(list(values.values()), axis=0) > 0
     assert anywhere.mean() > 0.5
-    assert (got[anywhere] > 0).all(), "an AOI pixel with data is missing from the mosaic"
-    assert (got[own > 0] == own[own > 0]).all(), "a pixel comes from a tile that does not own it"
-    assert (got[~anywhere] == 0).all()
+    assert (got[anywhere & sure] > 0).all(), "an AOI pixel with data is missing from the mosaic"
+    mine = (own > 0) & sure
+    assert (got[mine] == own[mine]).all(), "a pixel comes from a tile that does not own it"
+    assert (got[~anywhere & sure] == 0).all()
 
 
 def test_a_tile_without_scenes_fails_or_is_skipped(
