@@ -475,20 +475,8 @@ def discover_tile_scenes(
     limits = {"max_cloud_cover": max_cloud_cover, "min_valid_fraction": min_valid_fraction}
     chosen: dict[str, dict[str, list[SceneInfo]]] = {}
     for tile, s2tile in tiles.items():
-        owned = s2tile.owned.to_crs("EPSG:4326").geom
-        ids = {i.id for i in s2tile.items}
-        per_season = {}
-        for name, items in found.items():
-            scenes = [_scene_info(i, name, owned) for i in items if i.id in ids]
-            per_season[name] = _pick(scenes, max_scenes, min_valid_fraction)
-            if not per_season[name]:
-                problem = _tile_problem(tile, name, windows[name], collection, scenes, limits)
-                if on_missing != "skip":
-                    raise NoScenesFoundError(f"{problem} Or set `on_missing: skip` to map the other tiles.")
-                logger.warning("%s on_missing: skip, so tile %s is left out.", problem, tile)
-                break
-            _log_picked(f"tile {tile}, season {name}", len(scenes), per_season[name])
-        else:
+        per_season = _tile_seasons(s2tile, found, windows, collection, max_scenes, limits, on_missing)
+        if per_season is not None:
             chosen[tile] = per_season
     if not chosen:
         raise NoScenesFoundError(
@@ -496,6 +484,33 @@ def discover_tile_scenes(
             f"({', '.join(tiles) or 'no tile found'}); relax the filters (see the warnings above)."
         )
     return {t: tiles[t] for t in chosen}, chosen
+
+
+def _tile_seasons(
+    s2tile: Any,
+    found: Mapping[str, list[pystac.Item]],
+    windows: Mapping[str, tuple[dt.date, dt.date, frozenset[dt.date] | None]],
+    collection: str,
+    max_scenes: int | None,
+    limits: Mapping[str, Any],
+    on_missing: str,
+) -> dict[str, list[SceneInfo]] | None:
+    """Choose one tile's scenes per season; None when a season has none and ``on_missing`` is skip."""
+    tile = s2tile.tile
+    owned = s2tile.owned.to_crs("EPSG:4326").geom
+    ids = {i.id for i in s2tile.items}
+    per_season = {}
+    for name, items in found.items():
+        scenes = [_scene_info(i, name, owned) for i in items if i.id in ids]
+        per_season[name] = _pick(scenes, max_scenes, limits["min_valid_fraction"])
+        if not per_season[name]:
+            problem = _tile_problem(tile, name, windows[name], collection, scenes, limits)
+            if on_missing != "skip":
+                raise NoScenesFoundError(f"{problem} Or set `on_missing: skip` to map the other tiles.")
+            logger.warning("%s on_missing: skip, so tile %s is left out.", problem, tile)
+            return None
+        _log_picked(f"tile {tile}, season {name}", len(scenes), per_season[name])
+    return per_season
 
 
 def _pick(scenes: list[SceneInfo], max_scenes: int | None, min_valid_fraction: float) -> list[SceneInfo]:
