@@ -91,6 +91,8 @@ def _outputs(storage: Path) -> list[str]:
     return sorted(str(p.relative_to(storage)) for n in names for p in storage.rglob(n))
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_clean_in_a_copied_storage_never_touches_the_original(small_run: tuple[Any, Path]) -> None:
     area, original = small_run
     before = tree_hashes(original)
@@ -110,6 +112,8 @@ def test_clean_in_a_copied_storage_never_touches_the_original(small_run: tuple[A
     assert _outputs(copy) == [], "the copy is cleaned"
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_status_and_clean_are_offline_and_clean_all_leaves_nothing(small_run: tuple[Any, Path]) -> None:
     area, original = small_run
     copy = Path(area.root) / "state-offline"

@@ -29,6 +29,8 @@ from test_state import LCSTACK, small_config, small_points  # noqa: E402
 
 from lcstack.registry import open_registry  # noqa: E402
 
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+
 FULL = os.environ.get("LCSTACK_TEST_STRESS") == "1"
 #: One output per planned composite (3 seasons + terrain), dataset, model and map; one plan.
 EXPECTED = {"composites": 4, "datasets": 1, "models": 1, "maps": 1, "plans": 1}
