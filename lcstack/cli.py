@@ -144,10 +144,11 @@ def discover(
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Find the scenes of every season over the AOI (STAC API or static catalog)."""
+    """Find the scenes of every season over the AOI (STAC API or static catalog) and record the plan."""
     _setup_logging(quiet, verbose)
     with _workflow(config, quiet) as wf:
         scenes = wf.discover()
+        wf.composite_plan()  # recorded in the registry: status and clean read it offline
     if as_json:
         typer.echo(
             json.dumps(

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import odc.geo.xr  # noqa: F401  (registers the .odc accessor extract_samples reads the grid with)
 import pandas as pd
 import xarray as xr
 from pyproj import Transformer

@@ -517,8 +517,8 @@ def test_acquire_waits_for_the_writer_then_reuses(registry: Registry) -> None:
         with claim:
             order.append(f"writing {worker}")
             time.sleep(0.3)  # others must wait this long, not write beside it
+            order.append(f"done {worker}")
             claim.complete({"worker": worker})
-        order.append(f"done {worker}")
         return ["wrote"]
 
     results = _run_threads(n, work)

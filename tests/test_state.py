@@ -91,6 +91,8 @@ def _outputs(storage: Path) -> list[str]:
     return sorted(str(p.relative_to(storage)) for n in names for p in storage.rglob(n))
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_clean_in_a_copied_storage_never_touches_the_original(small_run: tuple[Any, Path]) -> None:
     area, original = small_run
     before = tree_hashes(original)
@@ -110,6 +112,8 @@ def test_clean_in_a_copied_storage_never_touches_the_original(small_run: tuple[A
     assert _outputs(copy) == [], "the copy is cleaned"
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_status_and_clean_are_offline_and_clean_all_leaves_nothing(small_run: tuple[Any, Path]) -> None:
     area, original = small_run
     copy = Path(area.root) / "state-offline"
@@ -143,3 +147,46 @@ def test_status_and_clean_are_offline_and_clean_all_leaves_nothing(small_run: tu
     assert all(p.startswith("registry.sqlite") for p in left), left
     proc = cli("status", offline)
     assert proc.returncode == 0 and "composites: 0/4 done" in proc.stdout, proc.stdout
+
+
+def test_clean_refuses_records_pointing_outside_the_storage(demo_area: Any, tmp_path: Path) -> None:
+    from lcstack.inputs import load_config
+    from lcstack.pipeline import Workflow
+
+    victim = tmp_path / "victim"
+    (victim / "maps.zarr").mkdir(parents=True)
+    (victim / "level1.tif").write_bytes(b"keep me")
+    storage = tmp_path / "storage"
+    with Workflow(load_config(demo_area.config, storage=str(storage)), progress=False) as wf:
+        escape = "../" * 6 + str(victim).lstrip("/")
+        wf.registry.put("maps", "rel", {"status": "complete", "paths": {"zarr": escape + "/maps.zarr"}})
+        wf.registry.put("maps", "abs", {"status": "complete", "urls": {"level1": str(victim / "level1.tif")}})
+        wf.registry.put("models", "abs", {"status": "complete", "url": str(victim)})
+        (storage / "models").symlink_to(victim)  # a link inside the storage to a folder outside it
+        wf.registry.put("models", "link", {"status": "complete", "path": "level1.tif"})
+        assert wf.map_urls(wf.registry.get("maps", "rel")) == {}
+        wf.clean("all")
+        assert wf.registry.find("maps") == [] and wf.registry.find("models") == []
+    assert (victim / "level1.tif").read_bytes() == b"keep me" and (victim / "maps.zarr").is_dir()
+
+
+def test_object_store_records_stay_inside_the_prefix(demo_area: Any, tmp_path: Path) -> None:
+    from lcstack.inputs import load_config
+    from lcstack.pipeline import Workflow
+
+    cfg = load_config(demo_area.config, storage="s3://bucket/run", registry=str(tmp_path / "r.sqlite"))
+    with Workflow(cfg, progress=False) as wf:
+        assert (
+            wf._locate("maps", "model_x/t/level1.tif")
+            == "s3://bucket/run/classification-maps/model_x/t/level1.tif"
+        )
+        for rel in ("../x", "a/../../x", "/abs", "s3://bucket/other/x", ""):
+            assert wf._locate("maps", rel) is None, rel
+        assert wf._where("composites", "s3://bucket/run/composites/t/s.zarr") == "t/s.zarr"
+        for url in (
+            "s3://bucket/run2/composites/x",
+            "s3://bucket/run/composites/../../x",
+            "s3://other/run/x",
+        ):
+            assert not wf._inside("composites", url), url
+            assert wf._remove("composites", url) is False  # refused before any request is made
