@@ -25,12 +25,25 @@ from scipy import ndimage
 
 import lcstack
 from lcstack._kernels import nanmedian_time
-from lcstack.errors import InvalidInputError, NoCloudMaskWarning
+from lcstack.errors import InvalidInputError, LcstackError, NoCloudMaskWarning, NoScenesFoundError
 from lcstack.harmonize import band_assets
 from lcstack.indices import DEFAULT_INDICES, compute_indices
-from lcstack.load import DEFAULT_CHUNK, common_bands, load_scenes, to_reflectance
+from lcstack.load import (
+    DEFAULT_CHUNK,
+    asset_error,
+    common_bands,
+    find_unreadable_asset,
+    load_scenes,
+    to_reflectance,
+)
 
-__all__ = ["DEFAULT_MASK_CLASSES", "cloud_mask", "median_composite", "seasonal_composite"]
+__all__ = [
+    "DEFAULT_MASK_CLASSES",
+    "cloud_mask",
+    "median_composite",
+    "no_clear_pixel_error",
+    "seasonal_composite",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -345,6 +358,13 @@ def _fused_composite(
     return xr.Dataset({"composite": composite, "valid_count": valid_count}, attrs=template.attrs)
 
 
+def _read_assets(item: pystac.Item, bands: Sequence[str] | None) -> list[str]:
+    """Asset keys of ``item`` a composite of ``bands`` (default: all) reads, SCL included."""
+    mapping = band_assets(item)
+    wanted = list(bands) if bands else list(mapping)
+    return [mapping[b] for b in dict.fromkeys([*wanted, "scl"]) if b in mapping]
+
+
 def _composite_chunk(
     *,
     items: list[pystac.Item],
@@ -361,9 +381,67 @@ def _composite_chunk(
     py0, py1 = max(0, y0 - halo), min(geobox.shape[0], y1 + halo)
     px0, px1 = max(0, x0 - halo), min(geobox.shape[1], x1 + halo)
     sub = geobox[py0:py1, px0:px1]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NoCloudMaskWarning)
-        ds = seasonal_composite(items, sub, eager=True, **kw)  # type: ignore[arg-type]
+    problem = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NoCloudMaskWarning)
+            ds = seasonal_composite(items, sub, eager=True, **kw)  # type: ignore[arg-type]
+    except LcstackError:
+        raise
+    except Exception:
+        # a read failed deep in odc-stac / rasterio: name the item, asset and file it came from
+        bands = kw.get("bands")
+        problem = find_unreadable_asset(items, lambda it: _read_assets(it, bands), sub)  # type: ignore[arg-type]
+        if problem is None:
+            raise
+    if problem is not None:
+        # raised outside the `except`: no rasterio exception as its context, which would not unpickle
+        # on the way back from a Dask worker
+        raise asset_error(problem, season=str(kw.get("season")))
     comp, count = np.asarray(ds["composite"].data), np.asarray(ds["valid_count"].data)
     out = np.concatenate([comp, count[:, None].astype(np.float32)], axis=1)
     return out[:, :, y0 - py0 : y1 - py0, x0 - px0 : x1 - px0]
+
+
+def no_clear_pixel_error(
+    items: Sequence[pystac.Item],
+    geobox: GeoBox,
+    *,
+    season: str,
+    where: str,
+    mask_classes: Sequence[int] = DEFAULT_MASK_CLASSES,
+    max_cloud_cover: float | None = None,
+    min_valid_fraction: float = 0.0,
+    chunks: Mapping[str, int] | None = None,
+) -> NoScenesFoundError:
+    """Return the error for a season whose composite has no clear pixel, with each scene's valid fraction.
+
+    Only called once a composite came out empty: it reads the scenes' SCL again (lazily, chunk by chunk)
+    to measure the fraction of ``geobox`` that the mask leaves, and says what to change.
+    """
+    has_scl = "scl" in common_bands(items)
+    if has_scl:
+        scl = load_scenes(items, geobox, bands=["scl"], chunks=chunks)["scl"]
+        clear = (~cloud_mask(scl, classes=mask_classes)).mean(("y", "x")).compute().values
+        measured = {i: float(f) for i, f in zip(scl["id"].values, clear, strict=True)}
+    else:
+        measured = {}
+    scenes = []
+    for item in sorted(items, key=lambda it: it.id):
+        cloud = item.properties.get("eo:cloud_cover")
+        said = f"eo:cloud_cover {cloud:.3g}%" if isinstance(cloud, int | float) else "no eo:cloud_cover"
+        valid = f"valid {measured[item.id]:.2f}" if item.id in measured else "no SCL"
+        scenes.append(f"{item.id} ({valid}, metadata {said})")
+    why = (
+        f"the SCL of every scene masks every pixel (mask.classes {[int(c) for c in mask_classes]} and 0)"
+        if has_scl
+        else "every scene is nodata there"
+    )
+    limit = "none" if max_cloud_cover is None else f"{max_cloud_cover:g}"
+    return NoScenesFoundError(
+        f"season {season!r}{where}: the composite has no clear pixel: {why}. Scenes: {'; '.join(scenes)}. "
+        f"To fix: widen or move the season's dates (start/end or dates) or raise max_cloud_cover (now "
+        f"{limit}) so that other scenes are found, raise min_valid_fraction (now {min_valid_fraction:g}) or "
+        "max_scenes_per_season so that clearer scenes are preferred, or mask fewer SCL classes "
+        "(mask.classes)."
+    )

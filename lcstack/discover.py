@@ -43,7 +43,36 @@ DateLike = dt.date | dt.datetime | str
 _DEFAULT_PAGE_SIZE = 100
 
 
-class FsspecStacIO(DefaultStacIO):
+#: Extra field lcstack puts on an asset that came without ``href`` (its href is then ""): reading the item
+#: must not fail for the whole catalog, and the asset check before loading names the item and asset.
+MISSING_HREF = "lcstack:missing_href"
+
+
+def _mark_missing_hrefs(d: dict[str, Any]) -> dict[str, Any]:
+    """Item dict ``d`` with every asset lacking a string ``href`` marked (see :data:`MISSING_HREF`)."""
+    assets = d.get("assets") if d.get("type") == "Feature" else None
+    for asset in (assets or {}).values():
+        if isinstance(asset, dict) and not isinstance(asset.get("href"), str):
+            asset["href"] = ""
+            asset[MISSING_HREF] = True
+    return d
+
+
+class LenientStacIO(DefaultStacIO):
+    """pystac's ``DefaultStacIO`` that reads an item with an asset lacking ``href`` instead of failing.
+
+    Such an asset gets ``href=""`` and the extra field :data:`MISSING_HREF`; lcstack checks the assets
+    it reads before loading and reports (or skips, with ``on_error: skip-scene``) that item.
+    """
+
+    def stac_object_from_dict(
+        self, d: dict[str, Any], href: Any = None, root: Any = None, preserve_dict: bool = True
+    ) -> Any:
+        """Deserialize ``d`` after marking its assets without href."""
+        return super().stac_object_from_dict(_mark_missing_hrefs(d), href, root, preserve_dict)
+
+
+class FsspecStacIO(LenientStacIO):
     """A pystac ``StacIO`` reading and writing through fsspec (``s3://``, ``gs://``, ``memory://``, ...).
 
     Parameters
@@ -149,7 +178,7 @@ def open_source(
     scheme = text.split("://", 1)[0].lower() if "://" in text else ""
     if scheme in ("http", "https"):
         if text.rstrip("/").endswith(".json"):
-            return _open_static(text, stac_io=DefaultStacIO(headers=dict(headers or {})), tried=[])
+            return _open_static(text, stac_io=LenientStacIO(headers=dict(headers or {})), tried=[])
         return _open_http(text, headers)
     if scheme and scheme != "file":
         return _open_static(text, stac_io=FsspecStacIO(storage_options), tried=[])
@@ -169,7 +198,7 @@ def open_source(
             f"STAC source {text!r} was read as a local static catalog, but {path.resolve()} does not exist. "
             "Pass an existing catalog.json, or a STAC API URL starting with http:// or https://."
         )
-    return _open_static(str(path.resolve()), stac_io=None, tried=[])
+    return _open_static(str(path.resolve()), stac_io=LenientStacIO(), tried=[])
 
 
 def _open_http(url: str, headers: Mapping[str, str] | None) -> pystac_client.Client | pystac.Catalog:
@@ -186,7 +215,7 @@ def _open_http(url: str, headers: Mapping[str, str] | None) -> pystac_client.Cli
     # A landing page without item search: a static catalog served over HTTP.
     logger.info("%s does not conform to STAC item search; walking it as a static catalog", url)
     tried.append("(no item-search conformance) static catalog at the same URL")
-    return _open_static(url, stac_io=DefaultStacIO(headers=dict(headers or {})), tried=tried)
+    return _open_static(url, stac_io=LenientStacIO(headers=dict(headers or {})), tried=tried)
 
 
 def _open_static(href: str, *, stac_io: StacIO | None, tried: list[str]) -> pystac.Catalog:
@@ -287,7 +316,8 @@ def _api_items(
         kwargs["query"] = {"eo:cloud_cover": {"lt": max_cloud_cover}}
     logger.debug("STAC API search %s", kwargs)
     try:
-        yield from client.search(**kwargs).items()
+        for d in client.search(**kwargs).items_as_dicts():
+            yield pystac.Item.from_dict(_mark_missing_hrefs(d), root=client, preserve_dict=False)
     except Exception as exc:
         raise InvalidInputError(
             f"STAC API search at {client.get_self_href()} failed for collection {collection!r} "

@@ -13,6 +13,7 @@ __all__ = [
     "InvalidInputError",
     "InputFileNotFoundError",
     "NoScenesFoundError",
+    "AssetError",
     "StorageError",
     "RegistryError",
     "ModelMismatchError",
@@ -21,6 +22,7 @@ __all__ = [
     "LcstackWarning",
     "NoCloudMaskWarning",
     "SkippedPointsWarning",
+    "SkippedScenesWarning",
 ]
 
 
@@ -38,6 +40,38 @@ class InputFileNotFoundError(LcstackError, FileNotFoundError):
 
 class NoScenesFoundError(LcstackError, LookupError):
     """Discovery found no usable scene for a season."""
+
+
+class AssetError(LcstackError, OSError):
+    """A scene or DEM asset cannot be read: no href, a missing or empty file, a truncated or corrupt COG.
+
+    ``item``, ``asset``, ``href`` and ``why`` say which one and what is wrong (also after the error
+    crossed from a Dask worker).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        item: str | None = None,
+        asset: str | None = None,
+        href: str | None = None,
+        why: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.item, self.asset, self.href, self.why = item, asset, href, why
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_asset_error, (self.args[0], self.item, self.asset, self.href, self.why))
+
+
+def _asset_error(
+    message: str, item: str | None, asset: str | None, href: str | None, why: str | None
+) -> AssetError:
+    return AssetError(message, item=item, asset=asset, href=href, why=why)
 
 
 class StorageError(LcstackError, OSError):
@@ -76,3 +110,7 @@ class NoCloudMaskWarning(LcstackWarning):
 
 class SkippedPointsWarning(LcstackWarning):
     """Some labelled points were left out (outside the area or on nodata)."""
+
+
+class SkippedScenesWarning(LcstackWarning):
+    """Scenes were left out of a season because an asset could not be read (``on_error: skip-scene``)."""

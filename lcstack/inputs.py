@@ -428,6 +428,7 @@ class RunConfig(_Strict):
     tile_size: int = Field(4096, ge=64)
     chunk_size: int | None = Field(None, ge=64)
     loader: Literal["odc", "stackstac"] = "odc"
+    on_error: Literal["fail", "skip-scene"] = "fail"
     mask: MaskConfig = Field(default_factory=MaskConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     dask: DaskConfig = Field(default_factory=DaskConfig)

@@ -18,7 +18,9 @@ datetime, then id), coordinate ``id`` (item id) on ``time``.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -26,10 +28,19 @@ import pystac
 import xarray as xr
 from odc.geo.geobox import GeoBox
 
-from lcstack.errors import InvalidInputError, LcstackError, MissingDependencyError
+from lcstack.errors import AssetError, InvalidInputError, LcstackError, MissingDependencyError
 from lcstack.harmonize import CANONICAL_BANDS, band_assets, reflectance_scale_offset
 
-__all__ = ["load_scenes", "to_reflectance", "common_bands", "DEFAULT_CHUNK"]
+__all__ = [
+    "AssetProblem",
+    "DEFAULT_CHUNK",
+    "asset_error",
+    "check_assets",
+    "common_bands",
+    "find_unreadable_asset",
+    "load_scenes",
+    "to_reflectance",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +57,124 @@ _RASTER_FIELDS = (
     "nodata",
     "data_type",
 )
+
+
+@dataclass(frozen=True)
+class AssetProblem:
+    """Why the asset ``asset`` of item ``item`` cannot be read."""
+
+    item: str
+    asset: str
+    href: str
+    why: str
+
+
+def _href(asset: pystac.Asset) -> str:
+    if asset.extra_fields.get("lcstack:missing_href") or not asset.href:
+        return ""
+    return asset.get_absolute_href() or asset.href
+
+
+def _local_path(href: str) -> str | None:
+    if href.startswith("file://"):
+        return href[len("file://") :]
+    return None if "://" in href else href
+
+
+def check_assets(items: Sequence[pystac.Item], assets_of: Any) -> list[AssetProblem]:
+    """Check, before any graph is built, the assets that will be read; return what is wrong.
+
+    Cheap checks only: an href is present; a local file exists, is not empty and its header opens with
+    rasterio (no pixel is read). Remote assets are not opened here: a failure reading them is reported
+    by :func:`find_unreadable_asset` from inside the task.
+
+    Parameters
+    ----------
+    items
+        STAC items.
+    assets_of
+        ``assets_of(item)`` gives the asset keys of ``item`` that will be read.
+
+    Returns
+    -------
+    list of AssetProblem
+        Empty when every asset passed.
+
+    """
+    import rasterio
+
+    problems = []
+    for item in items:
+        for key in assets_of(item):
+            asset = item.assets.get(key)
+            href = _href(asset) if asset is not None else ""
+            if asset is None or not href:
+                problems.append(AssetProblem(item.id, key, "", "the asset has no href in the catalog"))
+                continue
+            path = _local_path(href)
+            if path is None:
+                continue
+            why = None
+            if not os.path.isfile(path):
+                why = "the file does not exist"
+            elif os.path.getsize(path) == 0:
+                why = "the file is empty"
+            else:
+                try:
+                    with rasterio.open(path):
+                        pass
+                except Exception as exc:  # noqa: BLE001 - GDAL's many ways of refusing a file
+                    why = f"rasterio cannot open it ({type(exc).__name__}: {exc})"
+            if why:
+                problems.append(AssetProblem(item.id, key, href, why))
+    return problems
+
+
+def asset_error(problem: AssetProblem, *, season: str | None = None, more: int = 0) -> AssetError:
+    """Return the :class:`~lcstack.errors.AssetError` for ``problem``, saying what to do."""
+    where = f" (season {season!r})" if season else ""
+    also = f" ({more} more asset(s) have problems too)" if more else ""
+    href = f" {problem.href}" if problem.href else ""
+    return AssetError(
+        f"item {problem.item!r}{where}, asset {problem.asset!r}{href}: {problem.why}{also}. Fix or "
+        "re-download the file (or the catalog entry), or set `on_error: skip-scene` in the config to leave "
+        "such scenes out of their season.",
+        item=problem.item,
+        asset=problem.asset,
+        href=problem.href,
+        why=problem.why,
+    )
+
+
+def find_unreadable_asset(
+    items: Sequence[pystac.Item], assets_of: Any, geobox: GeoBox
+) -> AssetProblem | None:
+    """After a read failed: the first asset whose pixels over ``geobox`` cannot be read, or None.
+
+    Each asset is opened and the window covering ``geobox`` is read at full resolution, so a truncated
+    or corrupt tile shows up; only called on the error path.
+    """
+    import rasterio
+    from rasterio.warp import transform_bounds
+    from rasterio.windows import from_bounds
+
+    for item in items:
+        for key in assets_of(item):
+            asset = item.assets.get(key)
+            href = _href(asset) if asset is not None else ""
+            if not href:
+                return AssetProblem(item.id, key, "", "the asset has no href in the catalog")
+            try:
+                with rasterio.open(href) as src:
+                    bounds = transform_bounds(geobox.crs.to_wkt(), src.crs, *geobox.boundingbox)
+                    window = from_bounds(*bounds, transform=src.transform).round_offsets().round_lengths()
+                    window = window.intersection(rasterio.windows.Window(0, 0, src.width, src.height))
+                    src.read(1, window=window)
+            except Exception as exc:  # noqa: BLE001 - GDAL's many ways of failing a read
+                return AssetProblem(
+                    item.id, key, href, f"reading its pixels failed ({type(exc).__name__}: {exc})"
+                )
+    return None
 
 
 def _dtype(band: str) -> str:

@@ -26,9 +26,17 @@ import xarray as xr
 from odc.geo.geobox import GeoBox
 
 from . import __version__
-from .errors import InvalidInputError, SkippedPointsWarning, StorageError
+from .errors import (
+    AssetError,
+    InvalidInputError,
+    NoScenesFoundError,
+    SkippedPointsWarning,
+    SkippedScenesWarning,
+    StorageError,
+)
 from .grid import aoi_geobox, aoi_geometry, points_bbox
 from .inputs import RunConfig, Season
+from .load import AssetProblem, asset_error, check_assets
 from .plan import Unit, points_of_units, s2_units, user_units
 from .progress import progress_iter
 from .settings import Settings, get_settings
@@ -361,11 +369,9 @@ class Workflow:
 
     def _scene_assets(self, item: Any) -> list[str]:
         """Asset keys of ``item`` a seasonal composite reads: its bands (the config's or all) and SCL."""
-        from .harmonize import band_assets
+        from .composite import _read_assets
 
-        mapping = band_assets(item)
-        bands = list(self.config.bands) if self.config.bands else list(mapping)
-        return [mapping[b] for b in dict.fromkeys([*bands, "scl"]) if b in mapping]
+        return _read_assets(item, self.config.bands)
 
     def _content(self, items: Sequence[Any], assets_of: Any) -> list[list[str]]:
         """``[item id, asset key, fingerprint]`` of every asset read (see ``asset_fingerprints``), sorted.
@@ -374,13 +380,14 @@ class Workflow:
         asset's pixels are rewritten under an unchanged item, so a key resting on it never reuses a stale
         output. One stat per asset, remembered for the whole run; no pixel is read.
         """
-        from .discover import asset_fingerprints
+        from .discover import MISSING_HREF, asset_fingerprints
 
         wanted = []
         for item in items:
             for key in assets_of(item):
                 asset = item.assets.get(key)
-                href = (asset.get_absolute_href() or asset.href) if asset is not None else None
+                href = None if asset is None or asset.extra_fields.get(MISSING_HREF) else asset.href
+                href = asset.get_absolute_href() if href else None
                 wanted.append((item.id, key, href or "", asset))
         new = [w for w in wanted if w[2] and w[2] not in self._fingerprints]
         if new:
@@ -471,44 +478,121 @@ class Workflow:
         self, tile_id: str, season: str, key: str, url: str, rec: dict[str, Any], *, progress: bool
     ) -> StepResult:
         gbox = self.tiles[tile_id]
-        items = rec.pop("_items")
+        skipped: list[dict[str, str]] = []
+        items = self._readable_items(season, rec.pop("_items"), skipped)
         doc = {**rec, "tile": tile_id, "season": season, "params": self._composite_params()}
         claim = self._acquire("composites", key, url, doc)
         if claim is None:
             logger.info("composite %s/%s was written meanwhile by another run: reused", tile_id, season)
             return StepResult("composite", key, url, True, {"tile": tile_id, "season": season})
         with claim:
-            seconds = self._compute_composite(tile_id, season, key, url, items, gbox, progress=progress)
-            claim.complete({"seconds": seconds})
+            t0 = time.perf_counter()
+            items = self._compute_composite(
+                tile_id, season, key, url, items, gbox, skipped, progress=progress
+            )
+            if season != "terrain":
+                self._check_clear(tile_id, season, key, url, items)
+            seconds = round(time.perf_counter() - t0, 3)
+            claim.complete({"seconds": seconds, **({"skipped": skipped} if skipped else {})})
         logger.info("composite %s/%s written to %s in %.1f s", tile_id, season, redact(url), seconds)
         return StepResult("composite", key, url, False, {"tile": tile_id, "season": season})
 
     def _compute_composite(
-        self, tile_id: str, season: str, key: str, url: str, items: list[Any], gbox: GeoBox, *, progress: bool
-    ) -> float:
+        self,
+        tile_id: str,
+        season: str,
+        key: str,
+        url: str,
+        items: list[Any],
+        gbox: GeoBox,
+        skipped: list[dict[str, str]],
+        *,
+        progress: bool,
+    ) -> list[Any]:
+        """Write the composite; a scene whose read fails inside a task is skipped (or raised). Items used."""
         from .composite import seasonal_composite
         from .terrain import load_terrain
 
-        t0 = time.perf_counter()
-        if season == "terrain":
-            # all terrain bands of a chunk in one Zarr chunk, as the seasonal composites have
-            ds = load_terrain(items, gbox, chunks=self.chunks).chunk({"band": -1})
-        else:
-            ds = seasonal_composite(
-                items,
-                gbox,
-                season=season,
-                bands=self.config.bands,
-                mask_classes=self.config.mask.classes,
-                dilation_m=self.config.mask.dilation_m,
-                chunks=self.chunks,
-                loader=self.config.loader,
-                fuse_chunks=True,
-                **({"indices": self.config.indices} if self.config.indices is not None else {}),
+        while True:
+            if season == "terrain":
+                # all terrain bands of a chunk in one Zarr chunk, as the seasonal composites have
+                ds = load_terrain(items, gbox, chunks=self.chunks).chunk({"band": -1})
+            else:
+                ds = seasonal_composite(
+                    items,
+                    gbox,
+                    season=season,
+                    bands=self.config.bands,
+                    mask_classes=self.config.mask.classes,
+                    dilation_m=self.config.mask.dilation_m,
+                    chunks=self.chunks,
+                    loader=self.config.loader,
+                    fuse_chunks=True,
+                    **({"indices": self.config.indices} if self.config.indices is not None else {}),
+                )
+            ds.attrs["lcstack_key"] = key
+            try:
+                self.storage.write_zarr(ds, url, progress=progress, desc=f"{tile_id} {season}")
+                return items
+            except AssetError as err:  # a read failed inside a task: skip that scene, or fail
+                problem = AssetProblem(err.item or "", err.asset or "", err.href or "", err.why or str(err))
+                items = self._skip_scenes(season, items, [problem], skipped, err)
+
+    def _check_clear(self, tile_id: str, season: str, key: str, url: str, items: list[Any]) -> None:
+        """Refuse (store and record removed) a seasonal composite without a single clear pixel."""
+        from .composite import no_clear_pixel_error
+
+        if int(self.storage.open_zarr(url)["valid_count"].max().compute()) > 0:
+            return
+        self.storage.remove(url)
+        self.registry.delete("composites", key)
+        raise no_clear_pixel_error(
+            items,
+            self.tiles[tile_id],
+            season=season,
+            where=f" on tile {tile_id}" if len(self.tiles) > 1 else "",
+            mask_classes=self.config.mask.classes,
+            max_cloud_cover=self.config.max_cloud_cover,
+            min_valid_fraction=self.config.min_valid_fraction,
+            chunks=self.chunks,
+        )
+
+    def _readable_items(self, season: str, items: list[Any], skipped: list[dict[str, str]]) -> list[Any]:
+        """``items`` after checking the assets to be read (see ``check_assets``), before any graph."""
+        problems = check_assets(items, (lambda _: ["data"]) if season == "terrain" else self._scene_assets)
+        if not problems:
+            return items
+        return self._skip_scenes(season, items, problems, skipped, None)
+
+    def _skip_scenes(
+        self,
+        season: str,
+        items: list[Any],
+        problems: list[AssetProblem],
+        skipped: list[dict[str, str]],
+        err: BaseException | None,
+    ) -> list[Any]:
+        """Drop the scenes of ``problems`` with a warning (``on_error: skip-scene``), or raise."""
+        bad = {p.item for p in problems}
+        if self.config.on_error != "skip-scene" or season == "terrain" or not bad & {i.id for i in items}:
+            if err is not None:
+                raise err
+            raise asset_error(problems[0], season=season, more=len(problems) - 1)
+        for p in problems:
+            warnings.warn(
+                f"season {season!r}: scene {p.item!r} left out (on_error: skip-scene): asset {p.asset!r} "
+                f"{p.href or '(no href)'}: {p.why}.",
+                SkippedScenesWarning,
+                stacklevel=3,
             )
-        ds.attrs["lcstack_key"] = key
-        self.storage.write_zarr(ds, url, progress=progress, desc=f"{tile_id} {season}")
-        return round(time.perf_counter() - t0, 3)
+            skipped.append({"item": p.item, "asset": p.asset, "href": p.href, "why": p.why})
+        left = [i for i in items if i.id not in bad]
+        if not left:
+            raise NoScenesFoundError(
+                f"season {season!r}: every scene has an unreadable asset ({', '.join(sorted(bad))}); "
+                "fix or re-download the files, or widen the season so that other scenes are found."
+            )
+        return left
 
     def features(self, tile_id: str) -> xr.DataArray:
         """Return the feature cube of one tile, read lazily from the stored composites."""

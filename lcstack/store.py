@@ -33,7 +33,7 @@ import fsspec
 import xarray as xr
 from fsspec.core import url_to_fs
 
-from .errors import InvalidInputError, StorageError
+from .errors import InvalidInputError, LcstackError, StorageError
 from .progress import compute
 
 __all__ = ["KINDS", "Storage", "redact"]
@@ -492,8 +492,8 @@ class Storage:
         """
         try:
             return fn()
-        except StorageError:
-            raise
+        except LcstackError:
+            raise  # already clear (a StorageError, or an AssetError from inside a Zarr write's tasks)
         except _transport_errors() as err:
             raise self._storage_error(err, what, url) from None
 

@@ -95,3 +95,28 @@ def test_regenerated_dem_pixels_recompute_terrain_and_maps(demo_run: Any, tmp_pa
     old, new = (xr.open_zarr(p)["terrain"].sel(band="elevation") for p in stores[-2:])
     assert float((new - old).mean()) == pytest.approx(300, abs=1)
     assert all(_run(config).values()), "and a third run reuses everything again"
+
+
+def test_rewritten_scene_asset_changes_only_its_seasons_key(demo_area: Any, tmp_path: Path) -> None:
+    import os
+
+    root = tmp_path / "area"
+    shutil.copytree(demo_area.root, root, ignore=shutil.ignore_patterns("lcstack-data"))
+    cfg = load_config(root / demo_area.config.name)
+
+    def keys() -> dict[str, str]:
+        with Workflow(cfg, progress=False) as wf:
+            return {season: key for _, season, key, _, _ in wf.composite_plan()}
+
+    before = keys()
+    assert keys() == before, "stable while nothing changes"
+    with Workflow(cfg, progress=False) as wf:
+        item = wf.discover()["30SUF"]["spring"][0].item
+    band = Path(item.assets["red"].get_absolute_href())
+    st = band.stat()
+    os.utime(band, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # rewritten: same size, new time
+    after = keys()
+    assert after["spring"] != before["spring"]
+    assert {s: k for s, k in after.items() if s != "spring"} == {
+        s: k for s, k in before.items() if s != "spring"
+    }

@@ -260,6 +260,9 @@ def test_query_is_sent_to_servers_that_support_it(api_url: str, monkeypatch: pyt
         def items(self) -> Any:
             return iter(())
 
+        def items_as_dicts(self) -> Any:
+            return iter(())
+
     def fake_search(**kwargs: Any) -> FakeSearch:
         sent.update(kwargs)
         return FakeSearch()
