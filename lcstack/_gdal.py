@@ -19,18 +19,31 @@ def gdal_path(url: str) -> str:
 
 
 def rasterio_env(storage: Any, url: str) -> Any:
-    """Return a rasterio Env with the storage's S3 endpoint and credentials for ``url`` (no-op otherwise)."""
-    import rasterio
+    """Return a rasterio Env with the storage's S3 endpoint and credentials for ``url`` (plain otherwise).
 
-    opts = storage.storage_options if url.startswith(("s3://", "s3a://")) else {}
+    Credentials go through :class:`rasterio.session.AWSSession` (rasterio refuses them as plain GDAL
+    options); a custom endpoint (MinIO, moto, Ceph...) is addressed path-style.
+    """
+    import rasterio
+    from rasterio.session import AWSSession
+
+    if not url.startswith(("s3://", "s3a://")):
+        return rasterio.Env()
+    opts = storage.storage_options
+    client = opts.get("client_kwargs") or {}
+    endpoint = str(opts.get("endpoint_url") or client.get("endpoint_url") or "")
     cfg: dict[str, Any] = {}
-    endpoint = opts.get("endpoint_url") or (opts.get("client_kwargs") or {}).get("endpoint_url")
+    host = None
     if endpoint:
-        scheme, host = str(endpoint).split("://", 1) if "://" in str(endpoint) else ("https", str(endpoint))
-        cfg.update(AWS_S3_ENDPOINT=host.rstrip("/"), AWS_HTTPS="YES" if scheme == "https" else "NO")
-        cfg["AWS_VIRTUAL_HOSTING"] = "FALSE"
-    if opts.get("key"):
-        cfg.update(AWS_ACCESS_KEY_ID=opts["key"], AWS_SECRET_ACCESS_KEY=opts.get("secret", ""))
-    if opts.get("anon"):
-        cfg["AWS_NO_SIGN_REQUEST"] = "YES"
-    return rasterio.Env(**cfg)
+        scheme, _, host = endpoint.rpartition("://")
+        host = host.rstrip("/")
+        cfg.update(AWS_HTTPS="NO" if scheme == "http" else "YES", AWS_VIRTUAL_HOSTING="FALSE")
+    session = AWSSession(
+        aws_unsigned=bool(opts.get("anon")),
+        aws_access_key_id=opts.get("key"),
+        aws_secret_access_key=opts.get("secret"),
+        aws_session_token=opts.get("token"),
+        region_name=client.get("region_name"),
+        endpoint_url=host,
+    )
+    return rasterio.Env(session=session, **cfg)

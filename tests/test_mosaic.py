@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -176,3 +177,44 @@ def test_cli_mosaic_of_the_demo_run_equals_its_tile_map(demo_run, tmp_path):
         np.testing.assert_array_equal(out.read(1), values)
     result = CliRunner().invoke(app, ["mosaic", str(area.config), "--level", "3"])
     assert result.exit_code == 2 and "--level 3" in result.output
+
+
+def test_outputs_on_s3_catalog_vrt_and_mosaic(tmp_path):
+    """Tiles, VRTs, mosaic and catalog on an S3 endpoint (moto on 127.0.0.1), read with its credentials."""
+    import sys
+
+    import pystac
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from s3_server import s3_endpoint
+
+    from lcstack._gdal import gdal_path, rasterio_env
+    from lcstack.stac_out import TileOutputs, write_outputs_collection
+
+    with s3_endpoint() as s3:
+        bucket = s3.create_bucket()
+        storage = Storage(f"s3://{bucket}/run", storage_options=s3.storage_options())
+        values = [_values(5, (32, 32)), _values(6, (32, 32))]
+        urls = [
+            _cog(
+                f"s3://{bucket}/run/t{i}.tif", "EPSG:32630", 500_000 + 320 * i, 4_430_000, v, storage=storage
+            )
+            for i, v in enumerate(values)
+        ]
+        vrts = zone_vrts(storage, urls, f"s3://{bucket}/run/vrt")
+        assert vrts == {"EPSG:32630": f"s3://{bucket}/run/vrt/EPSG_32630.vrt"}
+        with rasterio_env(storage, vrts["EPSG:32630"]), rasterio.open(gdal_path(vrts["EPSG:32630"])) as vrt:
+            np.testing.assert_array_equal(vrt.read(1), np.hstack(values))
+        out = mosaic(storage, urls, f"s3://{bucket}/run/mosaic.tif", crs="EPSG:32630")
+        local = tmp_path / "mosaic.tif"
+        local.write_bytes(storage.read_bytes(out))
+        with rasterio.open(local) as src:
+            np.testing.assert_array_equal(src.read(1), np.hstack(values))
+        coll = write_outputs_collection(
+            storage, [TileOutputs(f"t{i}", {"level1": u}) for i, u in enumerate(urls)]
+        )
+        assert coll == f"s3://{bucket}/run/stac/collection.json"
+        doc = json.loads(storage.read_bytes(coll))
+        item = pystac.Item.from_dict(json.loads(storage.read_bytes(f"s3://{bucket}/run/stac/t1/t1.json")))
+        assert doc["type"] == "Collection" and item.assets["level1"].href == urls[1]
+        assert item.assets["level1"].extra_fields["file:size"] == len(storage.read_bytes(urls[1]))

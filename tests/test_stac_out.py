@@ -130,3 +130,16 @@ def test_bad_inputs_are_named(tmp_path):
         write_outputs_collection(Storage(tmp_path), [])
     with pytest.raises(InvalidInputError, match="no map COG"):
         write_outputs_collection(Storage(tmp_path), [TileOutputs("t", {})])
+
+
+def test_cli_stac_writes_the_collection_under_the_storage(demo_run, offline_validator):
+    from typer.testing import CliRunner
+
+    from lcstack.cli import app
+
+    area, cfg, _ = demo_run
+    result = CliRunner().invoke(app, ["stac", str(area.config)])
+    assert result.exit_code == 0, result.output
+    url = result.output.strip().splitlines()[-1]
+    assert url == str(Path(cfg.storage) / "stac" / "collection.json")
+    assert len(list(_validate_all(url).get_items(recursive=True))) >= 1
