@@ -144,37 +144,40 @@ def discover(
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Find the scenes of every season over the AOI (STAC API or static catalog) and record the plan."""
+    """Find the scenes of every tile and season (STAC API or static catalog) and record the plan.
+
+    ``--json`` prints ``{tile: {season: [scene, ...]}}`` (tile ``*`` on a user grid).
+    """
     _setup_logging(quiet, verbose)
     with _workflow(config, quiet) as wf:
         scenes = wf.discover()
         wf.composite_plan()  # recorded in the registry: status and clean read it offline
     if as_json:
-        typer.echo(
-            json.dumps(
-                {
-                    s: [
-                        {
-                            "id": i.item.id,
-                            "datetime": str(i.item.datetime),
-                            "cloud_cover": i.cloud_cover,
-                            "valid_fraction": round(i.valid_fraction, 4),
-                        }
-                        for i in infos
-                    ]
-                    for s, infos in scenes.items()
-                },
-                indent=2,
-            )
-        )
+        rows = {
+            tile: {
+                s: [
+                    {
+                        "id": i.item.id,
+                        "datetime": str(i.item.datetime),
+                        "cloud_cover": i.cloud_cover,
+                        "valid_fraction": round(i.valid_fraction, 4),
+                    }
+                    for i in infos
+                ]
+                for s, infos in seasons.items()
+            }
+            for tile, seasons in scenes.items()
+        }
+        typer.echo(json.dumps(rows, indent=2))
         return
-    for season, infos in scenes.items():
-        typer.echo(f"{season}: {len(infos)} scene(s)")
-        for i in infos:
-            typer.echo(
-                f"  {i.item.id}  {i.item.datetime:%Y-%m-%d}  "
-                f"cloud {i.cloud_cover:5.1f}%  valid {i.valid_fraction:.2f}"
-            )
+    for tile, seasons in scenes.items():
+        for season, infos in seasons.items():
+            typer.echo(f"{'' if tile == '*' else f'tile {tile}, '}{season}: {len(infos)} scene(s)")
+            for i in infos:
+                typer.echo(
+                    f"  {i.item.id}  {i.item.datetime:%Y-%m-%d}  "
+                    f"cloud {i.cloud_cover:5.1f}%  valid {i.valid_fraction:.2f}"
+                )
 
 
 def _step_command(steps: tuple[str, ...]) -> Callable[..., None]:
