@@ -118,6 +118,9 @@ def demo_data(
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same bytes.")] = 0,
     flavour: Annotated[str, typer.Option(help="'l2a' (with SCL) or 'l1c' (with cirrus, no SCL).")] = "l2a",
     dem: Annotated[bool, typer.Option("--dem/--no-dem", help="Write a DEM collection too.")] = True,
+    tiles: Annotated[
+        int, typer.Option(help="Sentinel-2 tiles (1..4); 2 or more lie in two UTM zones around 0 deg E.")
+    ] = 1,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -127,8 +130,16 @@ def demo_data(
     _setup_logging(quiet, verbose)
     if flavour not in ("l2a", "l1c"):
         _fail(f"--flavour {flavour!r}: use 'l2a' or 'l1c'.")
-    area = make_demo_area(out_dir, size=size, seed=seed, flavour=flavour, with_dem=dem, progress=_bars(quiet))  # type: ignore[arg-type]
-    typer.echo(f"demo area written to {area.root}\nconfig: {area.config}")
+    area = make_demo_area(
+        out_dir,
+        size=size,
+        seed=seed,
+        flavour=flavour,  # type: ignore[arg-type]
+        with_dem=dem,
+        progress=_bars(quiet),
+        tiles=tiles,
+    )
+    typer.echo(f"demo area written to {area.root} (tiles {', '.join(area.tiles)})\nconfig: {area.config}")
 
 
 @app.command()
@@ -139,36 +150,40 @@ def discover(
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Find the scenes of every season over the AOI (STAC API or static catalog)."""
+    """Find the scenes of every tile and season (STAC API or static catalog) and record the plan.
+
+    ``--json`` prints ``{tile: {season: [scene, ...]}}`` (tile ``*`` on a user grid).
+    """
     _setup_logging(quiet, verbose)
     with _workflow(config, quiet) as wf:
         scenes = wf.discover()
+        wf.composite_plan()  # recorded in the registry: status and clean read it offline
     if as_json:
-        typer.echo(
-            json.dumps(
-                {
-                    s: [
-                        {
-                            "id": i.item.id,
-                            "datetime": str(i.item.datetime),
-                            "cloud_cover": i.cloud_cover,
-                            "valid_fraction": round(i.valid_fraction, 4),
-                        }
-                        for i in infos
-                    ]
-                    for s, infos in scenes.items()
-                },
-                indent=2,
-            )
-        )
+        rows = {
+            tile: {
+                s: [
+                    {
+                        "id": i.item.id,
+                        "datetime": str(i.item.datetime),
+                        "cloud_cover": i.cloud_cover,
+                        "valid_fraction": round(i.valid_fraction, 4),
+                    }
+                    for i in infos
+                ]
+                for s, infos in seasons.items()
+            }
+            for tile, seasons in scenes.items()
+        }
+        typer.echo(json.dumps(rows, indent=2))
         return
-    for season, infos in scenes.items():
-        typer.echo(f"{season}: {len(infos)} scene(s)")
-        for i in infos:
-            typer.echo(
-                f"  {i.item.id}  {i.item.datetime:%Y-%m-%d}  "
-                f"cloud {i.cloud_cover:5.1f}%  valid {i.valid_fraction:.2f}"
-            )
+    for tile, seasons in scenes.items():
+        for season, infos in seasons.items():
+            typer.echo(f"{'' if tile == '*' else f'tile {tile}, '}{season}: {len(infos)} scene(s)")
+            for i in infos:
+                typer.echo(
+                    f"  {i.item.id}  {i.item.datetime:%Y-%m-%d}  "
+                    f"cloud {i.cloud_cover:5.1f}%  valid {i.valid_fraction:.2f}"
+                )
 
 
 def _step_command(steps: tuple[str, ...]) -> Callable[..., None]:
@@ -216,6 +231,9 @@ def demo(
     ] = Path("lcstack-demo"),
     size: Annotated[int, typer.Option(help="Pixels per side at 10 m (256..10980).")] = 512,
     seed: Annotated[int, typer.Option(help="Random seed of the synthetic area.")] = 0,
+    tiles: Annotated[
+        int, typer.Option(help="Sentinel-2 tiles (1..4); 2 or more lie in two UTM zones around 0 deg E.")
+    ] = 1,
     scheduler: SchedulerOpt = None,
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
@@ -223,31 +241,38 @@ def demo(
     """Generate the offline demo area and run the whole workflow on it; report accuracy against truth."""
     from .demo import make_demo_area
     from .inputs import load_config
-    from .scoring import score_maps
+    from .scoring import score_tiles
 
     _setup_logging(quiet, verbose)
-    area = make_demo_area(storage, size=size, seed=seed, progress=_bars(quiet))
+    area = make_demo_area(storage, size=size, seed=seed, progress=_bars(quiet), tiles=tiles)
     cfg = load_config(area.config)
     from .pipeline import Workflow
 
     with Workflow(cfg, progress=not quiet) as wf, _dask(scheduler, cfg, quiet=quiet):
         results = wf.run()
         _report(results)
-        scores = score_maps(area, wf)
-    typer.echo(
-        f"level-1 overall accuracy vs truth: {scores['level1']:.4f}; level-2: {scores['level2']:.4f}\n"
-        f"maps: {', '.join(scores['maps'])}\n"
-        f"re-run or continue with: lcstack run {area.config}"
-    )
+        per_tile = score_tiles(area, wf)
+        maps = [wf.map_urls(r).get("level1", "") for r in wf.registry.find("maps", model=wf.model_key())]
+    for tile, scores in per_tile.items():
+        typer.echo(
+            f"tile {tile}: level-1 overall accuracy vs truth: {scores['level1']:.4f}; "
+            f"level-2: {scores['level2']:.4f}"
+        )
+    typer.echo(f"maps: {', '.join(maps)}")
+    typer.echo(f"re-run or continue with: lcstack run {area.config}")
 
 
 @app.command()
 @handle_errors
 def status(config: ConfigArg, verbose: VerboseOpt = False) -> None:
-    """List which outputs of a config are done and which are pending."""
+    """List which outputs of a config are done and which are pending (from the registry, offline)."""
     _setup_logging(True, verbose)
     with _workflow(config, True) as wf:
         st = wf.status()
+    if not st:
+        typer.echo(
+            f"nothing recorded for {config} yet: `lcstack discover {config}` or `lcstack run` plans it"
+        )
     for kind, rows in st.items():
         done = sum(r["done"] for r in rows)
         typer.echo(f"{kind}: {done}/{len(rows)} done")
@@ -335,6 +360,32 @@ def sample_design(
     typer.echo(f"{design['n']} sample units" + (f" written to {out}" if out else ""), err=True)
 
 
+# --- outputs: mosaic and STAC catalog (lcstack.mosaic, lcstack.stac_out) -------------------------------
+@app.command()
+@handle_errors
+def mosaic(
+    config: ConfigArg,
+    crs: Annotated[str, typer.Option("--crs", help="Target CRS of the mosaic COG.")] = "EPSG:4326",
+    resolution: Annotated[
+        float | None,
+        typer.Option(
+            "--resolution", help="Pixel size in CRS units (default: the tiles', in degrees for lon/lat)."
+        ),
+    ] = None,
+    level: Annotated[int, typer.Option("--level", help="1 (category) or 2 (subcategory).")] = 1,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Write a VRT per UTM zone of the tile maps and one COG mosaic over the whole area."""
+    from .mosaic import mosaic_workflow
+
+    _setup_logging(True, verbose)
+    with _workflow(config, True) as wf:
+        out = mosaic_workflow(wf, level=level, crs=crs, resolution=resolution)
+    for zone, url in out["vrts"].items():
+        typer.echo(f"vrt     {zone}  {url}")
+    typer.echo(f"mosaic  {out['tiles']} tile(s)  {out['mosaic']}")
+
+
 @app.command()
 @handle_errors
 def assess(
@@ -374,6 +425,21 @@ def assess(
         a = c["area_ha"]
         typer.echo(f"  {name:24s} area {a['estimate']:12.1f} ± {a['ci95']:.1f} ha")
     typer.echo(f"report: {result['outputs']['report']}")
+
+
+@app.command()
+@handle_errors
+def stac(config: ConfigArg, verbose: VerboseOpt = False) -> None:
+    """Write a static STAC collection of the run's outputs under <storage>/stac/collection.json."""
+    from .stac_out import outputs_from_workflow, write_outputs_collection
+
+    _setup_logging(True, verbose)
+    with _workflow(config, True) as wf:
+        url = write_outputs_collection(wf.storage, outputs_from_workflow(wf))
+    typer.echo(url)
+
+
+# --- end of outputs commands ----------------------------------------------------------------------------
 
 
 def main() -> None:

@@ -16,6 +16,9 @@ class's phenology (see :mod:`lcstack._demo_spectra`); parcels are warped Voronoi
 rivers (with riparian wetland) drawn over them. Every scene has its own smooth cloud field, cirrus veil and
 cloud shadows, all marked in the SCL band.
 
+With ``tiles`` = 2 to 4, the area is instead made of windows of real Sentinel-2 tiles either side of 0° E
+(UTM zones 30 and 31) with one truth pair per tile under ``truth/``; see :mod:`lcstack._demo_tiles`.
+
 Everything is generated in row blocks, so memory stays well under 3 GB even for a full 10980² tile. The same
 ``seed`` (and size, flavour, ...) gives byte-identical rasters and CSV on the same software stack; nothing
 depends on the clock.
@@ -28,8 +31,8 @@ import json
 import logging
 import math
 import shutil
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,6 +59,7 @@ CRS = f"EPSG:{EPSG}"
 RESOLUTION = 10
 MIN_SIZE, MAX_SIZE = 256, 10980
 MGRS_TILE = "30SUF"
+MAX_TILES = 4
 DEM_COLLECTION = "cop-dem-glo-30"
 CATALOG_ID = "lcstack-demo"
 COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
@@ -85,6 +89,24 @@ _SENSOR_NOISE = 0.004  # reflectance units, per 10 m pixel and scene
 _S_TERRAIN, _S_PARCELS, _S_OVERLAYS, _S_UNITS, _S_TEXTURE, _S_POINTS, _S_SCHEDULE, _S_SCENE = range(1, 9)
 
 
+@dataclass(frozen=True)
+class _Tile:
+    """A Sentinel-2 tile of the demo: MGRS id, UTM EPSG code, upper-left corner and relative orbit."""
+
+    tile: str
+    epsg: int
+    x0: float
+    y0: float
+    orbit: int = 37
+
+    @property
+    def crs(self) -> str:
+        return f"EPSG:{self.epsg}"
+
+
+MALAGA = _Tile(MGRS_TILE, EPSG, X0, Y0)
+
+
 def _rng(seed: int, *keys: int) -> np.random.Generator:
     return np.random.default_rng([seed, *keys])
 
@@ -105,6 +127,10 @@ class DemoArea:
     collection: str
     dem_collection: str | None
     geobox: GeoBox
+    #: every tile's 10 m grid (one entry, ``30SUF``, for a one-tile area)
+    tiles: Mapping[str, GeoBox] = field(default_factory=dict)
+    #: every tile's level-1 and level-2 truth rasters
+    truths: Mapping[str, tuple[Path, Path]] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -159,7 +185,8 @@ class _Smooth:
 class _Terrain:
     """Smooth hills from a sum of plane waves in UTM metres, 0–1200 m, rising gently inland (north)."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, origin: tuple[float, float] = (X0, Y0)) -> None:
+        self.x0, self.y0 = origin
         rng = _rng(seed, _S_TERRAIN)
         n = 14
         wavelength = np.exp(rng.uniform(np.log(2_500.0), np.log(30_000.0), n))
@@ -171,7 +198,7 @@ class _Terrain:
         self.ky = 2 * np.pi * np.sin(theta) / wavelength
 
     def elevation(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        dx, dy = np.asarray(x, dtype=np.float64) - X0, np.asarray(y, dtype=np.float64) - Y0
+        dx, dy = np.asarray(x, dtype=np.float64) - self.x0, np.asarray(y, dtype=np.float64) - self.y0
         s = np.zeros(np.broadcast(dx, dy).shape)
         for k in range(len(self.amp)):
             s += self.amp[k] * np.cos(self.kx[k] * dx + self.ky[k] * dy + self.phase[k])
@@ -219,7 +246,8 @@ class _River:
 class _Landscape:
     """Unit map (int32 per 10 m pixel, padded grid), unit classes and unit spectra."""
 
-    def __init__(self, size: int, seed: int, terrain: _Terrain, progress: tqdm | None = None) -> None:
+    def __init__(self, size: int, seed: int, terrain: _Terrain, progress: tqdm | None = None,
+                 origin: tuple[float, float] = (X0, Y0)) -> None:  # fmt: skip
         self.size = size
         self.n = int(math.ceil(size / 6) * 6)  # padded so that the 60 m grid is whole
         self.seed = seed
@@ -237,7 +265,7 @@ class _Landscape:
         seeds = lattice + rng.uniform(-0.42 * s, 0.42 * s, lattice.shape)
         self._tree = cKDTree(seeds)
         n_parcels = len(seeds)
-        elev = terrain.elevation(X0 + seeds[:, 1] * RESOLUTION, Y0 - seeds[:, 0] * RESOLUTION)
+        elev = terrain.elevation(origin[0] + seeds[:, 1] * RESOLUTION, origin[1] - seeds[:, 0] * RESOLUTION)
         e = (elev / 1200.0 - 0.5) * 2.0
         logits = np.log([leaf.weight for leaf in leaves])[None, :] + np.outer(
             e, [leaf.uphill for leaf in leaves]
@@ -388,16 +416,22 @@ class _Scene:
     sun_azimuth: float
     sun_elevation: float
     cloud_height: float
+    tile: _Tile = field(default_factory=lambda: MALAGA)
 
     @property
     def item_id(self) -> str:
-        return f"S2{self.platform[-1].upper()}_{MGRS_TILE}_{self.time:%Y%m%d}_0"
+        return f"S2{self.platform[-1].upper()}_{self.tile.tile}_{self.time:%Y%m%d}_0"
 
 
-def _schedule(seed: int, flavour: str) -> list[_Scene]:
-    """Four usable scenes and one nearly overcast scene per season, on a 5-day S2A/S2B revisit."""
-    rng = _rng(seed, _S_SCHEDULE)
-    first_pass = dt.datetime(2023, 3, 2, 11, 3, 21, tzinfo=dt.UTC)
+def _schedule(seed: int, flavour: str, tile: _Tile | None = None, tile_index: int = 0) -> list[_Scene]:
+    """Four usable scenes and one nearly overcast scene per season, on a 5-day S2A/S2B revisit.
+
+    Tile ``tile_index`` > 0 is seen ``tile_index`` days later in the revisit cycle (another relative orbit),
+    from a random stream of its own; its scene indices start at ``1000 * tile_index``.
+    """
+    tile = tile or MALAGA
+    rng = _rng(seed, _S_SCHEDULE, tile_index) if tile_index else _rng(seed, _S_SCHEDULE)
+    first_pass = dt.datetime(2023, 3, 2, 11, 3, 21, tzinfo=dt.UTC) + dt.timedelta(days=tile_index)
     scenes: list[_Scene] = []
     for s, (start, end) in enumerate(spectra.SEASONS.values()):
         d0, d1 = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
@@ -420,7 +454,7 @@ def _schedule(seed: int, flavour: str) -> list[_Scene]:
             is_overcast = j == overcast
             scenes.append(
                 _Scene(
-                    index=len(scenes),
+                    index=1000 * tile_index + len(scenes),
                     season=s,
                     time=time.replace(microsecond=(time.microsecond // 1000) * 1000),
                     platform="sentinel-2a" if k % 2 == 0 else "sentinel-2b",
@@ -436,6 +470,7 @@ def _schedule(seed: int, flavour: str) -> list[_Scene]:
                     ),
                     sun_elevation=float(90.0 - 36.8 + declination - 9.0 + rng.uniform(-1, 1)),
                     cloud_height=float(rng.uniform(800.0, 2500.0)),
+                    tile=tile,
                 )
             )
             usable += 0 if is_overcast else 1
@@ -651,7 +686,7 @@ class _SceneRenderer:
 
 def _footprint(geobox: GeoBox) -> tuple[dict[str, Any], list[float]]:
     """Footprint polygon (four corners, as Earth Search writes it) and bbox of the densified outline."""
-    to_lonlat = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True)
+    to_lonlat = Transformer.from_crs(str(geobox.crs), "EPSG:4326", always_xy=True)
     left, bottom, right, top = geobox.extent.boundingbox
     corners = [(right, bottom), (right, top), (left, top), (left, bottom), (right, bottom)]
     ring = [list(to_lonlat.transform(x, y)) for x, y in corners]
@@ -667,6 +702,7 @@ def _scene_item(scene: _Scene, geobox: GeoBox, flavour: str, collection: str, as
                 stats: dict[str, float]) -> pystac.Item:  # fmt: skip
     level = "L1C" if flavour == "l1c" else "L2A"
     item_id = f"{scene.item_id}_{level}"
+    tile = scene.tile
     geometry, bbox = _footprint(geobox)
     generated = scene.time + dt.timedelta(hours=5, minutes=17)
     sat = "S2" + scene.platform[-1].upper()
@@ -678,12 +714,12 @@ def _scene_item(scene: _Scene, geobox: GeoBox, flavour: str, collection: str, as
         "constellation": "sentinel-2",
         "instruments": ["msi"],
         "eo:cloud_cover": stats["cloud_cover"],
-        "proj:code": CRS,
-        "proj:epsg": EPSG,
-        "mgrs:utm_zone": 30,
-        "mgrs:latitude_band": "S",
-        "mgrs:grid_square": "UF",
-        "grid:code": f"MGRS-{MGRS_TILE}",
+        "proj:code": tile.crs,
+        "proj:epsg": tile.epsg,
+        "mgrs:utm_zone": int(tile.tile[:2]),
+        "mgrs:latitude_band": tile.tile[2],
+        "mgrs:grid_square": tile.tile[3:],
+        "grid:code": f"MGRS-{tile.tile}",
         "view:sun_azimuth": round(scene.sun_azimuth, 6),
         "view:sun_elevation": round(scene.sun_elevation, 6),
         "s2:nodata_pixel_percentage": stats["nodata"],
@@ -694,7 +730,8 @@ def _scene_item(scene: _Scene, geobox: GeoBox, flavour: str, collection: str, as
         {
             "s2:product_type": "S2MSI1C" if flavour == "l1c" else "S2MSI2A",
             "s2:processing_baseline": pb,
-            "s2:product_uri": f"{sat}_MSI{level}_{stamp}_N{pb.replace('.', '')}_R037_T{MGRS_TILE}_{gen}.SAFE",
+            "s2:product_uri": f"{sat}_MSI{level}_{stamp}_N{pb.replace('.', '')}_R{tile.orbit:03d}"
+            f"_T{tile.tile}_{gen}.SAFE",
             "s2:generation_time": _iso(generated),
             "s2:datatake_id": f"G{sat}_{stamp}_0{40000 + scene.index}_N{pb}",
             "s2:datatake_type": "INS-NOBS",
@@ -720,7 +757,7 @@ def _scene_item(scene: _Scene, geobox: GeoBox, flavour: str, collection: str, as
         if key == "scl":
             extra: dict[str, Any] = {
                 "proj:shape": list(_shape(geobox, 20)),
-                "proj:transform": _transform_list(20),
+                "proj:transform": _transform_list(20, tile),
                 "raster:bands": [{"nodata": 0, "data_type": "uint8", "spatial_resolution": 20}],
             }
             title = "Scene classification map (SCL)"
@@ -738,7 +775,7 @@ def _scene_item(scene: _Scene, geobox: GeoBox, flavour: str, collection: str, as
                 ],
                 "gsd": res,
                 "proj:shape": list(_shape(geobox, res)),
-                "proj:transform": _transform_list(res),
+                "proj:transform": _transform_list(res, tile),
                 "raster:bands": [
                     {
                         "nodata": 0,
@@ -768,8 +805,9 @@ def _shape(geobox: GeoBox, res: int) -> tuple[int, int]:
     return n, n
 
 
-def _transform_list(res: int) -> list[float]:
-    return [res, 0, X0, 0, -res, Y0]
+def _transform_list(res: int, tile: _Tile | None = None) -> list[float]:
+    tile = tile or MALAGA
+    return [res, 0, tile.x0, 0, -res, tile.y0]
 
 
 def _scene_stats(
@@ -847,7 +885,7 @@ def _dem_item(
     return item
 
 
-def _write_dem(folder: Path, geobox: GeoBox, terrain: _Terrain) -> pystac.Item:
+def _write_dem(folder: Path, geobox: GeoBox, terrain: _Terrain, crs: str = CRS) -> pystac.Item:
     """Float32 DEM in EPSG:4326 on the 1 arc-second Copernicus lattice, covering the area plus a margin."""
     bbox = geobox.extent.to_crs("EPSG:4326", resolution=100.0).boundingbox
     # Copernicus pixel centres sit on whole arc-seconds: edges are half an arc-second off
@@ -858,7 +896,7 @@ def _write_dem(folder: Path, geobox: GeoBox, terrain: _Terrain) -> pystac.Item:
     width, height = col1 - col0, row1 - row0
     west, north = (col0 - 0.5) * _ARCSEC, (row1 - 0.5) * _ARCSEC
     transform = Affine(_ARCSEC, 0.0, west, 0.0, -_ARCSEC, north)
-    to_utm = Transformer.from_crs("EPSG:4326", CRS, always_xy=True)
+    to_utm = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
     lon = west + (np.arange(width) + 0.5) * _ARCSEC
     dem = np.empty((height, width), dtype=np.float32)
     for r0, r1 in _blocks(height, 256):
@@ -888,8 +926,14 @@ def _collection(collection_id: str, title: str, description: str, bbox: list[flo
 # points and side files
 
 
-def _sample_points(land: _Landscape, geobox: GeoBox, seed: int, n_points: int | None) -> list[str]:
-    """Stratified random points (one stratum per leaf class) at least 2 pixels inside a patch."""
+def _sample_points(land: Any, geobox: GeoBox, seed: int, n_points: int | None, *, tile_index: int = 0,
+                   keep: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+                   ) -> list[str]:  # fmt: skip
+    """Stratified random points (one stratum per leaf class) at least 2 pixels inside a patch.
+
+    With ``keep`` (lon, lat -> bool), five times as many points are drawn, those not kept are dropped and
+    each class is cut back to its quota (tiles of a multi-tile area keep the points they own).
+    """
     leaves = spectra.LEAVES
     leaf = land.leaf_map()
     interior = ndimage.maximum_filter(leaf, size=5, mode="nearest") == ndimage.minimum_filter(
@@ -901,7 +945,10 @@ def _sample_points(land: _Landscape, geobox: GeoBox, seed: int, n_points: int | 
     else:
         q, r = divmod(n_points, len(leaves))
         per_leaf = [q + (1 if i < r else 0) for i in range(len(leaves))]
-    rng = _rng(seed, _S_POINTS)
+    quota = list(per_leaf)
+    if keep is not None:
+        per_leaf = [5 * q for q in per_leaf]
+    rng = _rng(seed, _S_POINTS, tile_index) if tile_index else _rng(seed, _S_POINTS)
     flat_leaf, flat_interior = leaf.ravel(), interior.ravel()
     # Rejection sampling of random pixels keeps memory flat on a full tile (no index of every interior pixel);
     # classes it cannot fill (rare ones) fall back to an exhaustive draw.
@@ -923,7 +970,9 @@ def _sample_points(land: _Landscape, geobox: GeoBox, seed: int, n_points: int | 
         if len(picked[i]) < want:
             pool = np.setdiff1d(np.flatnonzero((flat_leaf == i) & flat_interior), picked[i])
             if len(picked[i]) + len(pool) < want:
-                logger.warning(
+                # a tile of a multi-tile area may well lack a class: the whole area is checked instead
+                logger.log(
+                    logging.WARNING if keep is None else logging.DEBUG,
                     "demo area: only %d interior pixels of class %r, wanted %d points",
                     len(picked[i]) + len(pool), leaves[i].subcategory or leaves[i].category, want,
                 )  # fmt: skip
@@ -937,7 +986,15 @@ def _sample_points(land: _Landscape, geobox: GeoBox, seed: int, n_points: int | 
     rows, cols = np.divmod(idx, land.size)
     x = geobox.affine.c + (cols + 0.5) * geobox.affine.a
     y = geobox.affine.f + (rows + 0.5) * geobox.affine.e
-    lon, lat = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True).transform(x, y)
+    lon, lat = Transformer.from_crs(str(geobox.crs), "EPSG:4326", always_xy=True).transform(x, y)
+    if keep is not None:
+        kept = np.asarray(keep(np.asarray(lon), np.asarray(lat)), dtype=bool)
+        rank = np.zeros(len(lab), dtype=np.int64)
+        for i in range(len(leaves)):  # rank of each kept point within its class, in draw order
+            sel = np.flatnonzero(kept & (lab == i))
+            rank[sel] = np.arange(len(sel))
+        kept &= rank < np.asarray(quota)[lab]
+        lon, lat, lab = np.asarray(lon)[kept], np.asarray(lat)[kept], lab[kept]
     lines = ["latitude;longitude;category;subcategory"]
     for la, lo, k in zip(lat, lon, lab, strict=True):
         leaf_k = leaves[k]
@@ -945,37 +1002,48 @@ def _sample_points(land: _Landscape, geobox: GeoBox, seed: int, n_points: int | 
     return lines
 
 
-def _aoi(geobox: GeoBox) -> list[float]:
-    """Lon/lat bounds of the grid, rounded outwards to 7 decimals (about 1 cm)."""
-    bbox = geobox.extent.to_crs("EPSG:4326", resolution=100.0).boundingbox
+def _aoi(*geoboxes: GeoBox) -> list[float]:
+    """Lon/lat bounds of the grids, rounded outwards to 7 decimals (about 1 cm)."""
+    boxes = [g.extent.to_crs("EPSG:4326", resolution=100.0).boundingbox for g in geoboxes]
     return [
-        math.floor(bbox.left * 1e7) / 1e7,
-        math.floor(bbox.bottom * 1e7) / 1e7,
-        math.ceil(bbox.right * 1e7) / 1e7,
-        math.ceil(bbox.top * 1e7) / 1e7,
+        math.floor(min(b.left for b in boxes) * 1e7) / 1e7,
+        math.floor(min(b.bottom for b in boxes) * 1e7) / 1e7,
+        math.ceil(max(b.right for b in boxes) * 1e7) / 1e7,
+        math.ceil(max(b.top for b in boxes) * 1e7) / 1e7,
     ]
 
 
-def _config_text(collection: str, with_dem: bool, aoi: list[float], size: int, seed: int) -> str:
+_AOI_NOTE = (
+    "# Lon/lat bounds of the demo grid, rounded outwards. The tile is processed on its own grid (the",
+    "# EPSG:32630 grid its items carry in proj:transform, cropped to the AOI), which is the demo grid:",
+    "# its top-left corner is at",
+)
+_TILES_AOI_NOTE = (
+    "# Lon/lat bounds of all demo tiles, rounded outwards. Each tile is processed on its own UTM grid",
+    "# (the grid its items carry in proj:transform); every location is owned by one tile.",
+)
+
+
+def _config_text(collection: str, with_dem: bool, aoi: list[float], size: int, seed: int,
+                 tiles: list[str] | None = None) -> str:  # fmt: skip
+    """Return the demo's run config: one tile near Malaga, or ``tiles`` in several zones (no ``crs``)."""
+    where = f"at 0 deg E): tiles {', '.join(tiles)}, each" if tiles else "near Malaga):"
     lines = [
-        f"# lcstack demo area (synthetic Sentinel-2 near Malaga): {size} x {size} px at 10 m, seed {seed}.",
+        f"# lcstack demo area (synthetic Sentinel-2 {where} {size} x {size} px at 10 m, seed {seed}.",
         "# Paths are relative to this file.",
         "stac: stac/catalog.json",
         f"collection: {collection}",
     ]
     if with_dem:
         lines.append(f"dem_collection: {DEM_COLLECTION}")
+    lines += ["seasons: seasons.json", "points: dataset.csv", "lc_labels: lc_labels.json"]
+    lines += ["sl_labels: sl_labels.json"]
+    aoi_line = "aoi: [" + ", ".join(f"{v:.7f}" for v in aoi) + "]"
+    if tiles:
+        lines += [*_TILES_AOI_NOTE, aoi_line]
+    else:
+        lines += [*_AOI_NOTE, f"# ({X0:.0f}, {Y0:.0f}) and is {size} x {size} px.", aoi_line]
     lines += [
-        "seasons: seasons.json",
-        "points: dataset.csv",
-        "lc_labels: lc_labels.json",
-        "sl_labels: sl_labels.json",
-        "# Lon/lat bounds of the demo grid, rounded outwards. Reprojected to EPSG:32630 and snapped outwards",
-        "# to 10 m they give a pixel-aligned grid that contains the demo grid (a few pixels larger on each",
-        "# side, since UTM is rotated against lon/lat); the demo grid itself has its top-left corner at",
-        f"# ({X0:.0f}, {Y0:.0f}) and is {size} x {size} px.",
-        "aoi: [" + ", ".join(f"{v:.7f}" for v in aoi) + "]",
-        f"crs: {CRS}",
         f"resolution: {RESOLUTION}",
         "storage: lcstack-data",
         "max_cloud_cover: 60",
@@ -987,6 +1055,18 @@ def _config_text(collection: str, with_dem: bool, aoi: list[float], size: int, s
 
 def _write_text(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8", newline="\n")
+
+
+def _write_side_files(root: Path) -> None:
+    """``seasons.json``, ``lc_labels.json`` and ``sl_labels.json``."""
+    season_json = {name: {"start": a, "end": b} for name, (a, b) in spectra.SEASONS.items()}
+    files = {
+        "seasons.json": season_json,
+        "lc_labels.json": spectra.LC_LABELS,
+        "sl_labels.json": spectra.SL_LABELS,
+    }
+    for name, content in files.items():
+        _write_text(root / name, json.dumps(content, indent=2) + "\n")
 
 
 def _prepare_folder(root: Path) -> Path:
@@ -1020,6 +1100,7 @@ def make_demo_area(
     with_dem: bool = True,
     n_points: int | None = None,
     progress: bool = False,
+    tiles: int = 1,
 ) -> DemoArea:
     """Write a synthetic, deterministic Sentinel-2 area (STAC catalog, truth, points, config) to a folder.
 
@@ -1042,6 +1123,11 @@ def make_demo_area(
         60 per leaf class for a 512² area, growing with the square root of ``size``.
     progress
         Show a progress bar.
+    tiles
+        Number of Sentinel-2 tiles, 1 to 4. ``1``: one area in tile 30SUF near Malaga. ``2`` to ``4``:
+        windows of ``size`` × ``size`` px of the real tiles 30SYJ, 31SBD, 30SYH, 31SBC around 0° E, in two UTM
+        zones (see :mod:`lcstack._demo_tiles`); ``dataset.csv`` covers all of them, and the truth rasters are
+        ``truth/<tile>.tif`` and ``truth/<tile>_sl.tif``.
 
     Returns
     -------
@@ -1067,7 +1153,14 @@ def make_demo_area(
         isinstance(n_points, bool) or not isinstance(n_points, int | np.integer) or n_points < 1
     ):
         raise InvalidInputError(f"n_points={n_points!r} is invalid: pass a positive integer or None.")
+    if isinstance(tiles, bool) or not isinstance(tiles, int | np.integer) or not 1 <= tiles <= MAX_TILES:
+        raise InvalidInputError(f"tiles={tiles!r} is out of range: pass an integer from 1 to {MAX_TILES}.")
     size, seed = int(size), int(seed)
+    if tiles > 1:
+        from ._demo_tiles import make_tiles_area
+
+        return make_tiles_area(out_dir, size=size, seed=seed, flavour=flavour, with_dem=with_dem,
+                               n_points=n_points, progress=progress, tiles=int(tiles))  # fmt: skip
 
     root = Path(out_dir).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
@@ -1102,81 +1195,95 @@ def make_demo_area(
             footprint_bbox,
             (scenes[0].time, scenes[-1].time),
         )
-        bands = spectra.L1C_BANDS if flavour == "l1c" else spectra.L2A_BANDS
-        for scene in scenes:
-            item_dir = stac_dir / collection / f"{scene.item_id}_{'L1C' if flavour == 'l1c' else 'L2A'}"
-            renderer = _SceneRenderer(scene, land, seed, flavour)
-            offset_dn = 1000 if (flavour == "l2a" and scene.baseline >= "04.00") else 0
-            assets: dict[str, Path] = {}
-            for name in bands:
-                dn = renderer.band(name, offset_dn)
-                res = spectra.BAND_INFO[name][1]
-                path = item_dir / f"{spectra.BAND_INFO[name][0]}.tif"
-                _write_cog(path, dn, _transform(res), CRS, nodata=0)
-                assets[name] = path
-            scl: np.ndarray | None = None
-            if flavour == "l2a":
-                scl = renderer.scl
-                _write_cog(item_dir / "SCL.tif", scl, _transform(20), CRS, nodata=0, resampling="mode")
-                assets["scl"] = item_dir / "SCL.tif"
-            # cloud truth on the 20 m grid: 1 cloud/cirrus, 0 clear, -1 no data
-            s20 = renderer.scl.shape
-            cloud = ((renderer.alpha > 0) | (renderer.cirrus > 0))[: s20[0], : s20[1]].astype(np.int8)
-            cloud[renderer.scl == 0] = -1
-            nodata_fraction = float(renderer.nodata_fraction_10m())
-            stats = _scene_stats(scene, scl, nodata_fraction, cloud)
-            s2.add_item(_scene_item(scene, geobox, flavour, collection, assets, stats))
-            logger.debug("demo scene %s: cloud cover %.2f %%", scene.item_id, stats["cloud_cover"])
-            bar.update()
+        _write_scenes(stac_dir, s2, scenes, land, geobox, seed, flavour, bar)
 
-        catalog = pystac.Catalog(
-            id=CATALOG_ID,
-            description=f"lcstack synthetic Sentinel-2 area near Malaga ({size} x {size} px, seed {seed})",
-            title="lcstack demo",
-        )
-        catalog.add_child(s2)
-        if with_dem:
-            dem_item = _write_dem(stac_dir, geobox, terrain)
-            dem = _collection(
-                DEM_COLLECTION,
-                "Copernicus DEM GLO-30 (lcstack synthetic demo)",
-                "Synthetic smooth hills on the Copernicus GLO-30 1 arc-second lattice (lcstack.demo).",
-                list(dem_item.bbox or footprint_bbox),
-                (dt.datetime(2021, 4, 22, tzinfo=dt.UTC), dt.datetime(2021, 4, 22, tzinfo=dt.UTC)),
-            )
-            dem.add_item(dem_item)
-            catalog.add_child(dem)
-        catalog.normalize_hrefs(str(stac_dir))
-        catalog.make_all_asset_hrefs_relative()
-        catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+        description = f"lcstack synthetic Sentinel-2 area near Malaga ({size} x {size} px, seed {seed})"
+        _save_catalog(stac_dir, s2, description, geobox, terrain, with_dem, CRS)
         bar.update()
 
-    season_json = {name: {"start": a, "end": b} for name, (a, b) in spectra.SEASONS.items()}
-    files = {
-        "seasons.json": season_json,
-        "lc_labels.json": spectra.LC_LABELS,
-        "sl_labels.json": spectra.SL_LABELS,
-    }
-    for name, content in files.items():
-        _write_text(root / name, json.dumps(content, indent=2) + "\n")
+    _write_side_files(root)
     config = root / "config.yaml"
     _write_text(config, _config_text(collection, with_dem, _aoi(geobox), size, seed))
     logger.info("demo area written to %s", root)
+    return _demo_area(root, collection, with_dem, {MGRS_TILE: geobox}, {MGRS_TILE: (truth, truth_sl)})
+
+
+def _transform(res: int, tile: _Tile | None = None) -> Affine:
+    tile = tile or MALAGA
+    return Affine(res, 0.0, tile.x0, 0.0, -res, tile.y0)
+
+
+def _write_scenes(stac_dir: Path, s2: pystac.Collection, scenes: list[_Scene], land: Any, geobox: GeoBox,
+                  seed: int, flavour: str, bar: tqdm) -> None:  # fmt: skip
+    """Render every scene of one tile (bands, SCL) as COGs and add its item to the collection."""
+    collection = s2.id
+    bands = spectra.L1C_BANDS if flavour == "l1c" else spectra.L2A_BANDS
+    for scene in scenes:
+        tile = scene.tile
+        item_dir = stac_dir / collection / f"{scene.item_id}_{'L1C' if flavour == 'l1c' else 'L2A'}"
+        renderer = _SceneRenderer(scene, land, seed, flavour)
+        offset_dn = 1000 if (flavour == "l2a" and scene.baseline >= "04.00") else 0
+        assets: dict[str, Path] = {}
+        for name in bands:
+            dn = renderer.band(name, offset_dn)
+            res = spectra.BAND_INFO[name][1]
+            path = item_dir / f"{spectra.BAND_INFO[name][0]}.tif"
+            _write_cog(path, dn, _transform(res, tile), tile.crs, nodata=0)
+            assets[name] = path
+        scl: np.ndarray | None = None
+        if flavour == "l2a":
+            scl = renderer.scl
+            _write_cog(item_dir / "SCL.tif", scl, _transform(20, tile), tile.crs, nodata=0, resampling="mode")
+            assets["scl"] = item_dir / "SCL.tif"
+        # cloud truth on the 20 m grid: 1 cloud/cirrus, 0 clear, -1 no data
+        s20 = renderer.scl.shape
+        cloud = ((renderer.alpha > 0) | (renderer.cirrus > 0))[: s20[0], : s20[1]].astype(np.int8)
+        cloud[renderer.scl == 0] = -1
+        nodata_fraction = float(renderer.nodata_fraction_10m())
+        stats = _scene_stats(scene, scl, nodata_fraction, cloud)
+        s2.add_item(_scene_item(scene, geobox, flavour, collection, assets, stats))
+        logger.debug("demo scene %s: cloud cover %.2f %%", scene.item_id, stats["cloud_cover"])
+        bar.update()
+
+
+def _save_catalog(stac_dir: Path, s2: pystac.Collection, description: str, dem_box: GeoBox, terrain: _Terrain,
+                  with_dem: bool, crs: str) -> None:  # fmt: skip
+    """Write the self-contained catalog: the Sentinel-2 collection and, with ``with_dem``, a DEM."""
+    catalog = pystac.Catalog(id=CATALOG_ID, description=description, title="lcstack demo")
+    catalog.add_child(s2)
+    if with_dem:
+        dem_item = _write_dem(stac_dir, dem_box, terrain, crs)
+        dem = _collection(
+            DEM_COLLECTION,
+            "Copernicus DEM GLO-30 (lcstack synthetic demo)",
+            "Synthetic smooth hills on the Copernicus GLO-30 1 arc-second lattice (lcstack.demo).",
+            list(dem_item.bbox or s2.extent.spatial.bboxes[0]),
+            (dt.datetime(2021, 4, 22, tzinfo=dt.UTC), dt.datetime(2021, 4, 22, tzinfo=dt.UTC)),
+        )
+        dem.add_item(dem_item)
+        catalog.add_child(dem)
+    catalog.normalize_hrefs(str(stac_dir))
+    catalog.make_all_asset_hrefs_relative()
+    catalog.save(catalog_type=pystac.CatalogType.SELF_CONTAINED)
+
+
+def _demo_area(root: Path, collection: str, with_dem: bool, tiles: dict[str, GeoBox],
+               truths: dict[str, tuple[Path, Path]]) -> DemoArea:  # fmt: skip
+    """Return the :class:`DemoArea` of a written folder (``truth``, ``geobox``, ...: the first tile)."""
+    first = next(iter(tiles))
     return DemoArea(
         root=root,
-        catalog=stac_dir / "catalog.json",
-        config=config,
-        points=points,
+        catalog=root / "stac" / "catalog.json",
+        config=root / "config.yaml",
+        points=root / "dataset.csv",
         seasons=root / "seasons.json",
         lc_labels=root / "lc_labels.json",
         sl_labels=root / "sl_labels.json",
-        truth=truth,
-        truth_sl=truth_sl,
+        truth=truths[first][0],
+        truth_sl=truths[first][1],
         collection=collection,
         dem_collection=DEM_COLLECTION if with_dem else None,
-        geobox=geobox,
+        geobox=tiles[first],
+        tiles=tiles,
+        truths=truths,
     )
-
-
-def _transform(res: int) -> Affine:
-    return Affine(res, 0.0, X0, 0.0, -res, Y0)

@@ -29,6 +29,7 @@ __all__ = [
     "asset_fingerprints",
     "discover_dem",
     "discover_scenes",
+    "discover_tile_scenes",
     "open_source",
     "search_items",
 ]
@@ -440,6 +441,148 @@ def discover_scenes(
             ", ".join(f"{s.id} ({s.valid_fraction:.2f})" for s in picked),
         )
     return chosen
+
+
+def discover_tile_scenes(
+    source: Source,
+    collection: str,
+    aoi: Any,
+    seasons: Mapping[str, Any],
+    *,
+    tile_size: int | None = None,
+    max_cloud_cover: float | None = None,
+    max_scenes: int | None = None,
+    min_valid_fraction: float = 0.0,
+    on_missing: str = "fail",
+) -> tuple[dict[str, Any], dict[str, dict[str, list[SceneInfo]]]]:
+    """Pick the scenes of every Sentinel-2 tile of ``aoi`` and every season, tile by tile.
+
+    The items of all seasons are grouped by MGRS tile (:func:`lcstack.s2grid.tiles_for_aoi`); each tile's
+    scenes of a season are ranked by their estimated valid fraction over the part of the AOI that tile
+    owns, and the best ``max_scenes`` are kept, so every tile gets scenes of its own.
+
+    Parameters
+    ----------
+    source, collection, seasons, max_cloud_cover, max_scenes, min_valid_fraction
+        As for :func:`discover_scenes`.
+    aoi
+        Anything :func:`lcstack.grid.aoi_geometry` accepts.
+    tile_size
+        Sub-tile size handed to :func:`~lcstack.s2grid.tiles_for_aoi`.
+    on_missing
+        ``"fail"``: a tile without a usable scene in a season raises; ``"skip"``: that tile is left out
+        with a warning and the other tiles go on.
+
+    Returns
+    -------
+    tuple
+        ``(tiles, scenes)``: tile id -> :class:`~lcstack.s2grid.S2Tile`, and tile id -> season -> the chosen
+        scenes in chronological order (both without skipped tiles).
+
+    Raises
+    ------
+    lcstack.errors.NoScenesFoundError
+        A season has no scene at all over the AOI, a tile has no usable scene in a season (unless
+        ``on_missing="skip"``), or every tile was skipped; the message names tile, season and filters.
+
+    """
+    from .grid import aoi_geometry
+    from .s2grid import tiles_for_aoi
+
+    catalog = open_source(source) if not isinstance(source, pystac.Catalog) else source
+    geom = aoi_geometry(aoi).to_crs("EPSG:4326")
+    bbox = tuple(geom.boundingbox)
+    windows = {name: _season_window(name, season) for name, season in seasons.items()}
+    found: dict[str, list[pystac.Item]] = {}
+    for name, (first, last, days) in windows.items():
+        found[name] = _season_items(catalog, collection, bbox, first, last, days, max_cloud_cover)
+        if not found[name]:
+            raise _no_scenes_error(
+                catalog, collection, bbox, name, first, last, days, max_cloud_cover, min_valid_fraction, []
+            )
+    every = {i.id: i for items in found.values() for i in items}
+    tiles = tiles_for_aoi(sorted(every.values(), key=_sort_key), geom, tile_size=tile_size)
+    limits = {"max_cloud_cover": max_cloud_cover, "min_valid_fraction": min_valid_fraction}
+    chosen: dict[str, dict[str, list[SceneInfo]]] = {}
+    for tile, s2tile in tiles.items():
+        per_season = _tile_seasons(s2tile, found, windows, collection, max_scenes, limits, on_missing)
+        if per_season is not None:
+            chosen[tile] = per_season
+    if not chosen:
+        raise NoScenesFoundError(
+            f"No Sentinel-2 tile of the AOI {tuple(bbox)} has usable scenes in every season "
+            f"({', '.join(tiles) or 'no tile found'}); relax the filters (see the warnings above)."
+        )
+    return {t: tiles[t] for t in chosen}, chosen
+
+
+def _tile_seasons(
+    s2tile: Any,
+    found: Mapping[str, list[pystac.Item]],
+    windows: Mapping[str, tuple[dt.date, dt.date, frozenset[dt.date] | None]],
+    collection: str,
+    max_scenes: int | None,
+    limits: Mapping[str, Any],
+    on_missing: str,
+) -> dict[str, list[SceneInfo]] | None:
+    """Choose one tile's scenes per season; None when a season has none and ``on_missing`` is skip."""
+    tile = s2tile.tile
+    owned = s2tile.owned.to_crs("EPSG:4326").geom
+    ids = {i.id for i in s2tile.items}
+    per_season = {}
+    for name, items in found.items():
+        scenes = [_scene_info(i, name, owned) for i in items if i.id in ids]
+        per_season[name] = _pick(scenes, max_scenes, limits["min_valid_fraction"])
+        if not per_season[name]:
+            problem = _tile_problem(tile, name, windows[name], collection, scenes, limits)
+            if on_missing != "skip":
+                raise NoScenesFoundError(f"{problem} Or set `on_missing: skip` to map the other tiles.")
+            logger.warning("%s on_missing: skip, so tile %s is left out.", problem, tile)
+            return None
+        _log_picked(f"tile {tile}, season {name}", len(scenes), per_season[name])
+    return per_season
+
+
+def _pick(scenes: list[SceneInfo], max_scenes: int | None, min_valid_fraction: float) -> list[SceneInfo]:
+    """Return the best ``max_scenes`` usable scenes (valid fraction, then date), in chronological order."""
+    usable = [s for s in scenes if s.valid_fraction >= min_valid_fraction and s.aoi_coverage > 0]
+    ranked = sorted(usable, key=lambda s: (-s.valid_fraction, _sort_key(s.item)))
+    picked = ranked[:max_scenes] if max_scenes is not None else ranked
+    return sorted(picked, key=lambda s: _sort_key(s.item))
+
+
+def _log_picked(what: str, n: int, picked: list[SceneInfo]) -> None:
+    logger.info(
+        "%s: %d item(s) under the cloud limit, kept %d: %s",
+        what,
+        n,
+        len(picked),
+        ", ".join(f"{s.id} ({s.valid_fraction:.2f})" for s in picked),
+    )
+
+
+def _tile_problem(
+    tile: str,
+    season: str,
+    window: tuple[dt.date, dt.date, frozenset[dt.date] | None],
+    collection: str,
+    scenes: list[SceneInfo],
+    limits: Mapping[str, float | None],
+) -> str:
+    """Say why ``tile`` has no usable scene in ``season`` and what to relax."""
+    first, last, days = window
+    when = ", ".join(d.isoformat() for d in sorted(days)) if days is not None else f"{first}..{last}"
+    cloud = "none" if limits["max_cloud_cover"] is None else f"{limits['max_cloud_cover']:g}%"
+    text = (
+        f"No usable scene for tile {tile}, season {season!r} ({when}) in collection {collection!r} "
+        f"(filters: cloud limit {cloud}, min_valid_fraction {limits['min_valid_fraction']:g}, "
+        f"valid fraction over the tile's part of the AOI): {len(scenes)} item(s) of the tile are under the "
+        "cloud limit"
+    )
+    if scenes:
+        best = max(s.valid_fraction for s in scenes)
+        return f"{text}, the best reaches {best:.3f}. To fix: lower min_valid_fraction or widen the season."
+    return f"{text}. To fix: widen the season's dates or raise max_cloud_cover."
 
 
 def discover_dem(source: Source, collection: str, bbox: BBox) -> list[pystac.Item]:

@@ -15,7 +15,15 @@ from odc.geo.geom import BoundingBox, Geometry
 
 from .errors import InvalidInputError
 
-__all__ = ["utm_crs", "aoi_geometry", "aoi_geobox", "tile_geoboxes", "points_bbox"]
+__all__ = [
+    "utm_crs",
+    "aoi_geometry",
+    "aoi_geobox",
+    "crop_geobox",
+    "tile_geoboxes",
+    "user_grid_tiles",
+    "points_bbox",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -87,11 +95,71 @@ def aoi_geobox(aoi: object, *, crs: str | CRS | None = None, resolution: float =
     return gbox
 
 
-def tile_geoboxes(geobox: GeoBox, tile_size: int) -> Mapping[str, GeoBox]:
+def crop_geobox(geobox: GeoBox, bbox: BoundingBox) -> GeoBox:
+    """Return the pixels of ``geobox`` touching ``bbox`` (in the geobox's CRS), same lattice; may be empty."""
+    t = geobox.affine
+    ny, nx = geobox.shape.yx
+    c0 = max(0, math.floor(round((bbox.left - t.c) / t.a, 6)))
+    c1 = min(nx, math.ceil(round((bbox.right - t.c) / t.a, 6)))
+    r0 = max(0, math.floor(round((bbox.top - t.f) / t.e, 6)))
+    r1 = min(ny, math.ceil(round((bbox.bottom - t.f) / t.e, 6)))
+    return geobox[r0 : max(r0, r1), c0 : max(c0, c1)]
+
+
+def tile_geoboxes(
+    geobox: GeoBox, tile_size: int, *, within: BoundingBox | None = None
+) -> Mapping[str, GeoBox]:
     """Cut ``geobox`` into processing tiles of at most ``tile_size`` × ``tile_size`` pixels.
 
-    Tile ids are ``r<row>c<col>`` (zero-padded), stable for a given grid and tile size.
+    Tile ids are ``r<row>c<col>`` (zero-padded), stable for a given grid and tile size. With ``within`` (a
+    bounding box in the geobox's CRS) only the tiles that touch it are kept, each cropped to it; the ids still
+    count on the whole of ``geobox``, so the same part of a Sentinel-2 tile has the same id for any AOI.
     """
     tiles = GeoboxTiles(geobox, (tile_size, tile_size))
     ny, nx = tiles.shape.yx
-    return {f"r{iy:03d}c{ix:03d}": tiles[iy, ix] for iy in range(ny) for ix in range(nx)}
+    out = {f"r{iy:03d}c{ix:03d}": tiles[iy, ix] for iy in range(ny) for ix in range(nx)}
+    if within is None:
+        return out
+    cropped = {key: crop_geobox(g, within) for key, g in out.items()}
+    return {key: g for key, g in cropped.items() if g.shape[0] > 0 and g.shape[1] > 0}
+
+
+def user_grid_tiles(
+    aoi: object, crs: str | CRS, *, resolution: float = 10.0, tile_size: int
+) -> Mapping[str, GeoBox]:
+    """Return the processing tiles of ``aoi`` on a user grid (``grid: {crs: EPSG:3035, resolution: 10}``).
+
+    The grid is the AOI's :func:`aoi_geobox` in ``crs`` (pixel edges on whole multiples of ``resolution``),
+    cut into cells of a lattice anchored at the CRS origin, ``tile_size`` pixels on a side, each cropped to
+    the AOI grid. Ids ``E<x>N<y>`` are the cell's lower-left corner in metres: a cell keeps its id for any
+    AOI.
+
+    Raises
+    ------
+    InvalidInputError
+        If ``crs`` is not a projected CRS or ``resolution``/``tile_size`` is not positive.
+
+    """
+    try:
+        crs = CRS(crs)
+    except Exception as err:  # noqa: BLE001 - pyproj raises several types
+        raise InvalidInputError(f"grid crs {crs!r} is not understood ({err}); give e.g. EPSG:3035.") from None
+    if not crs.projected:
+        raise InvalidInputError(
+            f"grid crs {crs} is not projected; give a projected CRS in metres (e.g. EPSG:3035)."
+        )
+    if not resolution > 0 or not tile_size > 0:
+        raise InvalidInputError(
+            f"grid: resolution {resolution!r} and tile_size {tile_size!r} must be positive."
+        )
+    gbox = aoi_geobox(aoi, crs=crs, resolution=resolution)
+    step = tile_size * resolution
+    left, bottom, right, top = gbox.boundingbox
+    out: dict[str, GeoBox] = {}
+    for iy in range(math.floor(top / step + 1e-9), math.floor(bottom / step + 1e-9) - 1, -1):
+        for ix in range(math.floor(left / step + 1e-9), math.ceil(right / step - 1e-9)):
+            cell = BoundingBox(ix * step, iy * step, (ix + 1) * step, (iy + 1) * step, crs=crs)
+            sub = crop_geobox(gbox, cell)
+            if sub.shape[0] > 0 and sub.shape[1] > 0:
+                out[f"E{ix * step:.0f}N{iy * step:.0f}"] = sub
+    return out

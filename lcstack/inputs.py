@@ -34,6 +34,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import InputFileNotFoundError, InputWarning, InvalidInputError, SkippedPointsWarning
+from .signing import StacSource, stac_source
 
 __all__ = [
     "Season",
@@ -47,6 +48,7 @@ __all__ = [
     "ModelConfig",
     "DaskConfig",
     "RunConfig",
+    "GridConfig",
     "load_config",
 ]
 
@@ -526,6 +528,13 @@ class AoiBox(_Strict):
     crs: str = "EPSG:4326"
 
 
+class GridConfig(_Strict):
+    """An explicit processing grid (``grid: {crs: EPSG:3035, resolution: 10}``), not the Sentinel-2 tiles."""
+
+    crs: str
+    resolution: float = Field(10.0, gt=0)
+
+
 class RunConfig(_Strict):
     """A validated run configuration; relative paths are already resolved against the config's folder."""
 
@@ -538,6 +547,9 @@ class RunConfig(_Strict):
     lc_labels: Path
     sl_labels: Path | None = None
     aoi: tuple[float, float, float, float] | AoiBox | Path | None = None
+    #: the processing grid: the Sentinel-2 tiles of the AOI when neither ``grid`` nor ``crs`` is given
+    grid: GridConfig | None = None
+    #: ``crs: EPSG:...`` alone is the user grid ``grid: {crs: ..., resolution: <resolution>}``
     crs: str | None = None
     resolution: float = Field(10.0, gt=0)
     bands: tuple[str, ...] | None = None
@@ -549,6 +561,8 @@ class RunConfig(_Strict):
     max_cloud_cover: float = Field(60.0, ge=0, le=100)
     max_scenes_per_season: int = Field(5, ge=1)
     min_valid_fraction: float = Field(0.0, ge=0, le=1)
+    #: a Sentinel-2 tile without a usable scene in a season: ``fail`` the run, or ``skip`` the tile
+    on_missing: Literal["fail", "skip"] = "fail"
     tile_size: int = Field(4096, ge=64)
     chunk_size: int | None = Field(None, ge=64)
     loader: Literal["odc", "stackstac"] = "odc"
@@ -557,6 +571,8 @@ class RunConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     dask: DaskConfig = Field(default_factory=DaskConfig)
     source: Path | None = None
+    #: ``stac:`` given as a mapping {url, headers, modifier} (lcstack.signing); ``stac`` holds its URL.
+    stac_source: StacSource | None = None
 
     @field_validator("aoi", mode="before")
     @classmethod
@@ -682,7 +698,7 @@ def load_config(path: os.PathLike | str, **overrides: Any) -> RunConfig:
         raise InvalidInputError(f"{p}: expected a mapping of keys (stac, collection, seasons, ...).")
     raw = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
     lines = _key_lines(text)
-    known = set(RunConfig.model_fields) - {"source"}
+    known = set(RunConfig.model_fields) - {"source", "stac_source"}
     for key in raw:
         if key not in known:
             close = difflib.get_close_matches(str(key), sorted(known), n=1)
@@ -699,9 +715,18 @@ def load_config(path: os.PathLike | str, **overrides: Any) -> RunConfig:
     for key in _PATH_KEYS:
         if resolved.get(key) is not None:
             resolved[key] = (base / os.path.expanduser(str(resolved[key]))).resolve()
+    # --- stac: a URL / path, or a mapping {url, headers, modifier} (lcstack.signing.StacSource) ---
+    stac_src = None
+    if isinstance(resolved["stac"], dict):
+        where = f"{p}, line {lines['stac']}" if "stac" in lines else str(p)
+        stac_src = stac_source(resolved["stac"], where=f"{where}, key 'stac'")
+        resolved["stac"] = stac_src.url
+    # --- end stac mapping ---
     stac = str(resolved["stac"])
     if not _is_url(stac):
         resolved["stac"] = str((base / os.path.expanduser(stac)).resolve())
+    if stac_src is not None:
+        resolved["stac_source"] = stac_src.model_copy(update={"url": resolved["stac"]})
     storage = str(resolved.get("storage", "lcstack-data"))
     if not _is_url(storage):
         resolved["storage"] = str((base / os.path.expanduser(storage)).resolve())

@@ -11,11 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import posixpath
 import time
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -31,12 +34,16 @@ from .errors import (
     SkippedScenesWarning,
     StorageError,
 )
-from .grid import aoi_geobox, points_bbox, tile_geoboxes
+from .grid import aoi_geobox, aoi_geometry, points_bbox
 from .inputs import RunConfig, Season
 from .load import AssetProblem, asset_error, check_assets
+from .plan import Unit, points_of_units, s2_units, user_units
 from .progress import progress_enabled, progress_iter
 from .settings import Settings, get_settings
 from .store import Storage, redact
+
+if TYPE_CHECKING:
+    from .registry import Claim
 
 __all__ = ["Workflow", "StepResult", "STEPS"]
 
@@ -56,6 +63,15 @@ def _grid_token(gbox: GeoBox) -> dict[str, Any]:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+#: The storage folder of each registry kind of output.
+_FOLDER = {
+    "composites": "composites",
+    "datasets": "datasets",
+    "models": "models",
+    "maps": "classification-maps",
+}
 
 
 @dataclass
@@ -97,6 +113,7 @@ class Workflow:
     ) -> None:
         from .registry import open_registry
 
+        self._embedded = False  # a registry file inside the storage root: all its records are ours
         self.config = config
         self.settings = settings or get_settings()
         self.progress = progress_enabled(progress, self.settings)
@@ -120,10 +137,18 @@ class Workflow:
                     "live: set `registry:` in the config (mongodb://... or a local SQLite path) or MONGO_URI."
                 )
             registry = open_registry(url, default_path=default, database=self.settings.mongo_database)
+            self._embedded = not url
         self.registry = registry
         self._plan: list[tuple[str, str, str, str, dict[str, Any]]] | None = None
-        self._scenes: dict[str, list[Any]] | None = None
+        # the storage's identity in records (a shared registry holds records of several storages)
+        self._storage_id = redact(
+            self.storage.root if "://" in self.storage.root else os.path.abspath(self.storage.root)
+        )
+        #: tile id (``"*"``: every unit of a user grid) -> season -> the chosen scenes
+        self._scenes: dict[str, dict[str, list[Any]]] | None = None
         self._geobox: GeoBox | None = None
+        self._units: dict[str, Unit] | None = None
+        self._s2_footprints: dict[str, GeoBox] = {}  # every Sentinel-2 tile processed -> its grid
         self._fingerprints: dict[str, str] = {}
 
     def close(self) -> None:
@@ -145,32 +170,71 @@ class Workflow:
         return self._seasons
 
     @property
+    def aoi(self) -> Any:
+        """The configured AOI, or the bounding box of the points when none is configured."""
+        if self.config.aoi is not None:
+            return self.config.aoi
+        pts = self.config.read_points(validate=False)
+        return points_bbox(pts["longitude"], pts["latitude"])
+
+    @property
+    def user_grid(self) -> tuple[str, float] | None:
+        """The explicit grid ``(crs, resolution)`` of the config; None: the Sentinel-2 tile grid."""
+        cfg = self.config
+        if cfg.grid is not None and cfg.crs is not None:
+            raise InvalidInputError(
+                f"{cfg.source or 'config'}: both `grid:` and `crs:` are given; keep one "
+                "(`grid: {crs: EPSG:..., resolution: ...}`)."
+            )
+        if cfg.grid is not None:
+            return cfg.grid.crs, cfg.grid.resolution
+        if cfg.crs is not None:
+            return cfg.crs, cfg.resolution
+        if cfg.resolution != 10:
+            raise InvalidInputError(
+                f"{cfg.source or 'config'}: resolution {cfg.resolution:g} needs a user grid; the "
+                "Sentinel-2 tile grid is 10 m. Give `grid: {crs: EPSG:..., resolution: ...}`."
+            )
+        return None
+
+    @property
     def geobox(self) -> GeoBox:
-        """The output grid of the whole area."""
+        """The whole AOI on the user grid (or on the UTM zone of its centre, for the Sentinel-2 grid)."""
         if self._geobox is None:
-            aoi: Any = self.config.aoi
-            if aoi is None:
-                pts = self.config.read_points(validate=False)
-                aoi = points_bbox(pts["longitude"], pts["latitude"])
-            self._geobox = aoi_geobox(aoi, crs=self.config.crs, resolution=self.config.resolution)
+            crs, res = self.user_grid or (None, 10.0)
+            self._geobox = aoi_geobox(self.aoi, crs=crs, resolution=res)
         return self._geobox
 
     @property
     def bbox_lonlat(self) -> tuple[float, float, float, float]:
         """The AOI bounds in lon/lat, for STAC searches."""
-        b = self.geobox.extent.to_crs("EPSG:4326").boundingbox
+        area = self.geobox.extent if self.user_grid else aoi_geometry(self.aoi)
+        b = area.to_crs("EPSG:4326").boundingbox
         return (b.left, b.bottom, b.right, b.top)
 
     @property
+    def units(self) -> Mapping[str, Unit]:
+        """Processing units by id (see :mod:`lcstack.plan`); the Sentinel-2 grid needs discovery first."""
+        if self._units is None:
+            grid = self.user_grid
+            if grid is None:
+                self.discover()  # sets the units of the tiles found
+            else:
+                res, size = grid[1], self.config.tile_size
+                self._units = user_units(self.aoi, grid[0], resolution=res, tile_size=size)
+        return dict(self._units or {})
+
+    @property
+    def s2_footprints(self) -> Mapping[str, GeoBox]:
+        """Every Sentinel-2 tile processed -> its native grid (empty on a user grid); needs discovery."""
+        if self.user_grid is None:
+            self.discover()
+        return dict(self._s2_footprints)
+
+    @property
     def tiles(self) -> Mapping[str, GeoBox]:
-        """Processing tiles, keyed by an id that is stable for the grid (CRS and tile origin)."""
-        tiles = tile_geoboxes(self.geobox, self.config.tile_size)
-        out = {}
-        for gbox in tiles.values():
-            epsg = gbox.crs.epsg or _digest(str(gbox.crs), 8)
-            x0, y0 = gbox.affine.c, gbox.affine.f
-            out[f"{epsg}_{x0:.0f}_{y0:.0f}_{gbox.shape.x}x{gbox.shape.y}"] = gbox
-        return out
+        """The grid of every processing unit, by unit id (``30SYJ``, ``30SYJ_r000c001``, ``E..N..``)."""
+        return {uid: unit.geobox for uid, unit in self.units.items()}
 
     @property
     def chunks(self) -> dict[str, int]:
@@ -188,40 +252,54 @@ class Workflow:
         self.registry.ping()
         self.storage.check(write=write)
 
-    def discover(self) -> dict[str, list[Any]]:
-        """Find the scenes of every season over the AOI and record them."""
-        from .discover import discover_scenes, open_source
+    def discover(self) -> dict[str, dict[str, list[Any]]]:
+        """Find the scenes of every tile and season and record them; tile -> season -> scenes.
+
+        On the Sentinel-2 grid each tile gets its own best scenes (``lcstack.discover.discover_tile_scenes``);
+        on a user grid the scenes are chosen over the whole AOI, under the tile ``"*"``.
+        """
+        from .discover import discover_scenes, discover_tile_scenes, open_source
 
         if self._scenes is not None:
             return self._scenes
-        source = open_source(self.config.stac)
-        scenes = discover_scenes(
-            source,
-            self.config.collection,
-            self.bbox_lonlat,
-            self.seasons,
-            max_cloud_cover=self.config.max_cloud_cover,
-            max_scenes=self.config.max_scenes_per_season,
-            min_valid_fraction=self.config.min_valid_fraction,
-        )
-        for season, infos in scenes.items():
-            for info in infos:
-                item = info.item
-                self.registry.put(
-                    "scenes",
-                    item.id,
-                    {
-                        "collection": self.config.collection,
-                        "datetime": str(item.datetime),
-                        "cloud_cover": info.cloud_cover,
-                        "valid_fraction": info.valid_fraction,
-                        "season": season,
-                        "stac": redact(self.config.stac),
-                        "status": "complete",
-                    },
-                )
+        cfg = self.config
+        source = open_source(cfg.stac)
+        limits = {
+            "max_cloud_cover": cfg.max_cloud_cover,
+            "max_scenes": cfg.max_scenes_per_season,
+            "min_valid_fraction": cfg.min_valid_fraction,
+        }
+        if self.user_grid is None:
+            tiles, scenes = discover_tile_scenes(
+                source, cfg.collection, self.aoi, self.seasons, tile_size=cfg.tile_size,
+                on_missing=cfg.on_missing, **limits,
+            )  # fmt: skip
+            self._s2_footprints = {t: s2tile.geobox for t, s2tile in tiles.items()}
+            self._units = s2_units(tiles, cfg.tile_size)
+        else:
+            scenes = {"*": discover_scenes(source, cfg.collection, self.bbox_lonlat, self.seasons, **limits)}
+        self._record_scenes(scenes)
         self._scenes = scenes
         return scenes
+
+    def _record_scenes(self, scenes: Mapping[str, Mapping[str, Sequence[Any]]]) -> None:
+        for tile, seasons in scenes.items():
+            for season, infos in seasons.items():
+                for info in infos:
+                    self.registry.put(
+                        "scenes",
+                        info.item.id,
+                        {
+                            "collection": self.config.collection,
+                            "datetime": str(info.item.datetime),
+                            "cloud_cover": info.cloud_cover,
+                            "valid_fraction": info.valid_fraction,
+                            "season": season,
+                            "tile": None if tile == "*" else tile,
+                            "stac": redact(self.config.stac),
+                            "status": "complete",
+                        },
+                    )
 
     def _dem_items(self) -> list[Any]:
         from .discover import discover_dem, open_source
@@ -250,6 +328,7 @@ class Workflow:
         """Every composite of the run: (tile id, season or 'terrain', key, url, record)."""
         if self._plan is None:
             self._plan = self._make_composite_plan()
+            self._record_plan(self._plan)
         return [(t, s, k, u, dict(r)) for t, s, k, u, r in self._plan]
 
     def _make_composite_plan(self) -> list[tuple[str, str, str, str, dict[str, Any]]]:
@@ -257,9 +336,11 @@ class Workflow:
         plan = []
         params = self._composite_params()
         dem = self._dem_items()
-        for tile_id, gbox in self.tiles.items():
-            for season, infos in scenes.items():
-                items = self._tile_items(infos, gbox)
+        for tile_id, unit in self.units.items():
+            gbox = unit.geobox
+            for season, infos in scenes[unit.tile or "*"].items():
+                # a Sentinel-2 unit reads its own tile's scenes only; a user-grid unit those over it
+                items = [i.item for i in infos] if unit.tile else self._tile_items(infos, gbox)
                 if not items:
                     continue
                 s = self.seasons[season]
@@ -272,9 +353,8 @@ class Workflow:
                 }
                 key = _digest(ident)
                 url = self.storage.url("composites", tile_id, f"{season}_{key[:8]}.zarr")
-                plan.append(
-                    (tile_id, season, key, url, {"items": sorted(i.id for i in items), "_items": items})
-                )
+                rec = {"items": sorted(i.id for i in items), "_items": items, "s2_tile": unit.tile}
+                plan.append((tile_id, season, key, url, rec))
             if self.config.dem_collection:
                 ident = {
                     "grid": _grid_token(gbox),
@@ -284,9 +364,8 @@ class Workflow:
                 }
                 key = _digest(ident)
                 url = self.storage.url("composites", tile_id, f"terrain_{key[:8]}.zarr")
-                plan.append(
-                    (tile_id, "terrain", key, url, {"items": sorted(i.id for i in dem), "_items": dem})
-                )
+                rec = {"items": sorted(i.id for i in dem), "_items": dem, "s2_tile": unit.tile}
+                plan.append((tile_id, "terrain", key, url, rec))
         return plan
 
     def _scene_assets(self, item: Any) -> list[str]:
@@ -399,22 +478,42 @@ class Workflow:
     def _write_composite(
         self, tile_id: str, season: str, key: str, url: str, rec: dict[str, Any], *, progress: bool
     ) -> StepResult:
-        from .composite import seasonal_composite
-        from .terrain import load_terrain
-
         gbox = self.tiles[tile_id]
         skipped: list[dict[str, str]] = []
         items = self._readable_items(season, rec.pop("_items"), skipped)
-        doc = {
-            **rec,
-            "tile": tile_id,
-            "season": season,
-            "url": url,
-            "status": "pending",
-            "params": self._composite_params(),
-        }
-        self.registry.put("composites", key, doc)
-        t0 = time.perf_counter()
+        doc = {**rec, "tile": tile_id, "season": season, "params": self._composite_params()}
+        claim = self._acquire("composites", key, url, doc)
+        if claim is None:
+            logger.info("composite %s/%s was written meanwhile by another run: reused", tile_id, season)
+            return StepResult("composite", key, url, True, {"tile": tile_id, "season": season})
+        with claim:
+            t0 = time.perf_counter()
+            items = self._compute_composite(
+                tile_id, season, key, url, items, gbox, skipped, progress=progress
+            )
+            if season != "terrain":
+                self._check_clear(tile_id, season, key, url, items)
+            seconds = round(time.perf_counter() - t0, 3)
+            claim.complete({"seconds": seconds, **({"skipped": skipped} if skipped else {})})
+        logger.info("composite %s/%s written to %s in %.1f s", tile_id, season, redact(url), seconds)
+        return StepResult("composite", key, url, False, {"tile": tile_id, "season": season})
+
+    def _compute_composite(
+        self,
+        tile_id: str,
+        season: str,
+        key: str,
+        url: str,
+        items: list[Any],
+        gbox: GeoBox,
+        skipped: list[dict[str, str]],
+        *,
+        progress: bool,
+    ) -> list[Any]:
+        """Write the composite; a scene whose read fails inside a task is skipped (or raised). Items used."""
+        from .composite import seasonal_composite
+        from .terrain import load_terrain
+
         while True:
             if season == "terrain":
                 # all terrain bands of a chunk in one Zarr chunk, as the seasonal composites have
@@ -435,17 +534,10 @@ class Workflow:
             ds.attrs["lcstack_key"] = key
             try:
                 self.storage.write_zarr(ds, url, progress=progress, desc=f"{tile_id} {season}")
-                break
+                return items
             except AssetError as err:  # a read failed inside a task: skip that scene, or fail
                 problem = AssetProblem(err.item or "", err.asset or "", err.href or "", err.why or str(err))
                 items = self._skip_scenes(season, items, [problem], skipped, err)
-        if season != "terrain":
-            self._check_clear(tile_id, season, key, url, items)
-        seconds = round(time.perf_counter() - t0, 3)
-        done = {"status": "complete", "seconds": seconds, **({"skipped": skipped} if skipped else {})}
-        self.registry.update("composites", key, done)
-        logger.info("composite %s/%s written to %s in %.1f s", tile_id, season, redact(url), seconds)
-        return StepResult("composite", key, url, False, {"tile": tile_id, "season": season})
 
     def _check_clear(self, tile_id: str, season: str, key: str, url: str, items: list[Any]) -> None:
         """Refuse (store and record removed) a seasonal composite without a single clear pixel."""
@@ -540,21 +632,34 @@ class Workflow:
 
     def samples(self) -> tuple[pd.DataFrame, StepResult]:
         """Extract (or reuse) the training table."""
-        from .samples import extract_samples, read_samples, write_samples
+        from .samples import read_samples, write_samples
 
         key = self.dataset_key()
         url = self.storage.url("datasets", f"dataset_{key}.parquet")
-        if self._is_complete("datasets", key, url):
+        claim = None if self._is_complete("datasets", key, url) else self._acquire("datasets", key, url, {})
+        if claim is None:
             return read_samples(url, storage_options=self.storage.storage_options), StepResult(
                 "dataset", key, url, True
             )
+        with claim:
+            table = self._extract_table()
+            write_samples(table, url, storage_options=self.storage.storage_options)
+            claim.complete({"n_samples": int(len(table)), "points": str(self.config.points.name)})
+        return table, StepResult("dataset", key, url, False, {"n_samples": int(len(table))})
+
+    def _extract_table(self) -> pd.DataFrame:
+        """Extract the training table from every tile, checking the points left out and empty classes."""
+        from .samples import extract_samples
+
         points = self.config.read_points()
         lc = self.config.read_lc_labels()
         sl = self.config.read_sl_labels()
         tables, placed = [], np.zeros(len(points), dtype=bool)
         skipped_nodata: list[int] = []
-        for tile_id, gbox in self.tiles.items():
-            inside = _points_in(points, gbox)
+        lon, lat = points["longitude"].to_numpy(), points["latitude"].to_numpy()
+        planned = {p[0] for p in self.composite_plan()}
+        units = {u: unit for u, unit in self.units.items() if u in planned}
+        for tile_id, inside in points_of_units(lon, lat, units, self._s2_footprints).items():
             placed |= inside
             if not inside.any():
                 continue
@@ -589,15 +694,7 @@ class Workflow:
                 f"{self.config.points}: category {', '.join(map(repr, empty))} has no usable sample after "
                 "leaving out points outside the area or on nodata pixels; add points for it inside the area."
             )
-        table = table.sort_values("line", kind="stable").reset_index(drop=True)
-        self.registry.put("datasets", key, {"url": url, "status": "pending"})
-        write_samples(table, url, storage_options=self.storage.storage_options)
-        self.registry.update(
-            "datasets",
-            key,
-            {"status": "complete", "n_samples": int(len(table)), "points": str(self.config.points.name)},
-        )
-        return table, StepResult("dataset", key, url, False, {"n_samples": int(len(table))})
+        return table.sort_values("line", kind="stable").reset_index(drop=True)
 
     def model_key(self) -> str:
         """Identity of the model: training table + model options + lcstack version."""
@@ -615,32 +712,29 @@ class Workflow:
 
         key = self.model_key()
         url = self.model_url()
-        if self._is_complete("models", key, url):
+        claim = None if self._is_complete("models", key, url) else self._acquire("models", key, url, {})
+        if claim is None:
             logger.info("model %s is complete: reused", key)
             return StepResult("train", key, url, True)
-        table, ds_result = self.samples()
-        self.registry.put("models", key, {"url": url, "status": "pending", "dataset": ds_result.key})
-        report = train_model(
-            table,
-            url,
-            lc_labels=self.config.read_lc_labels(),
-            sl_labels=self.config.read_sl_labels(),
-            options=self.config.model,
-            dataset_key=ds_result.key,
-            storage_options=self.storage.storage_options,
-        )
-        self.registry.update(
-            "models",
-            key,
-            {
-                "status": "complete",
-                "features": report["features"],
-                "metrics": {
-                    "overall_accuracy": report["metrics"]["level1"]["overall_accuracy"],
-                    "kappa": report["metrics"]["level1"]["kappa"],
-                },
-            },
-        )
+        with claim:
+            table, ds_result = self.samples()
+            report = train_model(
+                table,
+                url,
+                lc_labels=self.config.read_lc_labels(),
+                sl_labels=self.config.read_sl_labels(),
+                options=self.config.model,
+                dataset_key=ds_result.key,
+                storage_options=self.storage.storage_options,
+            )
+            level1 = report["metrics"]["level1"]
+            claim.complete(
+                {
+                    "dataset": ds_result.key,
+                    "features": report["features"],
+                    "metrics": {"overall_accuracy": level1["overall_accuracy"], "kappa": level1["kappa"]},
+                }
+            )
         return StepResult("train", key, url, False, {"metrics": report["metrics"]})
 
     # ------------------------------------------------------------------------------------ classify
@@ -654,20 +748,9 @@ class Workflow:
         model_url = self.model_url()
         if not self._is_complete("models", model_key, model_url):
             raise StorageError("no complete model for this config; run `lcstack train` first.")
-        plan = self.composite_plan()
         results: dict[str, StepResult] = {}
         todo = []
-        for tile_id in self.tiles:
-            comp = sorted(p[2] for p in plan if p[0] == tile_id)
-            if not comp:
-                continue
-            key = _digest({"model": model_key, "composites": comp})
-            base = self.storage.url("classification-maps", f"model_{model_key}", tile_id)
-            urls = {
-                "zarr": self.storage._join(base, "maps.zarr"),
-                "level1": self.storage._join(base, "level1.tif"),
-                "level2": self.storage._join(base, "level2.tif"),
-            }
+        for tile_id, key, base, urls in self._map_jobs(model_key):
             if self._is_complete("maps", key, urls["level2"]):
                 results[tile_id] = StepResult("classify", key, base, True, {"tile": tile_id})
             else:
@@ -682,7 +765,25 @@ class Workflow:
             desc="maps",
         )
         results.update({r.details["tile"]: r for r in written})
-        return [results[t] for t in self.tiles if t in results]
+        return [results[t] for t in dict.fromkeys(p[0] for p in self.composite_plan()) if t in results]
+
+    def _map_jobs(self, model_key: str) -> list[tuple[str, str, str, dict[str, str]]]:
+        """List the maps of every unit with composites: (unit id, key, folder URL, URL per file).
+
+        The units come from the composite plan, so this works offline from a recorded plan too. On the
+        Sentinel-2 grid a map keeps only the pixels its tile owns, and its key says so.
+        """
+        plan = self.composite_plan()
+        jobs = []
+        s2_tiles = sorted({p[4]["s2_tile"] for p in plan if p[4].get("s2_tile")})
+        for tile_id in dict.fromkeys(p[0] for p in plan):
+            comp = sorted(p[2] for p in plan if p[0] == tile_id)
+            ident = {"model": model_key, "composites": comp} | ({"owned_among": s2_tiles} if s2_tiles else {})
+            key = _digest(ident)
+            base = self.storage.url("classification-maps", f"model_{model_key}", tile_id)
+            names = {"zarr": "maps.zarr", "level1": "level1.tif", "level2": "level2.tif"}
+            jobs.append((tile_id, key, base, {k: self.storage._join(base, v) for k, v in names.items()}))
+        return jobs
 
     def _write_maps(
         self,
@@ -696,14 +797,36 @@ class Workflow:
         labels: tuple[dict[str, int], dict[str, int]],
         progress: bool,
     ) -> StepResult:
+        doc = {
+            "tile": tile_id,
+            "s2_tile": self.units[tile_id].tile,
+            "model": model_key,
+            "paths": {k: self._where("maps", u) for k, u in urls.items()},
+        }
+        claim = self._acquire("maps", key, urls["level2"], doc)
+        if claim is None:
+            logger.info("maps of tile %s were written meanwhile by another run: reused", tile_id)
+            return StepResult("classify", key, base, True, {"tile": tile_id})
+        with claim:
+            self._compute_maps(tile_id, urls, model_url=model_url, labels=labels, progress=progress)
+            claim.complete()
+        return StepResult("classify", key, base, False, {"tile": tile_id})
+
+    def _compute_maps(
+        self,
+        tile_id: str,
+        urls: dict[str, str],
+        *,
+        model_url: str,
+        labels: tuple[dict[str, int], dict[str, int]],
+        progress: bool,
+    ) -> None:
         from .classify import classify as classify_cube
         from .classify import write_maps_zarr
         from .cog import write_cog
 
-        self.registry.put(
-            "maps", key, {"tile": tile_id, "model": model_key, "urls": urls, "status": "pending"}
-        )
         maps = classify_cube(self.features(tile_id), model_url, storage_options=self.storage.storage_options)
+        maps = self._owned_only(tile_id, maps)
         write_maps_zarr(maps, urls["zarr"], storage=self.storage, progress=progress)
         stored = self.storage.open_zarr(urls["zarr"])
         cogs = [(stored["level1"], urls["level1"], labels[0])]
@@ -717,8 +840,29 @@ class Workflow:
             desc="COGs",
             progress=False,
         )
-        self.registry.update("maps", key, {"status": "complete"})
-        return StepResult("classify", key, base, False, {"tile": tile_id})
+
+    def _owned_only(self, unit_id: str, maps: xr.Dataset) -> xr.Dataset:
+        """Set the pixels of a unit that its Sentinel-2 tile does not own to 0 (nodata), lazily per chunk.
+
+        Every AOI pixel then has a class in exactly one tile's maps (``lcstack.s2grid.ownership_mask``).
+        """
+        from .s2grid import ownership_mask
+
+        unit = self.units[unit_id]
+        if unit.tile is None:
+            return maps
+        first = maps["level1"]
+        chunks = first.chunks if first.chunks is not None else None
+        mask = ownership_mask(unit.tile, self._s2_footprints, unit.geobox, chunks=self.chunks["x"])
+        if chunks is not None:
+            mask = mask.rechunk(chunks)
+        owned = xr.DataArray(mask if chunks is not None else mask.compute(), dims=first.dims)
+        out = maps.copy()
+        for name, var in maps.data_vars.items():
+            out[name] = var.where(owned, 0).astype(var.dtype)
+            out[name].attrs = var.attrs
+            out[name].encoding = var.encoding
+        return out
 
     # ------------------------------------------------------------------------------------ run
     def run(self, steps: Iterable[str] = STEPS) -> list[StepResult]:
@@ -739,64 +883,222 @@ class Workflow:
             out += self.classify()
         return out
 
-    def status(self) -> dict[str, list[dict[str, Any]]]:
-        """Report what is complete and what is pending, per kind of output, for this config."""
-        out: dict[str, list[dict[str, Any]]] = {"composites": [], "datasets": [], "models": [], "maps": []}
-        for tile_id, season, key, url, _ in self.composite_plan():
-            out["composites"].append(
-                {
-                    "tile": tile_id,
-                    "season": season,
-                    "key": key,
-                    "done": self._is_complete("composites", key, url),
-                }
+    # ------------------------------------------------------------------------------------ records
+    def _acquire(self, kind: str, key: str, url: str, doc: dict[str, Any]) -> Claim | None:
+        """Claim output ``key`` for writing, waiting while another run writes it; None: reuse it.
+
+        The record locates the output relative to this storage's folder of ``kind``, never absolutely,
+        so a copied or moved storage folder (with its embedded registry) still finds its own outputs.
+        """
+        where = {} if "paths" in doc else {"path": self._where(kind, url)}
+        return self.registry.acquire(
+            kind,
+            key,
+            {**doc, **where, "storage": self._storage_id},
+            usable=lambda rec: self.storage.exists(url),
+        )
+
+    def _where(self, kind: str, url: str) -> str:
+        """``url`` relative to the storage folder of ``kind``, with ``/`` separators."""
+        root = self.storage.layout[_FOLDER[kind]]
+        if "://" in root and not root.startswith("file://"):
+            return posixpath.relpath(url.split("://", 1)[1], root.split("://", 1)[1])
+        return Path(os.path.relpath(url.removeprefix("file://"), root.removeprefix("file://"))).as_posix()
+
+    def _inside(self, kind: str, url: str) -> bool:
+        """Whether ``url`` lies strictly inside this storage's folder of ``kind`` (symlinks resolved)."""
+        root = self.storage.layout[_FOLDER[kind]]
+        if "://" in root and not root.startswith("file://"):
+            scheme, path = root.split("://", 1)
+            if not url.startswith(f"{scheme}://"):
+                return False
+            return posixpath.normpath(url.split("://", 1)[1]).startswith(posixpath.normpath(path) + "/")
+        if "://" in url and not url.startswith("file://"):
+            return False
+        real = os.path.realpath(url.removeprefix("file://"))
+        bounds = [root.removeprefix("file://")]
+        if not os.path.isabs(self.config.layout.get(_FOLDER[kind], "")):
+            bounds.append(self.storage.root.removeprefix("file://"))  # the kind folder itself may be a link
+        return all(real.startswith(os.path.realpath(b) + os.sep) for b in bounds)
+
+    def _locate(self, kind: str, rel: Any) -> str | None:
+        """URL of a record's relative location under this storage; None when it would lie outside."""
+        if not isinstance(rel, str) or not rel or rel.startswith("/") or "://" in rel or "\\" in rel:
+            return None
+        parts = rel.split("/")
+        if any(part in ("", ".", "..") for part in parts):
+            return None
+        url = self.storage.url(_FOLDER[kind], *parts)
+        return url if self._inside(kind, url) else None
+
+    def _record_urls(self, kind: str, rec: dict[str, Any]) -> list[str]:
+        """Where the output of ``rec`` lies under this storage (legacy absolute URLs only if inside it)."""
+        rels = rec.get("paths") if isinstance(rec.get("paths"), dict) else {"": rec.get("path")}
+        located = [self._locate(kind, rel) for rel in rels.values() if rel is not None]
+        legacy = rec.get("urls") if isinstance(rec.get("urls"), dict) else {"": rec.get("url")}
+        located += [u for u in legacy.values() if isinstance(u, str) and self._inside(kind, u)]
+        outside = [u for u in legacy.values() if isinstance(u, str) and not self._inside(kind, u)]
+        if outside:
+            logger.warning(
+                "%s/%s: the record points outside this storage (%s; a copied or moved storage?): left alone",
+                kind,
+                rec.get("key"),
+                ", ".join(map(redact, outside)),
             )
-        dkey = self.dataset_key()
-        out["datasets"].append(
+        return [u for u in located if u is not None]
+
+    def _owned(self, rec: dict[str, Any]) -> bool:
+        """Whether ``rec`` belongs to this storage (every record of an embedded registry does)."""
+        return self._embedded or rec.get("storage") == self._storage_id
+
+    def map_urls(self, rec: dict[str, Any]) -> dict[str, str]:
+        """Return the URLs (``zarr``, ``level1``, ``level2``) of a ``maps`` record under this storage."""
+        paths = rec.get("paths") or {}
+        located = {name: self._locate("maps", rel) for name, rel in paths.items()}
+        located |= {n: u for n, u in (rec.get("urls") or {}).items() if self._inside("maps", u)}
+        return {name: url for name, url in located.items() if url is not None}
+
+    def plan_key(self) -> str:
+        """Identity of what discovery plans for this config, computable offline.
+
+        It leaves out the STAC endpoint (a mirror finds the same items) and the storage location
+        (a copied storage keeps its plan), and keeps what selects scenes and shapes the grid.
+        """
+        fields = ("collection", "dem_collection", "bands", "indices", "max_cloud_cover")
+        fields += ("max_scenes_per_season", "min_valid_fraction", "tile_size", "loader", "mask", "on_missing")
+        seasons = {
+            n: [str(s.start), str(s.end), [str(d) for d in s.dates or ()]] for n, s in self.seasons.items()
+        }
+        return _digest(
             {
-                "key": dkey,
-                "done": bool((self.registry.get("datasets", dkey) or {}).get("status") == "complete"),
+                "config": self.config.model_dump(mode="json", include=set(fields)),
+                "seasons": seasons,
+                "grid": _grid_token(self.geobox) if self.user_grid else "sentinel-2",
+                "aoi": str(aoi_geometry(self.aoi).json) if self.user_grid is None else None,
+                "lcstack": __version__,
             }
         )
-        mkey = self.model_key()
+
+    def _record_plan(self, plan: Sequence[tuple[str, str, str, str, dict[str, Any]]]) -> None:
+        composites = [
+            {
+                "tile": t,
+                "season": s,
+                "key": k,
+                "path": self._where("composites", u),
+                "items": r["items"],
+                "s2_tile": r.get("s2_tile"),
+            }
+            for t, s, k, u, r in plan
+        ]
+        self.registry.put("plans", self.plan_key(), {"composites": composites, "discovered_at": _now()})
+
+    def _offline_plan(self) -> bool:
+        """Take the plan of the last discovery from the registry (no STAC); False when none is recorded."""
+        if self._plan is not None:
+            return True
+        rec = self.registry.get("plans", self.plan_key())
+        if rec is None:
+            return False
+        plan = []
+        for c in rec.get("composites", []):
+            url = self._locate("composites", c.get("path"))
+            if url is not None:
+                rec = {"items": c.get("items", []), "s2_tile": c.get("s2_tile")}
+                plan.append((c["tile"], c["season"], c["key"], url, rec))
+        self._plan = plan
+        return True
+
+    def status(self) -> dict[str, list[dict[str, Any]]]:
+        """Report what is complete and what is pending for this config, from the registry alone.
+
+        The composites are those of the config's last recorded discovery; an empty dict means that
+        nothing has been discovered for this config yet.
+        """
+        if not self._offline_plan():
+            return {}
+        out: dict[str, list[dict[str, Any]]] = {"composites": [], "datasets": [], "models": [], "maps": []}
+        for tile_id, season, key, url, _ in self.composite_plan():
+            done = self._is_complete("composites", key, url)
+            out["composites"].append({"tile": tile_id, "season": season, "key": key, "done": done})
+        dkey, mkey = self.dataset_key(), self.model_key()
+        dataset_url = self.storage.url("datasets", f"dataset_{dkey}.parquet")
+        out["datasets"].append({"key": dkey, "done": self._is_complete("datasets", dkey, dataset_url)})
         out["models"].append({"key": mkey, "done": self._is_complete("models", mkey, self.model_url())})
-        for rec in self.registry.find("maps", model=mkey):
+        for tile_id, key, _, urls in self._map_jobs(mkey):
             out["maps"].append(
-                {"tile": rec.get("tile"), "key": rec["key"], "done": rec.get("status") == "complete"}
+                {"tile": tile_id, "key": key, "done": self._is_complete("maps", key, urls["level2"])}
             )
         return out
 
     def clean(self, what: str) -> int:
-        """Remove outputs of this config and their records together; returns how many were removed."""
+        """Remove outputs and their records together, only ever under this storage; return how many.
+
+        ``maps`` and ``composites`` are those of this config; ``all`` is every output recorded for this
+        storage (older configs' too), leftovers of killed writes and the folders left empty. Works
+        offline, from the registry. Outputs being written by a live run are left alone.
+        """
         if what not in ("composites", "maps", "all"):
             raise InvalidInputError(f"--what {what!r}: use composites, maps or all.")
+        planned = self._offline_plan()
         n = 0
-        if what in ("maps", "all"):
-            mkey = self.model_key()
-            for rec in self.registry.find("maps", model=mkey):
-                for u in rec.get("urls", {}).values():
-                    self.storage.remove(u)
-                self.registry.delete("maps", rec["key"])
-                n += 1
-        if what in ("composites", "all"):
+        if what in ("maps", "all") and planned:
+            for _, key, _, urls in self._map_jobs(self.model_key()):
+                n += self._clean_output("maps", key, list(urls.values()))
+        if what in ("composites", "all") and planned:
             for _, _, key, url, _ in self.composite_plan():
-                if self.registry.get("composites", key) or self.storage.exists(url):
-                    self.storage.remove(url)
-                    self.registry.delete("composites", key)
-                    n += 1
+                n += self._clean_output("composites", key, [url])
         if what == "all":
-            dkey, mkey = self.dataset_key(), self.model_key()
-            rec = self.registry.get("models", mkey)
-            if rec:
-                self.storage.remove(rec["url"])
-                self.registry.delete("models", mkey)
-                n += 1
-            rec = self.registry.get("datasets", dkey)
-            if rec:
-                self.storage.remove(rec["url"])
-                self.registry.delete("datasets", dkey)
-                n += 1
+            if planned:
+                dkey = self.dataset_key()
+                n += self._clean_output(
+                    "datasets", dkey, [self.storage.url("datasets", f"dataset_{dkey}.parquet")]
+                )
+                n += self._clean_output("models", self.model_key(), [self.model_url()])
+            for kind in ("maps", "models", "datasets", "composites"):
+                for rec in self.registry.find(kind):
+                    if self._owned(rec):
+                        n += self._clean_output(kind, rec["key"], self._record_urls(kind, rec))
+            self._sweep()
         return n
+
+    def _clean_output(self, kind: str, key: str, urls: Sequence[str]) -> int:
+        from .registry._claim import abandoned, describe_owner
+
+        rec = self.registry.get(kind, key)
+        if rec is not None and rec.get("status") == "pending" and not abandoned(rec):
+            logger.warning("%s/%s is being written by %s: left alone", kind, key, describe_owner(rec))
+            return 0
+        removed = [self._remove(kind, url) for url in urls]
+        if rec is not None and self._owned(rec):
+            self.registry.delete(kind, key)
+        return int(any(removed) or (rec is not None and self._owned(rec)))
+
+    def _remove(self, kind: str, url: str) -> bool:
+        """Remove ``url`` if it lies inside this storage's folder of ``kind``; refuse anything else."""
+        if not self._inside(kind, url):
+            logger.warning(
+                "not removing %s: it lies outside the storage %s", redact(url), redact(self.storage.root)
+            )
+            return False
+        return self.storage.remove(url)
+
+    def _sweep(self) -> None:
+        """Remove leftovers of killed writes and empty folders under the local storage folders."""
+        for kind, folder in _FOLDER.items():
+            root = self.storage.layout[folder]
+            if "://" in root and not root.startswith("file://"):
+                continue  # object stores have no folders; leftovers are overwritten by the next write
+            root = root.removeprefix("file://")
+            for here, dirs, _ in os.walk(root, topdown=False):
+                for name in dirs:
+                    path = os.path.join(here, name)
+                    if ".tmp-" in name and self._inside(kind, path):
+                        self._remove(kind, path)
+                    elif self._inside(kind, path) and not os.listdir(path):
+                        os.rmdir(path)
+            if os.path.isdir(root) and not os.listdir(root) and self._inside(kind, os.path.join(root, "x")):
+                os.rmdir(root)
 
 
 def auto_chunk_size(memory_budget: str | int, *, n_time: int, n_features: int, fraction: float = 0.25) -> int:
@@ -821,15 +1123,3 @@ def _lines(lines: Sequence[int], shown: int = 5) -> str:
         return ""
     more = ", ..." if len(lines) > shown else ""
     return " (lines " + ", ".join(map(str, lines[:shown])) + more + ")"
-
-
-def _points_in(points: pd.DataFrame, gbox: GeoBox) -> np.ndarray:
-    """Which points fall inside ``gbox`` (by pixel footprint)."""
-    from pyproj import Transformer
-
-    tr = Transformer.from_crs("EPSG:4326", gbox.crs.to_wkt(), always_xy=True)
-    x, y = tr.transform(points["longitude"].to_numpy(), points["latitude"].to_numpy())
-    inv = ~gbox.affine
-    col, row = inv * (np.asarray(x), np.asarray(y))
-    ny, nx = gbox.shape.yx
-    return (col >= 0) & (col < nx) & (row >= 0) & (row < ny)

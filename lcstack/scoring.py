@@ -8,7 +8,7 @@ import numpy as np
 import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
 
-__all__ = ["agreement", "score_maps"]
+__all__ = ["agreement", "score_maps", "score_tiles"]
 
 
 def agreement(map_da: xr.DataArray, truth: xr.DataArray) -> float:
@@ -31,10 +31,37 @@ def score_maps(area: Any, workflow: Any) -> dict[str, Any]:
     truth2 = rioxarray.open_rasterio(area.truth_sl).squeeze("band", drop=True)
     maps = []
     for rec in workflow.registry.find("maps", model=workflow.model_key()):
-        maps.append(workflow.storage.open_zarr(rec["urls"]["zarr"]))
+        maps.append(workflow.storage.open_zarr(workflow.map_urls(rec)["zarr"]))
     merged = xr.combine_by_coords([m[["level1", "level2"]] for m in maps]) if len(maps) > 1 else maps[0]
     return {
         "level1": agreement(merged["level1"], truth1),
         "level2": agreement(merged["level2"], truth2),
-        "maps": [rec["urls"]["level1"] for rec in workflow.registry.find("maps", model=workflow.model_key())],
+        "maps": [
+            workflow.map_urls(rec)["level1"]
+            for rec in workflow.registry.find("maps", model=workflow.model_key())
+        ],
     }
+
+
+def score_tiles(area: Any, workflow: Any) -> dict[str, dict[str, float]]:
+    """Level-1 and level-2 agreement of each Sentinel-2 tile's maps with that tile's own truth rasters.
+
+    ``area.truths`` gives each tile's truth pair (``truth/<tile>.tif``); the maps of a tile are those of
+    its units (records with ``s2_tile``). A tile's maps hold only the pixels it owns (0 elsewhere), so the
+    score is over its owned pixels.
+    """
+    recs = list(workflow.registry.find("maps", model=workflow.model_key()))
+    out = {}
+    for tile, (path1, path2) in area.truths.items():
+        maps = [
+            workflow.storage.open_zarr(workflow.map_urls(r)["zarr"]) for r in recs if r.get("s2_tile") == tile
+        ]
+        if not maps:
+            continue
+        merged = xr.combine_by_coords([m[["level1", "level2"]] for m in maps]) if len(maps) > 1 else maps[0]
+        scores = {}
+        for level, path in (("level1", path1), ("level2", path2)):
+            truth = rioxarray.open_rasterio(path).squeeze("band", drop=True)
+            scores[level] = agreement(merged[level], truth)
+        out[tile] = scores
+    return out

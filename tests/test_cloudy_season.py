@@ -26,7 +26,7 @@ def test_all_cloud_season_names_season_scenes_and_fixes(demo_area: Any, tmp_path
     (root / "config.yaml").write_text(text)
     cfg = load_config(root / "config.yaml")
     with Workflow(cfg, progress=False) as wf:
-        picked = [s.id for s in wf.discover()["autumn"]]
+        picked = [s.id for s in wf.discover()["30SUF"]["autumn"]]
     for item in picked:  # every picked autumn scene: SCL 9 (cloud, high probability) everywhere
         with rasterio.open(
             root / "stac" / "sentinel-2-l2a" / item / "SCL.tif", "r+", IGNORE_COG_LAYOUT_BREAK="YES"

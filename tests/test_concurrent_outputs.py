@@ -127,9 +127,14 @@ def test_one_failing_output_keeps_the_others_and_the_rerun_finishes(
     with Workflow(cfg, progress=False) as wf, pytest.raises(OSError, match="simulated read failure"):
         wf.composite()
     with Workflow(cfg, progress=False) as wf:
-        records = {(r["tile"], r["season"]): r["status"] for r in wf.registry.find("composites")}
-    # every other composite finished and was recorded complete; the failed one stays pending
-    assert sorted(records.values()).count("pending") == 1
+        found = wf.registry.find("composites")
+        records = {(r["tile"], r["season"]): r["status"] for r in found}
+    # every other composite finished and was recorded complete; the failed one is released as failed,
+    # with its error, so the next run takes it at once
+    assert sorted(records.values()).count("failed") == 1
+    assert [r["error"] for r in found if r["status"] == "failed"] == [
+        "OSError: simulated read failure of a summer scene"
+    ]
     assert sorted(records.values()).count("complete") == 15
     stored = _zarr_stores(storage)
     assert len(stored) == 15 and not any(storage.rglob("*.tmp-*"))

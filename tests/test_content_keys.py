@@ -115,7 +115,7 @@ def test_rewritten_scene_asset_changes_only_its_seasons_key(demo_area: Any, tmp_
     before = keys()
     assert keys() == before, "stable while nothing changes"
     with Workflow(cfg, progress=False) as wf:
-        item = wf.discover()["spring"][0].item
+        item = wf.discover()["30SUF"]["spring"][0].item
     band = Path(item.assets["red"].get_absolute_href())
     st = band.stat()
     os.utime(band, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # rewritten: same size, new time

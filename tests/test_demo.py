@@ -355,7 +355,7 @@ def test_dem(area: DemoArea) -> None:
 def test_config(area: DemoArea) -> None:
     config = yaml.safe_load(area.config.read_text())
     assert config["collection"] == "sentinel-2-l2a" and config["dem_collection"] == "cop-dem-glo-30"
-    assert config["crs"] == "EPSG:32630" and config["resolution"] == 10
+    assert "crs" not in config and config["resolution"] == 10  # the Sentinel-2 tile grid
     assert config["storage"] == "lcstack-data" and config["max_cloud_cover"] == 60
     for key in ("stac", "seasons", "points", "lc_labels", "sl_labels"):
         assert not Path(config[key]).is_absolute() and (area.root / config[key]).is_file()
@@ -405,3 +405,198 @@ def test_refuses_foreign_stac_folder(tmp_path: Path) -> None:
     with pytest.raises(InvalidInputError, match="not an lcstack demo catalog"):
         make_demo_area(tmp_path, size=SIZE)
     assert (tmp_path / "stac" / "mine.txt").exists()
+
+
+# -- one tile: unchanged -----------------------------------------------------------------------------------
+
+#: sha256 (first 16 hex digits) of text files and of decoded pixels of the 256², seed 0 area, as written by
+#: the generator before multi-tile areas existed (pixels, not COG bytes, which depend on the zlib build);
+#: config.yaml since it leaves out `crs:` (the Sentinel-2 tile grid is the default grid).
+ONE_TILE_DIGESTS = {
+    "dataset.csv": "9cd8041a546dc8bf",
+    "config.yaml": "cde4094cd7629c78",
+    "stac/sentinel-2-l2a/S2A_30SUF_20230302_0_L2A/S2A_30SUF_20230302_0_L2A.json": "f99a8e2ff7c53eb1",
+    "truth.tif": "4d5cb9275f45255c",
+    "stac/sentinel-2-l2a/S2A_30SUF_20230302_0_L2A/B04.tif": "c380c5f478bf31a0",
+    "stac/sentinel-2-l2a/S2A_30SUF_20230302_0_L2A/SCL.tif": "81c87b8a0e428125",
+    "stac/sentinel-2-l2a/S2A_30SUF_20230302_0_L2A/B11.tif": "2b8e9912f9ca6d7a",
+}
+
+
+def test_one_tile_output_is_unchanged(area: DemoArea) -> None:
+    for name, digest in ONE_TILE_DIGESTS.items():
+        path = area.root / name
+        if path.suffix == ".tif":
+            with rasterio.open(path) as src:
+                data = src.read(1).tobytes()
+        else:
+            data = path.read_bytes()
+        assert hashlib.sha256(data).hexdigest()[:16] == digest, name
+    assert not (area.root / "truth").exists()
+    assert list(area.tiles) == ["30SUF"] and area.truths["30SUF"] == (area.truth, area.truth_sl)
+
+
+# -- several tiles -----------------------------------------------------------------------------------------
+
+TILES3 = ["30SYJ", "31SBD", "30SYH"]
+
+
+@pytest.fixture(scope="module")
+def tiles3(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A three-tile area written through the CLI."""
+    from typer.testing import CliRunner
+
+    from lcstack.cli import app
+
+    out = tmp_path_factory.mktemp("demo") / "tiles3"
+    result = CliRunner().invoke(app, ["demo-data", str(out), "--size", str(SIZE), "--tiles", "3", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "30SYJ, 31SBD, 30SYH" in result.output
+    return out
+
+
+def items_by_tile(root: Path) -> dict[str, list[pystac.Item]]:
+    from lcstack.s2grid import tile_id
+
+    catalog = pystac.Catalog.from_file(root / "stac" / "catalog.json")
+    out: dict[str, list[pystac.Item]] = {}
+    for item in catalog.get_child("sentinel-2-l2a").get_items():  # type: ignore[union-attr]
+        out.setdefault(tile_id(item), []).append(item)
+    return out
+
+
+def test_tiles_are_real_mgrs_tiles_in_two_zones(tiles3: Path) -> None:
+    from lcstack.s2grid import s2_tile_geobox, tile_geobox
+
+    mgrs = pytest.importorskip("mgrs").MGRS()
+    by_tile = items_by_tile(tiles3)
+    assert sorted(by_tile) == sorted(TILES3)
+    grids = {tile: tile_geobox(items) for tile, items in by_tile.items()}
+    assert {g.crs.epsg for g in grids.values()} == {32630, 32631}
+    for tile, gbox in grids.items():
+        real = s2_tile_geobox(tile)
+        assert gbox.crs == real.crs and gbox.shape.yx == (SIZE, SIZE) and gbox.resolution.x == 10
+        # a window of the real tile, on its 60 m lattice
+        dx, dy = gbox.affine.c - real.affine.c, real.affine.f - gbox.affine.f
+        assert dx % 60 == 0 and dy % 60 == 0 and 0 <= dx and 0 <= dy and dy + SIZE * 10 <= 109_800
+        # the mgrs package puts the window's own pixels in this tile, beside pixels of its neighbours
+        to_ll = Transformer.from_crs(gbox.crs, "EPSG:4326", always_xy=True)
+        xs = gbox.affine.c + (np.arange(0, SIZE, 8) + 0.5) * 10
+        ys = gbox.affine.f - (np.arange(0, SIZE, 8) + 0.5) * 10
+        lon, lat = to_ll.transform(*np.meshgrid(xs, ys))
+        names = {mgrs.toMGRS(a, o, MGRSPrecision=0) for a, o in zip(lat.ravel(), lon.ravel(), strict=True)}
+        assert tile in names and len(names) >= 2
+        for item in by_tile[tile]:
+            p = item.properties
+            assert p["grid:code"] == f"MGRS-{tile}" and p["proj:code"] == str(gbox.crs)
+            for key, res in (("red", 10), ("swir16", 20), ("coastal", 60)):
+                asset = item.assets[key].extra_fields
+                assert asset["proj:transform"] == [res, 0, gbox.affine.c, 0, -res, gbox.affine.f]
+                assert asset["proj:shape"] == [math.ceil(SIZE * 10 / res)] * 2
+            with rasterio.open(item.assets["red"].get_absolute_href()) as src:
+                assert src.crs.to_epsg() == gbox.crs.epsg and src.transform == gbox.affine
+
+
+def test_tiles_have_their_own_dates_and_orbits(tiles3: Path) -> None:
+    by_tile = items_by_tile(tiles3)
+    dates = {t: {f"{i.datetime:%Y-%m-%d}" for i in items} for t, items in by_tile.items()}
+    assert all(len(d) == 15 for d in dates.values())
+    assert not (dates["30SYJ"] & dates["31SBD"]) and not (dates["30SYJ"] & dates["30SYH"])
+    assert not (dates["31SBD"] & dates["30SYH"])
+    orbits = {
+        t: {i.properties["s2:product_uri"].split("_")[4] for i in items} for t, items in by_tile.items()
+    }
+    assert all(len(o) == 1 for o in orbits.values()) and len(set.union(*orbits.values())) == 3
+
+
+def truth_at(path: Path, lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    with rasterio.open(path) as src:
+        x, y = Transformer.from_crs("EPSG:4326", src.crs, always_xy=True).transform(lon, lat)
+        row, col = rasterio.transform.rowcol(src.transform, x, y)
+        data = src.read(1)
+    row, col = np.asarray(row), np.asarray(col)
+    ok = (row >= 0) & (row < data.shape[0]) & (col >= 0) & (col < data.shape[1])
+    return np.where(ok, data[np.clip(row, 0, data.shape[0] - 1), np.clip(col, 0, data.shape[1] - 1)], 0)
+
+
+def test_truth_agrees_on_overlaps(tiles3: Path) -> None:
+    truth = {t: tiles3 / "truth" / f"{t}.tif" for t in TILES3}
+    assert all(p.is_file() and p.with_name(f"{p.stem}_sl.tif").is_file() for p in truth.values())
+    assert not (tiles3 / "truth.tif").exists()
+    # same zone: the two windows share one pixel lattice and agree on every shared pixel
+    with rasterio.open(truth["30SYJ"]) as a, rasterio.open(truth["30SYH"]) as b:
+        shift = round((a.transform.f - b.transform.f) / 10)
+        assert a.transform.c == b.transform.c and 0 < shift < SIZE
+        np.testing.assert_array_equal(a.read(1)[shift:], b.read(1)[: SIZE - shift])
+    # across zones: the rotated grids sample the same ground (up to 10 m resampling)
+    rng = np.random.default_rng(0)
+    lon, lat = rng.uniform(-0.016, 0.016, 4000), rng.uniform(38.787, 38.823, 4000)
+    a, b = truth_at(truth["30SYJ"], lon, lat), truth_at(truth["31SBD"], lon, lat)
+    both = (a > 0) & (b > 0)
+    assert both.sum() > 1000 and (a[both] == b[both]).mean() > 0.9
+
+
+def test_points_are_owned_once_and_match_their_tile(tiles3: Path) -> None:
+    from lcstack.s2grid import owner_of_points, tile_geobox
+
+    grids = {t: tile_geobox(items) for t, items in items_by_tile(tiles3).items()}
+    points = pd.read_csv(tiles3 / "dataset.csv", sep=";", dtype={"subcategory": str})
+    assert len(points) > 500 and not points.duplicated(["latitude", "longitude"]).any()
+    owner = owner_of_points(points.longitude.to_numpy(), points.latitude.to_numpy(), grids)
+    assert set(owner) == set(TILES3)  # every point is owned, every tile has points
+    lc = json.loads((tiles3 / "lc_labels.json").read_text())
+    for tile in TILES3:
+        sel = owner == tile
+        values = truth_at(tiles3 / "truth" / f"{tile}.tif", points.longitude[sel], points.latitude[sel])
+        assert (values == points.category[sel].map(lc).to_numpy()).all()
+
+
+def test_tiles_config_covers_every_tile(tiles3: Path) -> None:
+    from lcstack.s2grid import tile_geobox
+
+    config = yaml.safe_load((tiles3 / "config.yaml").read_text())
+    assert "crs" not in config and config["resolution"] == 10 and config["points"] == "dataset.csv"
+    aoi = BoundingBox(*config["aoi"], crs="EPSG:4326")
+    for items in items_by_tile(tiles3).values():
+        bbox = tile_geobox(items).extent.to_crs("EPSG:4326", resolution=10.0).boundingbox
+        assert (
+            aoi.left <= bbox.left
+            and aoi.bottom <= bbox.bottom
+            and aoi.right >= bbox.right
+            and aoi.top >= bbox.top
+        )
+    dem = pystac.Catalog.from_file(tiles3 / "stac" / "catalog.json").get_child("cop-dem-glo-30")
+    (item,) = list(dem.get_items())  # type: ignore[union-attr]
+    left, bottom, right, top = item.bbox
+    assert left < aoi.left and right > aoi.right and bottom < aoi.bottom and top > aoi.top
+
+
+def test_tiles_partition_the_configured_aoi(tiles3: Path) -> None:
+    """The workflow's view: tiles of the config's AOI from the catalog alone, each location owned once."""
+    from lcstack.s2grid import owner_of_points, ownership_mask, tiles_for_aoi
+
+    config = yaml.safe_load((tiles3 / "config.yaml").read_text())
+    items = [i for group in items_by_tile(tiles3).values() for i in group]
+    tiles = tiles_for_aoi(items, config["aoi"], tile_size=128)
+    assert sorted(tiles) == sorted(TILES3) and all(len(t.items) == 15 for t in tiles.values())
+    footprints = {name: t.geobox for name, t in tiles.items()}
+    rng = np.random.default_rng(1)
+    lon, lat = [], []
+    for gbox in footprints.values():  # random locations on the demo tiles
+        x = gbox.affine.c + rng.uniform(0, SIZE * 10, 500)
+        y = gbox.affine.f - rng.uniform(0, SIZE * 10, 500)
+        lo, la = Transformer.from_crs(gbox.crs, "EPSG:4326", always_xy=True).transform(x, y)
+        lon.append(lo)
+        lat.append(la)
+    owner = owner_of_points(np.concatenate(lon), np.concatenate(lat), footprints)
+    assert (owner != "").all() and set(owner) == set(TILES3)
+    for name, t in tiles.items():
+        mask = ownership_mask(name, footprints, t.aoi_geobox)
+        assert 0.1 < mask.mean() <= 1.0 and all(g.shape[0] <= 128 for g in t.subtiles.values())
+
+
+@pytest.mark.parametrize("tiles", [0, 5, True, 2.0])
+def test_invalid_tiles(tmp_path: Path, tiles: object) -> None:
+    with pytest.raises(InvalidInputError, match="tiles="):
+        make_demo_area(tmp_path / "x", size=SIZE, tiles=tiles)  # type: ignore[arg-type]
+    assert not (tmp_path / "x").exists()

@@ -410,6 +410,148 @@ def _forked_insert(reg: Registry) -> None:
         raise SystemExit(1)
 
 
+# -- claim / complete: the one pending -> complete protocol --------------------------------------
+
+
+def test_update_expect_is_compare_and_set_on_fields(registry: Registry) -> None:
+    registry.insert("maps", "m", {"status": "pending", "token": "a", "n": 1, "flag": True})
+    assert registry.update("maps", "m", {"x": 1}, expect={"token": "b"}) is False
+    assert registry.update("maps", "m", {"x": 1}, expect={"n": 2}) is False
+    assert registry.update("maps", "m", {"x": 1}, expect={"token": "a"}, expect_status="complete") is False
+    assert registry.get("maps", "m").get("x") is None
+    assert registry.update("maps", "m", {"x": 2}, expect={"token": "a", "missing": None, "n": 1}) is True
+    assert registry.get("maps", "m")["x"] == 2
+    assert registry.update("maps", "absent", {"x": 1}, expect={"token": None}) is False
+    with pytest.raises(InvalidInputError):
+        registry.update("maps", "m", {"x": 1}, expect={"$where": 1})
+
+
+def test_claim_records_owner_and_only_the_token_completes(registry: Registry) -> None:
+    claim = registry.claim("composites", "c", {"tile": "T", "status": "complete", "token": "forged"})
+    assert claim is not None
+    doc = registry.get("composites", "c")
+    assert (doc["status"], doc["tile"], doc["token"]) == ("pending", "T", claim.token)
+    assert doc["owner"]["pid"] == os.getpid() and doc["owner"]["host"] and doc["owner"]["run"]
+    assert doc["heartbeat"] and doc["lease_s"] > 0
+    assert registry.claim("composites", "c") is None  # a live owner keeps it
+    assert registry.complete("composites", "c", "not-the-token", {"n": 1}) is False
+    assert registry.release("composites", "c", "not-the-token") is False
+    before = registry.get("composites", "c")["heartbeat"]
+    time.sleep(0.002)
+    assert registry.heartbeat("composites", "c", claim.token) is True
+    assert registry.get("composites", "c")["heartbeat"] > before
+    claim.complete({"n": 1, "status": "failed"})  # protocol fields cannot be overridden
+    doc = registry.get("composites", "c")
+    assert (doc["status"], doc["n"]) == ("complete", 1)
+    with pytest.raises(RegistryError, match="taken over"):
+        claim.complete({"n": 2})  # a finished claim cannot complete twice
+    assert registry.heartbeat("composites", "c", claim.token) is False
+    assert registry.claim("composites", "c") is None  # complete: reuse, do not rewrite
+    again = registry.claim("composites", "c", retake_complete=True)  # its output went missing
+    assert again is not None and registry.get("composites", "c")["status"] == "pending"
+
+
+def test_released_and_expired_claims_are_taken_over_once(registry: Registry) -> None:
+    claim = registry.claim("models", "m", {"url": "x"})
+    with pytest.raises(ValueError, match="boom"), claim:
+        raise ValueError("boom")
+    doc = registry.get("models", "m")
+    assert doc["status"] == "failed" and "boom" in doc["error"]
+    second = registry.claim("models", "m")
+    assert second is not None and registry.get("models", "m")["error"] is None
+    assert registry.complete("models", "m", claim.token) is False  # the old owner cannot finish
+
+    stale = registry.claim("maps", "t", lease_s=0.0)  # a lease that has already run out
+    assert stale is not None
+    winners = _run_threads(8, lambda worker: [registry.claim("maps", "t")])
+    took = [c for cs in winners.values() for c in cs if c is not None]
+    assert len(took) == 1  # compare-and-set: one process takes an abandoned claim over
+    assert registry.complete("maps", "t", stale.token) is False
+    assert registry.complete("maps", "t", took[0].token) is True
+    # a record left pending by an older lcstack (no owner, no token) is taken over too
+    registry.put("datasets", "old", {"status": "pending", "url": "u"})
+    assert registry.claim("datasets", "old") is not None
+
+
+def _claim_and_die(url: str, options: dict[str, Any]) -> None:
+    # Claims and ends without completing or releasing, as a SIGKILLed run does.
+    with open_registry(url, **options) as reg:
+        if reg.claim("composites", "dead", {"by": "child"}) is None:
+            os._exit(3)
+    os._exit(0)
+
+
+def _claim_and_stay(url: str, options: dict[str, Any]) -> tuple[int, bool]:
+    with open_registry(url, **options) as reg:
+        return os.getpid(), reg.claim("composites", "alive", {"by": "worker"}) is not None
+
+
+def test_claim_of_a_dead_process_is_taken_over_a_live_one_waited_for(
+    backend: Backend, registry: Registry, process_pool: Any
+) -> None:
+    child = multiprocessing.get_context("forkserver").Process(
+        target=_claim_and_die, args=(backend.url, backend.options)
+    )
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    assert registry.get("composites", "dead")["owner"]["pid"] == child.pid
+    assert registry.claim("composites", "dead") is not None  # its process is gone: take over at once
+
+    pid, won = process_pool.submit(_claim_and_stay, backend.url, backend.options).result(timeout=60)
+    assert won and pid != os.getpid()
+    assert registry.claim("composites", "alive") is None  # the worker process still runs
+    with pytest.raises(RegistryError, match=f"pid {pid}.*after 0.3 s"):
+        registry.acquire("composites", "alive", timeout_s=0.3)
+
+
+def test_acquire_waits_for_the_writer_then_reuses(registry: Registry) -> None:
+    n = 6
+    order: list[str] = []
+
+    def work(worker: int) -> list[str]:
+        claim = registry.acquire("maps", "shared", {"worker": worker})
+        if claim is None:
+            order.append(f"reused {worker}")
+            return ["reused"]
+        with claim:
+            order.append(f"writing {worker}")
+            time.sleep(0.3)  # others must wait this long, not write beside it
+            order.append(f"done {worker}")
+            claim.complete({"worker": worker})
+        return ["wrote"]
+
+    results = _run_threads(n, work)
+    assert sorted(r[0] for r in results.values()) == ["reused"] * (n - 1) + ["wrote"]
+    writer = next(w for w, r in results.items() if r == ["wrote"])
+    assert order.index(f"done {writer}") < min(i for i, e in enumerate(order) if e.startswith("reused"))
+    assert registry.get("maps", "shared")["worker"] == writer
+    # a complete record whose output is gone is claimed again
+    claim = registry.acquire("maps", "shared", usable=lambda rec: False)
+    assert claim is not None and registry.get("maps", "shared")["token"] == claim.token
+
+
+def _claim_keys(url: str, options: dict[str, Any], worker: int, start_at: float) -> list[str]:
+    with open_registry(url, **options) as reg:
+        reg.ping()
+        time.sleep(max(0.0, start_at - time.time()))
+        keys = [f"c{i:02d}" for i in range(N_KEYS // 2)]
+        random.Random(worker).shuffle(keys)
+        return [key for key in keys if reg.claim("composites", key, {"worker": worker}) is not None]
+
+
+def test_processes_claim_each_key_once(backend: Backend, registry: Registry, process_pool: Any) -> None:
+    start_at = time.time() + 1.0
+    futures = [
+        process_pool.submit(_claim_keys, backend.url, backend.options, w, start_at) for w in range(N_PROCS)
+    ]
+    won = {w: f.result(timeout=60) for w, f in enumerate(futures)}
+    assert sorted(k for keys in won.values() for k in keys) == [f"c{i:02d}" for i in range(N_KEYS // 2)]
+    for worker, keys in won.items():
+        for key in keys:
+            assert registry.get("composites", key)["worker"] == worker
+
+
 # -- SQLite specifics -----------------------------------------------------------------------------
 
 

@@ -4,9 +4,17 @@ Both backends implement :class:`Registry` and pass one contract test suite, so c
 written against one runs unchanged on the other::
 
     with open_registry(settings.mongo_uri, default_path=storage / "registry.db") as reg:
-        if reg.insert("composites", key, {"status": "pending", "tile": tile_id}):
-            ...  # this process owns the composite
-        reg.update("composites", key, {"status": "complete"}, expect_status="pending")
+        claim = reg.acquire("composites", key, {"tile": tile_id}, usable=lambda rec: exists(url))
+        if claim is None:
+            ...  # complete (perhaps written meanwhile by another process): reuse it
+        else:
+            with claim:  # heartbeats while the output is written; released as failed on error
+                ...  # write the output
+                claim.complete({"seconds": 12.5})
+
+``claim`` / ``complete`` (:mod:`._claim`) is the one pending → complete protocol of every output:
+compare-and-set on a per-claim token, with an owner and a heartbeat lease so that the claim of a
+killed process is taken over while a live one is waited for.
 """
 
 from __future__ import annotations
@@ -18,14 +26,18 @@ from typing import Any
 from lcstack.errors import InvalidInputError
 
 from ._base import KINDS, STATUSES, Kind, Registry, Status, redacted_endpoint
+from ._claim import DEFAULT_LEASE_S, Claim, Owner
 from ._mongo import MongoRegistry
 from ._sqlite import SQLiteRegistry
 
 __all__ = [
+    "DEFAULT_LEASE_S",
     "KINDS",
     "STATUSES",
+    "Claim",
     "Kind",
     "MongoRegistry",
+    "Owner",
     "Registry",
     "SQLiteRegistry",
     "Status",

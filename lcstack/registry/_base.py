@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Final, Literal, Protocol, Self, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, Self, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
 from lcstack.errors import InvalidInputError
 
+if TYPE_CHECKING:
+    from ._claim import Claim
+
 __all__ = ["KINDS", "STATUSES", "Kind", "Registry", "Status"]
 
-Kind = Literal["scenes", "composites", "datasets", "models", "maps"]
+Kind = Literal["scenes", "composites", "datasets", "models", "maps", "plans"]
 Status = Literal["pending", "complete", "failed"]
 
-#: Record kinds, one table (SQLite) or collection (MongoDB) each.
-KINDS: Final[tuple[str, ...]] = ("scenes", "composites", "datasets", "models", "maps")
+#: Record kinds, one table (SQLite) or collection (MongoDB) each; ``plans`` holds the composites a
+#: config's last discovery planned, so that status and clean work offline.
+KINDS: Final[tuple[str, ...]] = ("scenes", "composites", "datasets", "models", "maps", "plans")
 #: Allowed values of a record's ``status`` field.
 STATUSES: Final[tuple[str, ...]] = ("pending", "complete", "failed")
 
@@ -49,9 +54,19 @@ class Registry(Protocol):
         """Create record ``key`` atomically; return False (and change nothing) when it exists."""
 
     def update(
-        self, kind: str, key: str, fields: dict[str, Any], *, expect_status: str | None = None
+        self,
+        kind: str,
+        key: str,
+        fields: dict[str, Any],
+        *,
+        expect_status: str | None = None,
+        expect: dict[str, Any] | None = None,
     ) -> bool:
-        """Set ``fields`` on record ``key``; with ``expect_status``, only if its status is that."""
+        """Set ``fields`` on record ``key`` if its status is ``expect_status`` and its fields ``expect``.
+
+        ``expect`` compares top-level scalar fields for equality (None matches a missing field), so
+        ``update(..., expect={"token": t})`` is a compare-and-set on the token.
+        """
 
     def find(self, kind: str, **equals: Any) -> list[dict[str, Any]]:
         """Return the records whose top-level fields equal ``equals``, sorted by key."""
@@ -61,6 +76,38 @@ class Registry(Protocol):
 
     def delete_many(self, kind: str, **equals: Any) -> int:
         """Delete the records matching ``equals`` (all records of ``kind`` when empty); return how many."""
+
+    def claim(
+        self,
+        kind: str,
+        key: str,
+        doc: dict[str, Any] | None = None,
+        *,
+        lease_s: float = ...,
+        retake_complete: bool = False,
+    ) -> Claim | None:
+        """Claim ``key`` for writing (pending, with owner and heartbeat); None when it is not free."""
+
+    def heartbeat(self, kind: str, key: str, token: str) -> bool:
+        """Renew the heartbeat of the claim ``token``; False when the claim was lost."""
+
+    def complete(self, kind: str, key: str, token: str, fields: dict[str, Any] | None = None) -> bool:
+        """Mark the claim ``token`` complete with ``fields``; False when the claim was lost."""
+
+    def release(self, kind: str, key: str, token: str, *, error: str | None = None) -> bool:
+        """Mark the claim ``token`` failed; False when the claim was lost."""
+
+    def acquire(
+        self,
+        kind: str,
+        key: str,
+        doc: dict[str, Any] | None = None,
+        *,
+        usable: Callable[[dict[str, Any]], bool] = ...,
+        lease_s: float = ...,
+        timeout_s: float | None = None,
+    ) -> Claim | None:
+        """Claim ``key``, waiting for a live owner; None when it is complete and usable (reuse it)."""
 
     def close(self) -> None:
         """Release connections; the registry reconnects if used again."""
@@ -150,6 +197,22 @@ def check_equals(kind: str, equals: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, float) and not math.isfinite(value):
             raise InvalidInputError(f"find {kind}: filter {name}={value!r} must be a finite number")
     return equals
+
+
+def _same(value: Any, wanted: Any) -> bool:
+    # JSON equality as MongoDB sees it: True is not 1, "1" is not 1, None matches a missing field.
+    if wanted is None:
+        return value is None
+    if isinstance(wanted, bool) or isinstance(value, bool):
+        return type(value) is type(wanted) and value == wanted
+    if isinstance(wanted, int | float):
+        return isinstance(value, int | float) and value == wanted
+    return bool(type(value) is type(wanted) and value == wanted)
+
+
+def matches(record: dict[str, Any], equals: dict[str, Any]) -> bool:
+    """Whether the top-level fields of ``record`` equal ``equals`` (as :meth:`Registry.find` compares)."""
+    return all(_same(record.get(name), wanted) for name, wanted in equals.items())
 
 
 def check_status(kind: str, key: str, status: str | None) -> None:

@@ -23,6 +23,7 @@ from ._base import (
     scrub,
     url_secrets,
 )
+from ._claim import ClaimMixin
 
 __all__ = ["MongoRegistry"]
 
@@ -41,7 +42,7 @@ _AUTH_CODES = frozenset({18, 334})
 _PUT_ATTEMPTS = 20
 
 
-class MongoRegistry:
+class MongoRegistry(ClaimMixin):
     """Registry in a MongoDB database, one collection per kind.
 
     A record is stored with ``_id`` equal to its key (so uniqueness is MongoDB's own) and
@@ -272,16 +273,22 @@ class MongoRegistry:
         return True
 
     def update(
-        self, kind: str, key: str, fields: dict[str, Any], *, expect_status: str | None = None
+        self,
+        kind: str,
+        key: str,
+        fields: dict[str, Any],
+        *,
+        expect_status: str | None = None,
+        expect: dict[str, Any] | None = None,
     ) -> bool:
-        """Set ``fields`` on record ``key``; with ``expect_status``, only if its status is that.
+        """Set ``fields`` on record ``key`` if its status is ``expect_status`` and its fields ``expect``.
 
-        Returns False, changing nothing, when the record does not exist or its status differs.
+        Returns False, changing nothing, when the record does not exist or does not match.
         """
         key = check_key(key)
         check_status(kind, key, expect_status)
         changes = normalise_fields(kind, key, fields, what="update") | {"updated_at": now_iso()}
-        query: dict[str, Any] = {"_id": key}
+        query: dict[str, Any] = {**_query(kind, dict(expect or {})), "_id": key}
         if expect_status is not None:
             query["status"] = expect_status
         collection = self._run(f"update {kind}/{key}", lambda: self._collection(kind))

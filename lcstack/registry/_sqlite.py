@@ -22,10 +22,12 @@ from ._base import (
     check_key,
     check_kind,
     check_status,
+    matches,
     normalise_fields,
     now_iso,
     to_json,
 )
+from ._claim import ClaimMixin
 
 __all__ = ["SQLiteRegistry"]
 
@@ -43,7 +45,7 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in message or "busy" in message
 
 
-class SQLiteRegistry:
+class SQLiteRegistry(ClaimMixin):
     """Registry in a single SQLite file (stdlib :mod:`sqlite3`), safe across threads and processes.
 
     Each kind is a table ``(key TEXT PRIMARY KEY, doc TEXT)`` holding the record as JSON.
@@ -264,14 +266,23 @@ class SQLiteRegistry:
         return self._run(f"insert {kind}/{key}", op)
 
     def update(
-        self, kind: str, key: str, fields: dict[str, Any], *, expect_status: str | None = None
+        self,
+        kind: str,
+        key: str,
+        fields: dict[str, Any],
+        *,
+        expect_status: str | None = None,
+        expect: dict[str, Any] | None = None,
     ) -> bool:
-        """Set ``fields`` on record ``key``; with ``expect_status``, only if its status is that.
+        """Set ``fields`` on record ``key`` if its status is ``expect_status`` and its fields ``expect``.
 
-        Returns False, changing nothing, when the record does not exist or its status differs.
+        Returns False, changing nothing, when the record does not exist or does not match.
         """
         table, key = self._table(kind), check_key(key)
         check_status(kind, key, expect_status)
+        guard = check_equals(kind, dict(expect or {}))
+        if expect_status is not None:
+            guard["status"] = expect_status
         changes = normalise_fields(kind, key, fields, what="update")
 
         def op(conn: sqlite3.Connection) -> bool:
@@ -280,7 +291,7 @@ class SQLiteRegistry:
                 if row is None:
                     return False
                 record = json.loads(row[0])
-                if expect_status is not None and record.get("status") != expect_status:
+                if not matches(record, guard):
                     return False
                 record.update(changes)
                 record["updated_at"] = now_iso()
