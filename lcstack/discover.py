@@ -145,6 +145,7 @@ def open_source(
     *,
     headers: Mapping[str, str] | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    modifier: Any = None,
 ) -> pystac_client.Client | pystac.Catalog:
     """Open a STAC API or a static STAC catalog.
 
@@ -158,6 +159,9 @@ def open_source(
         HTTP headers (e.g. an authorization token) for an API or an ``http(s)`` static catalog.
     storage_options
         fsspec options for a static catalog on object storage (``endpoint_url``, ``key``, ``anon``, ...).
+    modifier
+        A pystac-client ``modifier`` applied to every item an API returns (e.g. URL signing:
+        :func:`lcstack.signing.client_modifier`).
 
     Returns
     -------
@@ -179,7 +183,7 @@ def open_source(
     if scheme in ("http", "https"):
         if text.rstrip("/").endswith(".json"):
             return _open_static(text, stac_io=LenientStacIO(headers=dict(headers or {})), tried=[])
-        return _open_http(text, headers)
+        return _open_http(text, headers, modifier)
     if scheme and scheme != "file":
         return _open_static(text, stac_io=FsspecStacIO(storage_options), tried=[])
     path = Path(text[len("file://") :] if scheme == "file" else text).expanduser()
@@ -201,10 +205,12 @@ def open_source(
     return _open_static(str(path.resolve()), stac_io=LenientStacIO(), tried=[])
 
 
-def _open_http(url: str, headers: Mapping[str, str] | None) -> pystac_client.Client | pystac.Catalog:
+def _open_http(
+    url: str, headers: Mapping[str, str] | None, modifier: Any = None
+) -> pystac_client.Client | pystac.Catalog:
     tried = [f"STAC API landing page {url}"]
     try:
-        client = pystac_client.Client.open(url, headers=dict(headers or {}))
+        client = pystac_client.Client.open(url, headers=dict(headers or {}), modifier=modifier)
     except Exception as exc:  # connection refused, HTTP error, not JSON
         raise InvalidInputError(
             f"Could not open STAC source {url!r}: tried {tried[0]} and got {type(exc).__name__}: {exc}. "

@@ -258,12 +258,12 @@ class Workflow:
         On the Sentinel-2 grid each tile gets its own best scenes (``lcstack.discover.discover_tile_scenes``);
         on a user grid the scenes are chosen over the whole AOI, under the tile ``"*"``.
         """
-        from .discover import discover_scenes, discover_tile_scenes, open_source
+        from .discover import discover_scenes, discover_tile_scenes
 
         if self._scenes is not None:
             return self._scenes
         cfg = self.config
-        source = open_source(cfg.stac)
+        source = self._open_stac()
         limits = {
             "max_cloud_cover": cfg.max_cloud_cover,
             "max_scenes": cfg.max_scenes_per_season,
@@ -302,11 +302,30 @@ class Workflow:
                     )
 
     def _dem_items(self) -> list[Any]:
-        from .discover import discover_dem, open_source
+        from .discover import discover_dem
 
         if not self.config.dem_collection:
             return []
-        return discover_dem(open_source(self.config.stac), self.config.dem_collection, self.bbox_lonlat)
+        return discover_dem(self._open_stac(), self.config.dem_collection, self.bbox_lonlat)
+
+    def _open_stac(self) -> Any:
+        """Open the STAC source with the headers and URL signing of ``stac:``.
+
+        A static catalog on object storage is read with the storage's options (endpoint, credentials).
+        """
+        from .discover import open_source
+        from .signing import client_modifier
+
+        src = self.config.stac_source
+        opts = None
+        if self.config.stac.startswith(("s3://", "gs://", "az://", "abfs://")):
+            opts = {**self.settings.storage_options(self.config.stac), **self.config.storage_options}
+        return open_source(
+            self.config.stac,
+            headers=src.headers if src is not None else None,
+            storage_options=opts,
+            modifier=client_modifier(src),
+        )
 
     def _composite_params(self) -> dict[str, Any]:
         return {
@@ -512,15 +531,18 @@ class Workflow:
     ) -> list[Any]:
         """Write the composite; a scene whose read fails inside a task is skipped (or raised). Items used."""
         from .composite import seasonal_composite
+        from .signing import sign_items, signer_for
         from .terrain import load_terrain
 
+        # signed when each graph is built, so workers get fresh tokens and need no key
+        signer = signer_for(self.config.stac_source)
         while True:
             if season == "terrain":
                 # all terrain bands of a chunk in one Zarr chunk, as the seasonal composites have
-                ds = load_terrain(items, gbox, chunks=self.chunks).chunk({"band": -1})
+                ds = load_terrain(sign_items(items, signer), gbox, chunks=self.chunks).chunk({"band": -1})
             else:
                 ds = seasonal_composite(
-                    items,
+                    sign_items(items, signer),
                     gbox,
                     season=season,
                     bands=self.config.bands,

@@ -16,6 +16,7 @@ import dask
 import numpy as np
 import pymongo
 import pytest
+import s3fs
 import xarray as xr
 from conftest import demo_skips
 from mongo_server import NxMongoServer, nx_executable  # noqa: E402
@@ -140,3 +141,27 @@ def test_mongodb_authentication_failure_is_a_registry_error(
     assert "authentication" in msg and "credentials" in msg
     assert err.value.__cause__ is None and err.value.__suppress_context__, "no pymongo traceback"
     assert not any((tmp_path / "out").rglob("*.zarr")), "no work before the pre-flight check"
+
+
+def test_static_catalog_on_s3_is_read_with_the_storage_options(
+    demo_area: Any, s3: S3Endpoint, mongo_uri: str, services_env: str, tmp_path: Path
+) -> None:
+    """A static catalog on the custom S3 endpoint is opened with the same options as `storage`."""
+    bucket = s3.create_bucket()
+    fs = s3fs.S3FileSystem(**s3.storage_options())
+    for path in (demo_area.root / "stac").rglob("*.json"):
+        fs.put_file(str(path), f"{bucket}/stac/{path.relative_to(demo_area.root / 'stac').as_posix()}")
+    cfg = load_config(
+        demo_area.config,
+        stac=f"s3://{bucket}/stac/catalog.json",
+        storage=f"s3://{bucket}/lc",
+        registry=mongo_uri,
+    )
+    local = load_config(demo_area.config, storage=str(tmp_path / "local"))
+    with Workflow(cfg, progress=False) as wf, Workflow(local, progress=False) as ref:
+        remote_scenes, local_scenes = wf.discover(), ref.discover()
+    ids = {t: {s: [i.id for i in v] for s, v in seasons.items()} for t, seasons in remote_scenes.items()}
+    assert ids == {
+        t: {s: [i.id for i in v] for s, v in seasons.items()} for t, seasons in local_scenes.items()
+    }
+    assert all(ids[t][s] for t in ids for s in ids[t])
