@@ -611,7 +611,7 @@ def level_labels(config: Any, level: int) -> tuple[dict[str, int], str]:
 def workflow_maps(workflow: Any, *, level: int) -> list[str]:
     """List the complete level-1 or level-2 COGs the registry holds for a workflow's model (one per tile)."""
     records = workflow.registry.find("maps", model=workflow.model_key())
-    urls = [r["urls"][f"level{level}"] for r in records if r.get("status") == "complete"]
+    urls = [workflow.map_urls(r)[f"level{level}"] for r in records if r.get("status") == "complete"]
     if not urls:
         raise InvalidInputError(
             "no complete classified map for this config: run `lcstack classify` first, or pass the "

@@ -86,7 +86,9 @@ def test_demo_outputs_are_valid_cogs_with_colour_tables(demo512: tuple[Path, Any
         with rasterio.open(tif) as src:
             assert src.dtypes[0] == "uint8" and src.nodata == 0
             cmap = src.colormap(1)
-            assert src.overviews(1), "overviews"
+            # halved until the image fits in one block: a map of one block needs none
+            block = src.block_shapes[0][0]
+            assert bool(src.overviews(1)) == (max(src.shape) > block), ("overviews", src.shape, block)
             if tif.name == "level1.tif":
                 assert set(lc.values()) <= set(cmap)
     zarr = next((root / "lcstack-data" / "classification-maps").rglob("maps.zarr"))
