@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import load1, machine_line, wait_for_quiet, write_section  # noqa: E402
 from bench_inference import both_datasets, fit_pair, timed  # noqa: E402
 
-from lcstack.fastpredict import compile_estimator, valid_columns  # noqa: E402
+from lcstack.forest import compile_estimator, valid_columns  # noqa: E402
 
 HEADER = "### Other inference engines (same fitted forests)"
 

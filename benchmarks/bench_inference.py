@@ -16,7 +16,7 @@ Paths:
   feature-name columns, NaN rows found, every column ``replace``-d, ``model.predict(df)`` of the model
   trained on STRING labels, nodata set to ``"nodata"``, then one ``np.where`` per class.
 * lcstack ``predict_block`` with ``engine="sklearn"`` (float32 rows of the valid pixels, scikit-learn
-  ``predict``) and ``engine="numba"`` (the default; :mod:`lcstack.fastpredict`), one thread;
+  ``predict``) and ``engine="numba"`` (the default; :mod:`lcstack.forest`), one thread;
   :func:`lcstack.classify.classify` over dask with 1 and 2 threads for the first case.
 
 Run: ``.venv/bin/python benchmarks/bench_inference.py`` (``--no-write`` to print only).
@@ -41,10 +41,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import landcoverpy_window as _landcoverpy_window  # noqa: E402
 from _common import load1, machine_line, wait_for_quiet, write_section  # noqa: E402
 
-from lcstack import _simd, fastpredict  # noqa: E402
-from lcstack._demo_spectra import LC_LABELS  # noqa: E402
-from lcstack.classify import classify, predict_block  # noqa: E402
-from lcstack.fastpredict import compile_estimator  # noqa: E402
+from lcstack.classify import classify, fast_predict_proba_levels, predict_block  # noqa: E402
+from lcstack.demo.spectra import LC_LABELS  # noqa: E402
+from lcstack.forest import _simd, compile_estimator, engine  # noqa: E402
+from lcstack.forest import predict as fpredict  # noqa: E402
 from lcstack.model import HierarchicalClassifier, save_model  # noqa: E402
 
 SEASONS = ("spring", "summer", "autumn")
@@ -160,10 +160,8 @@ def run_case(cube, clf, model, features, window, repeat):
         """The numba engine's probabilities (level-1 over all classes, margin, level 2), per window."""
         out = np.zeros(cube.shape[1:], np.uint8)
         for ys, xs in wins:
-            columns, index = fastpredict.valid_columns(cube[:, ys, xs])
-            levels = fastpredict.fast_predict_proba_levels(
-                model, columns, feature_major=True, assume_finite=True
-            )
+            columns, index = fpredict.valid_columns(cube[:, ys, xs])
+            levels = fast_predict_proba_levels(model, columns, feature_major=True, assume_finite=True)
             window = np.zeros(out[ys, xs].size, np.uint8)
             window[index] = levels.level1
             out[ys, xs] = window.reshape(out[ys, xs].shape)
@@ -182,7 +180,7 @@ def run_case(cube, clf, model, features, window, repeat):
                 os.environ["LCSTACK_SIMD"] = previous
 
     # the other steps this CPU has, besides the default (the one calibrated fastest here)
-    steps = dict(STEP_NAMES[w] for w in _simd.available_widths() if w != _simd.simd_width())
+    steps = dict(STEP_NAMES[w] for w in _simd.available_widths() if w != engine.simd_width())
     # every path best of `repeat`, interleaved so that no path always runs on a warmer machine
     w_lcp = c_lcp = w_sk = c_sk = w_nb = c_nb = c_proba = float("inf")
     other = {name: float("inf") for name in steps}  # CPU seconds
@@ -280,7 +278,7 @@ def main() -> None:
         speed = r["lcp"][1] / r["numba"][1]
         speedups.append(speed)
         by_step = {name: f"{r['lcp'][1] / c:.1f}x" for name, c in r["steps"].items()}
-        by_step[STEP_NAMES[_simd.simd_width()][0]] = "(the default here)"
+        by_step[STEP_NAMES[engine.simd_width()][0]] = "(the default here)"
         avx512, avx2 = by_step.get("avx512", "(no AVX-512)"), by_step.get("avx2", "(no AVX2)")
         scalar = by_step["scalar"]
         table.append(
@@ -308,8 +306,8 @@ def main() -> None:
             "round*: the same ratio within each round, the two paths run back to back (this shared VM's "
             "speed drifts between rounds, the memory-bound numba kernel more than the baseline). *Trees "
             "walked*: the numba engine stops walking a pixel's trees once its vote is settled (see "
-            "`lcstack/fastpredict.py`). The numba engine uses the partition step calibrated fastest on "
-            f"this CPU (here: {_simd.simd_width() or 'the scalar loop, 0'} rows per step); the other step "
+            "`lcstack/forest/`). The numba engine uses the partition step calibrated fastest on "
+            f"this CPU (here: {engine.simd_width() or 'the scalar loop, 0'} rows per step); the other step "
             "columns: the same engine with `LCSTACK_SIMD=avx512`, `avx2` or `0` (CPU time, best of the "
             "same rounds). *Probabilities / class-only*: `fast_predict_proba_levels` (level-1 "
             "probabilities, margin, level 2 and its probability, every tree walked) over the class-only "

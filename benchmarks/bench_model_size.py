@@ -12,7 +12,7 @@ the SAME training rows:
 Two training sets: the demo's point table (``dataset.csv`` as the workflow extracts it, ~600 points) and a
 larger one, ``--n-large`` pixels of the cube drawn stratified by truth class (equal share per class), so
 that the trees grow as deep as on real data. Per model: level-1 agreement with the truth raster
-(``lcstack.scoring.agreement``; with the large set on the pixels NOT used for training), the skops artefact
+(``lcstack.demo.scoring.agreement``; with the large set on the pixels NOT used for training), the skops artefact
 size (``save_model``, deflate), and the time to classify every pixel of the cube with
 
 * the LandCoverPy-style path (pandas DataFrame per window, ``predict`` of the string-label model, one
@@ -84,8 +84,8 @@ def demo_cube(workdir: Path, size: int, seed: int):
     import dask
     import rioxarray
 
+    from lcstack.config import load_config
     from lcstack.demo import make_demo_area
-    from lcstack.inputs import load_config
     from lcstack.pipeline import Workflow
 
     area = make_demo_area(workdir / "area", size=size, seed=seed)
@@ -159,8 +159,8 @@ def evaluate(
     from sklearn.ensemble import RandomForestClassifier
 
     from lcstack.classify import predict_block
+    from lcstack.demo.scoring import agreement
     from lcstack.model import save_model
-    from lcstack.scoring import agreement
     from lcstack.training import _ESTIMATORS
 
     code_to_name = {v: k for k, v in lc.items()}
@@ -384,7 +384,7 @@ def main() -> None:
             f"Data: demo area {args.size}² (seed {args.seed}), {len(features)} features from the workflow's "
             f"composites, put on the truth grid ({n_pix} pixels, {100 * nodata_frac:.1f} % nodata); "
             f"{args.window}-pixel windows for every path. Level-1 forests only (random_state=0). Accuracy: "
-            "`lcstack.scoring.agreement` of the level-1 map with `truth.tif` (nodata left out). Numba: "
+            "`lcstack.demo.scoring.agreement` of the level-1 map with `truth.tif` (nodata left out). Numba: "
             f'`predict_block(engine="numba")`, 1 thread, best of {args.repeat}; asserted identical to '
             '`engine="sklearn"` (scikit-learn `predict`) for every model and to the LandCoverPy-style path '
             "for (a). Speed-up: CPU time of the LandCoverPy-style path with model (a) / CPU time of the numba "

@@ -82,7 +82,7 @@ def run(
     concurrent_outputs: int | None = None,
 ) -> dict[str, Any]:
     from lcstack.cluster import open_cluster
-    from lcstack.inputs import DaskConfig, load_config
+    from lcstack.config import DaskConfig, load_config
     from lcstack.pipeline import Workflow
 
     config = area_for(size)

@@ -6,9 +6,9 @@ train a hierarchical classifier from labelled points and classify block by block
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from . import accessor as _accessor  # noqa: E402,F401  (registers ds.landcover)
+from ._version import __version__
+from .config import load_config
 from .errors import (  # noqa: E402
     InputFileNotFoundError,
     InvalidInputError,
@@ -23,15 +23,7 @@ from .errors import (  # noqa: E402
 )
 from .features import stack_features  # noqa: E402
 from .grid import aoi_geobox, tile_geoboxes  # noqa: E402
-from .inputs import (  # noqa: E402
-    RunConfig,
-    Season,
-    load_config,
-    read_lc_labels,
-    read_points,
-    read_seasons,
-    read_sl_labels,
-)
+from .inputs import Season, read_lc_labels, read_points, read_seasons, read_sl_labels
 from .store import Storage  # noqa: E402
 
 # Heavier entry points are imported on first use (dask workers started by spawn import lcstack too).

@@ -13,6 +13,7 @@ import numpy as np
 import xarray as xr
 
 from .errors import InvalidInputError
+from .harmonize import SCL_CLOUD_CLASSES
 
 __all__ = ["LandcoverAccessor", "LandcoverArrayAccessor"]
 
@@ -50,7 +51,7 @@ class LandcoverAccessor:
         self,
         seasons: Mapping[str, Any],
         *,
-        mask_classes: Sequence[int] = (3, 8, 9, 10, 11),
+        mask_classes: Sequence[int] = SCL_CLOUD_CLASSES,
         dilation_m: float = 0.0,
         indices: Sequence[str] | None = None,
     ) -> xr.Dataset:

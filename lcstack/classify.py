@@ -19,7 +19,7 @@ import os
 import posixpath
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -80,26 +80,114 @@ def _use_numba(engine: Engine) -> bool:
     if engine not in ("auto", "sklearn", "numba"):
         raise InvalidInputError(f"`engine` must be 'auto', 'sklearn' or 'numba', not {engine!r}.")
     if engine == "auto":
-        from lcstack.fastpredict import numba_available
+        from lcstack.forest import numba_available
 
         return numba_available()
     return engine == "numba"
 
 
+def _feature_major_input(model: Any, X: Any, assume_finite: bool) -> tuple[int, Callable[..., Any]]:
+    """Check ``(n_features, n_samples)`` features for a hierarchical model: sample count, sample selector."""
+    from sklearn.utils.validation import check_is_fitted
+
+    check_is_fitted(model)
+    X = np.asarray(X)
+    if X.ndim != 2 or X.shape[0] != model.n_features_in_:
+        raise InvalidInputError(
+            f"X has shape {X.shape}; with feature_major=True the model expects ({model.n_features_in_}, "
+            "n_samples) features."
+        )
+    if not assume_finite and not np.isfinite(X).all():
+        raise InvalidInputError(
+            "X contains NaN or inf; predict only on valid pixels and mark the others as nodata "
+            "(lcstack.classify does)."
+        )
+    return X.shape[1], lambda rows: X if rows is None else X[:, rows]
+
+
+def fast_predict_levels(
+    model: Any, X: Any, *, n_threads: int | None = 1, feature_major: bool = False, assume_finite: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """:meth:`lcstack.model.HierarchicalClassifier.predict_levels` through the compiled kernels.
+
+    Level 1 and every level-2 model that is a supported tree ensemble run on the numba kernel; any other
+    estimator falls back to its own ``predict``. The result equals ``model.predict_levels(X)``.
+
+    Parameters
+    ----------
+    model : HierarchicalClassifier
+        Fitted.
+    X : array-like or DataFrame of shape (n_samples, n_features)
+        Features of valid (NaN-free) pixels, validated as ``predict_levels`` does; with
+        ``feature_major=True`` an array of shape ``(n_features, n_samples)``.
+    n_threads : int, optional
+        See :meth:`lcstack.forest.FastForest.predict`.
+    feature_major : bool, optional
+        See :meth:`lcstack.forest.FastForest.predict`.
+    assume_finite : bool, optional
+        With ``feature_major=True``, skip the check for NaN and inf (a pass over all of ``X``): for
+        callers that already hold only valid pixels, such as the columns of
+        :func:`lcstack.forest.valid_columns`.
+
+    Returns
+    -------
+    level1 : ndarray of shape (n_samples,)
+        Category codes.
+    level2 : ndarray of int64, shape (n_samples,)
+        Subcategory codes; 1 (unclassified) where the predicted category has no level-2 model.
+
+    """
+    from lcstack.forest import fast_predict
+    from lcstack.model import predict_levels
+
+    def predict(est: Any, features: Any) -> np.ndarray:
+        return fast_predict(est, features, n_threads=n_threads, feature_major=feature_major)
+
+    if not feature_major:  # validated by the model, as its own predict_levels
+        return model.predict_levels(X, predict=predict)
+    return predict_levels(model, *_feature_major_input(model, X, assume_finite), predict)
+
+
+def fast_predict_proba_levels(
+    model: Any, X: Any, *, n_threads: int | None = 1, feature_major: bool = False, assume_finite: bool = False
+) -> Any:
+    """:meth:`lcstack.model.HierarchicalClassifier.predict_proba_levels` through the compiled kernels.
+
+    Level-1 probabilities over all classes (bit-identical to ``predict_proba``), the level-1 code and the
+    margin between the best and second-best probability, and the level-2 code with its probability
+    conditional on level 1. Parameters as :func:`fast_predict_levels`.
+
+    Returns
+    -------
+    lcstack.model.LevelProbabilities
+        Equal to ``model.predict_proba_levels(X)``; its codes equal :func:`fast_predict_levels`'s.
+
+    """
+    from lcstack.forest import fast_predict_proba
+    from lcstack.model import predict_proba_levels
+
+    def predict_proba(est: Any, features: Any) -> np.ndarray:
+        return fast_predict_proba(est, features, n_threads=n_threads, feature_major=feature_major)
+
+    if not feature_major:
+        return model.predict_proba_levels(X, predict_proba=predict_proba)
+    return predict_proba_levels(model, *_feature_major_input(model, X, assume_finite), predict_proba)
+
+
 def _predict_columns(model: Any, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Codes of the valid pixels with the numba engine, from ``(n_features, n_pixels)`` columns."""
-    from lcstack import fastpredict
+    from lcstack import forest
     from lcstack.model import HierarchicalClassifier
 
     # n_threads=1: dask already runs one block per thread. The kernel reads feature-major columns, the
     # layout of a (feature, y, x) block, so the pixels are never transposed.
     if isinstance(model, HierarchicalClassifier):
-        level1, level2 = fastpredict.fast_predict_levels(
+        level1, level2 = fast_predict_levels(
             model, columns, n_threads=1, feature_major=True, assume_finite=True
         )
         return _as_codes(level1, "level-1"), _as_codes(level2, "level-2")
     if not hasattr(model, "predict_levels"):
-        level1 = fastpredict.fast_predict(model, columns, n_threads=1, feature_major=True)
+        level1 = forest.fast_predict(model, columns, n_threads=1, feature_major=True)
         level1 = _as_codes(level1, "level-1")
         return level1, np.full(level1.shape, UNCLASSIFIED, dtype=np.uint8)
     return _predict_rows(model, np.ascontiguousarray(columns.T))
@@ -126,7 +214,7 @@ def predict_block(X: np.ndarray, model: Any, *, engine: Engine = "auto") -> np.n
     engine : {"auto", "sklearn", "numba"}
         ``"numba"`` predicts random forests, extra trees and decision trees (level 1 and level 2 of a
         :class:`~lcstack.model.HierarchicalClassifier`) with the compiled kernel of
-        :mod:`lcstack.fastpredict` (identical predictions, 3-4x faster than scikit-learn on one core)
+        :mod:`lcstack.forest` (identical predictions, 3-4x faster than scikit-learn on one core)
         and any other estimator with its own ``predict``; ``"sklearn"`` always calls the model's
         ``predict_levels``/``predict``; ``"auto"`` (default) is ``"numba"`` when numba can be imported,
         else ``"sklearn"``.
@@ -150,7 +238,7 @@ def predict_block(X: np.ndarray, model: Any, *, engine: Engine = "auto") -> np.n
         )
     out = np.zeros((2, ny * nx), dtype=np.uint8)
     if _use_numba(engine):
-        from lcstack.fastpredict import valid_columns
+        from lcstack.forest import valid_columns
 
         # One fused pass: the valid pixels as feature-major float32 columns, the kernel's layout.
         columns, valid = valid_columns(X)

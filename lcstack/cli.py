@@ -98,7 +98,7 @@ def _dask(scheduler: str | None, config: Any = None, *, quiet: bool = False) -> 
 
 
 def _workflow(config: Path, quiet: bool) -> Any:
-    from .inputs import load_config
+    from .config import load_config
     from .pipeline import Workflow
 
     return Workflow(load_config(config), progress=not quiet)
@@ -193,7 +193,7 @@ def _step_command(steps: tuple[str, ...]) -> Callable[..., None]:
         quiet: QuietOpt = False,
         verbose: VerboseOpt = False,
     ) -> None:
-        from .inputs import load_config
+        from .config import load_config
 
         _setup_logging(quiet, verbose)
         cfg = load_config(config)
@@ -239,9 +239,9 @@ def demo(
     verbose: VerboseOpt = False,
 ) -> None:
     """Generate the offline demo area and run the whole workflow on it; report accuracy against truth."""
+    from .config import load_config
     from .demo import make_demo_area
-    from .inputs import load_config
-    from .scoring import score_tiles
+    from .demo.scoring import score_tiles
 
     _setup_logging(quiet, verbose)
     area = make_demo_area(storage, size=size, seed=seed, progress=_bars(quiet), tiles=tiles)

@@ -195,7 +195,7 @@ def open_cluster(address: str | None = None, *, config: Any = None) -> Iterator[
           ``LCSTACK_GATEWAY_USERNAME``/``LCSTACK_GATEWAY_PASSWORD`` (HTTP basic auth) or else the dask
           config (``DASK_GATEWAY__AUTH__TYPE``). The cluster is shut down on exit, also after an error.
     config
-        Optional :class:`lcstack.inputs.DaskConfig`. For a LocalCluster, ``n_workers``,
+        Optional :class:`lcstack.config.DaskConfig`. For a LocalCluster, ``n_workers``,
         ``threads_per_worker``, ``memory_limit`` and ``processes`` override the sizing above. For Dask
         Gateway, ``n_workers`` gives a fixed cluster size (adaptive from 1 worker up to the gateway's limit
         when unset), and ``threads_per_worker``/``memory_limit`` set the ``worker_cores``/``worker_memory``

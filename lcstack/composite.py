@@ -23,10 +23,10 @@ from dask.base import tokenize
 from odc.geo.geobox import GeoBox
 from scipy import ndimage
 
-import lcstack
 from lcstack._kernels import nanmedian_time
+from lcstack._version import __version__
 from lcstack.errors import InvalidInputError, LcstackError, NoCloudMaskWarning, NoScenesFoundError
-from lcstack.harmonize import band_assets
+from lcstack.harmonize import SCL_CLOUD_CLASSES, band_assets
 from lcstack.indices import DEFAULT_INDICES, compute_indices
 from lcstack.load import (
     DEFAULT_CHUNK,
@@ -47,8 +47,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: SCL classes masked by default: cloud shadows, cloud medium/high probability, thin cirrus, snow/ice.
-DEFAULT_MASK_CLASSES: tuple[int, ...] = (3, 8, 9, 10, 11)
+#: SCL classes masked by default (:data:`lcstack.harmonize.SCL_CLOUD_CLASSES`).
+DEFAULT_MASK_CLASSES = SCL_CLOUD_CLASSES
 
 
 def _disk(radius: float) -> np.ndarray:
@@ -317,7 +317,7 @@ def seasonal_composite(
     attrs = {
         "season": season,
         "items": json.dumps(sorted(it.id for it in items)),
-        "lcstack_version": lcstack.__version__,
+        "lcstack_version": __version__,
         "mask_classes": [int(c) for c in mask_classes] if has_scl else [],
         "dilation_m": float(dilation_m),
         "resampling": resampling,

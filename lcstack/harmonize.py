@@ -30,6 +30,7 @@ import pystac
 
 __all__ = [
     "CANONICAL_BANDS",
+    "SCL_CLOUD_CLASSES",
     "NATIVE_RESOLUTION",
     "REFLECTANCE_BANDS",
     "asset_for_band",
@@ -39,6 +40,10 @@ __all__ = [
     "processing_baseline",
     "reflectance_scale_offset",
 ]
+
+#: Scene classification (SCL) classes masked as not clear by default: cloud shadows (3), cloud medium and
+#: high probability (8, 9), thin cirrus (10) and snow or ice (11); SCL 0 (no data) is always masked.
+SCL_CLOUD_CLASSES: tuple[int, ...] = (3, 8, 9, 10, 11)
 
 logger = logging.getLogger(__name__)
 

@@ -328,7 +328,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
             Features of valid (NaN-free) pixels, in the training order.
         predict : callable, optional
             ``predict(estimator, X)`` for each level's estimator, e.g. the compiled engine's
-            :func:`lcstack.fastpredict.fast_predict`; ``None`` calls the estimator's ``predict``.
+            :func:`lcstack.forest.fast_predict`; ``None`` calls the estimator's ``predict``.
 
         Returns
         -------
@@ -452,7 +452,7 @@ def predict_levels(
     """Level-1 and level-2 codes of ``model``, each level predicted by ``predict(estimator, X)``.
 
     The one walk of the hierarchy, shared by :meth:`HierarchicalClassifier.predict_levels` (``predict``
-    calls the estimator's own) and the compiled engine (:mod:`lcstack.fastpredict`).
+    calls the estimator's own) and the compiled engine (:mod:`lcstack.forest`).
 
     Parameters
     ----------
@@ -747,7 +747,7 @@ def save_model(
         The model is not fitted, the metadata is not JSON-serialisable or its feature names do not match.
 
     """
-    from lcstack import __version__
+    from lcstack._version import __version__
 
     if not isinstance(model, HierarchicalClassifier):
         raise InvalidInputError(f"save_model expects a HierarchicalClassifier, got {type(model).__name__}.")
@@ -884,7 +884,7 @@ def _check_trees(model: HierarchicalClassifier, model_path: str) -> None:
     from sklearn.ensemble import ExtraTreesClassifier
     from sklearn.tree import DecisionTreeClassifier
 
-    from lcstack.fastpredict import check_estimator
+    from lcstack.forest import check_estimator
 
     models = {"level-1 model": getattr(model, "estimator_level1_", None)}
     models.update(

@@ -25,7 +25,8 @@ import pandas as pd
 import xarray as xr
 from odc.geo.geobox import GeoBox
 
-from . import __version__
+from ._version import __version__
+from .config import RunConfig
 from .errors import (
     AssetError,
     InvalidInputError,
@@ -35,7 +36,7 @@ from .errors import (
     StorageError,
 )
 from .grid import aoi_geobox, aoi_geometry, points_bbox
-from .inputs import RunConfig, Season
+from .inputs import Season
 from .load import AssetProblem, asset_error, check_assets
 from .plan import Unit, points_of_units, s2_units, user_units
 from .progress import progress_enabled, progress_iter
@@ -91,7 +92,7 @@ class Workflow:
     Parameters
     ----------
     config
-        The validated run configuration (:func:`lcstack.inputs.load_config`).
+        The validated run configuration (:func:`lcstack.config.load_config`).
     settings
         Environment settings (S3 endpoint, registry URL, ...); read from the environment by default.
     registry

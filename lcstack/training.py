@@ -14,9 +14,9 @@ import pandas as pd
 from sklearn.base import clone
 from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier, RandomForestClassifier
 
-from . import __version__
+from ._version import __version__
+from .config import CVConfig, ModelConfig
 from .errors import InvalidInputError
-from .inputs import CVConfig, ModelConfig
 from .model import DEFAULT_FOREST_PARAMS
 from .samples import SAMPLE_COLUMNS
 

@@ -39,7 +39,7 @@ def demo_area(tmp_path_factory: pytest.TempPathFactory) -> Any:
 @pytest.fixture(scope="session")
 def demo_run(demo_area: Any) -> Any:
     """The whole workflow run once on the demo area with the threaded scheduler."""
-    from lcstack.inputs import load_config
+    from lcstack.config import load_config
     from lcstack.pipeline import Workflow
 
     cfg = load_config(demo_area.config)

@@ -81,7 +81,7 @@ def test_broken_asset_fails_naming_item_asset_and_file(demo_area: Any, tmp_path:
 
 
 def test_skip_scene_drops_broken_scenes_with_warning_and_record(demo_area: Any, tmp_path: Path) -> None:
-    from lcstack.inputs import load_config
+    from lcstack.config import load_config
     from lcstack.pipeline import Workflow
 
     root = _area(demo_area, tmp_path, on_error="skip-scene")
@@ -109,8 +109,8 @@ def test_skip_scene_drops_broken_scenes_with_warning_and_record(demo_area: Any, 
 def test_read_error_in_a_worker_process_comes_back_as_asset_error(demo_area: Any, tmp_path: Path) -> None:
     from distributed import Client, LocalCluster
 
+    from lcstack.config import load_config
     from lcstack.errors import AssetError
-    from lcstack.inputs import load_config
     from lcstack.pipeline import Workflow
 
     root = _area(demo_area, tmp_path)

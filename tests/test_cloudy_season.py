@@ -12,8 +12,8 @@ import dask
 import pytest
 import rasterio
 
+from lcstack.config import load_config
 from lcstack.errors import NoScenesFoundError
-from lcstack.inputs import load_config
 from lcstack.pipeline import Workflow
 
 

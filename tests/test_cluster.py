@@ -30,8 +30,8 @@ from lcstack.cluster import (
     _Target,
     open_cluster,
 )
+from lcstack.config import DaskConfig
 from lcstack.errors import InvalidInputError, LcstackError
-from lcstack.inputs import DaskConfig
 from lcstack.settings import Settings, get_settings
 
 sys.path.insert(0, str(Path(__file__).parent))

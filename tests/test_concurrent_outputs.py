@@ -20,7 +20,7 @@ import xarray as xr
 from conftest import demo_skips
 from distributed import Client, LocalCluster
 
-from lcstack.inputs import load_config
+from lcstack.config import load_config
 from lcstack.pipeline import Workflow
 from lcstack.store import Storage
 

@@ -15,9 +15,9 @@ import pytest
 import rasterio
 import xarray as xr
 
+from lcstack.config import load_config
 from lcstack.discover import asset_fingerprints
 from lcstack.errors import SkippedPointsWarning
-from lcstack.inputs import load_config
 from lcstack.pipeline import Workflow
 
 

@@ -13,22 +13,16 @@ from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.tree import DecisionTreeClassifier, ExtraTreeClassifier
 
-from lcstack import fastpredict
-from lcstack.classify import classify, predict_block
+from lcstack import forest
+from lcstack.classify import classify, fast_predict_levels, fast_predict_proba_levels, predict_block
 from lcstack.errors import InvalidInputError
-from lcstack.fastpredict import (
-    FastForest,
-    compile_estimator,
-    fast_predict,
-    fast_predict_levels,
-    fast_predict_proba,
-    fast_predict_proba_levels,
-)
+from lcstack.forest import FastForest, checks, compile_estimator, engine, fast_predict, fast_predict_proba  # noqa: E402
+from lcstack.forest import predict as fpredict
 from lcstack.model import HierarchicalClassifier
 
 pytest.importorskip("numba")
 
-from lcstack import _simd  # noqa: E402
+from lcstack.forest import _simd  # noqa: E402
 
 
 @pytest.fixture(params=["avx512", "avx2", "scalar"])
@@ -39,7 +33,7 @@ def partition_step(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPat
     if request.param == "avx2" and not _simd.AVX2:
         pytest.skip("this CPU (or numba's target) has no AVX2")
     monkeypatch.setenv("LCSTACK_SIMD", {"avx512": "avx512", "avx2": "avx2", "scalar": "0"}[request.param])
-    assert _simd.simd_width() == {"avx512": 16, "avx2": 8, "scalar": 0}[request.param]
+    assert engine.simd_width() == {"avx512": 16, "avx2": 8, "scalar": 0}[request.param]
     return request.param
 
 
@@ -148,7 +142,7 @@ def test_nodes_are_stored_in_preorder(max_leaf_nodes: int | None) -> None:
     X, y = _data(6, 500, 4, 3, discrete=False)
     tree = DecisionTreeClassifier(max_leaf_nodes=max_leaf_nodes, random_state=0).fit(X, y).tree_
     left, right = tree.children_left, tree.children_right
-    order = fastpredict._preorder(left, right)
+    order = checks._preorder(left, right)
     np.testing.assert_array_equal(np.sort(order), np.arange(tree.node_count))
     position = np.empty_like(order)
     position[order] = np.arange(order.size)
@@ -186,14 +180,14 @@ def test_valid_columns_gathers_finite_pixels_of_any_layout(dtype: Any) -> None:
         big[4, 10, :7] = np.inf
         big[0, 20, 20] = -np.inf
     window = big[:, 5:35:2, 3:47]  # a strided view, read in place
-    columns, index = fastpredict.valid_columns(window)
+    columns, index = fpredict.valid_columns(window)
     flat = window.reshape(5, -1)
     keep = np.isfinite(flat.astype(np.float64)).all(axis=0)
     np.testing.assert_array_equal(index, np.flatnonzero(keep))
     assert columns.dtype == np.float32 and columns.flags.c_contiguous
     np.testing.assert_array_equal(columns, flat[:, keep].astype(np.float32))
     with pytest.raises(InvalidInputError, match="feature, y, x"):
-        fastpredict.valid_columns(flat)
+        fpredict.valid_columns(flat)
 
 
 @pytest.mark.parametrize(
@@ -213,7 +207,7 @@ def test_valid_columns_reads_any_strides(view: Any) -> None:
     big[3, :, 5] = np.nan
     big[0, 11, 12] = np.inf
     window = view(big)
-    columns, index = fastpredict.valid_columns(window)
+    columns, index = fpredict.valid_columns(window)
     flat = np.ascontiguousarray(window).reshape(window.shape[0], -1)
     keep = np.isfinite(flat).all(axis=0)
     np.testing.assert_array_equal(index, np.flatnonzero(keep))
@@ -222,14 +216,14 @@ def test_valid_columns_reads_any_strides(view: Any) -> None:
 
 def test_valid_columns_of_a_valid_contiguous_float32_block_is_the_block_itself() -> None:
     block = np.random.default_rng(2).normal(size=(4, 8, 9)).astype(np.float32)
-    columns, index = fastpredict.valid_columns(block)
+    columns, index = fpredict.valid_columns(block)
     assert np.shares_memory(columns, block) and columns.shape == (4, 72)
     np.testing.assert_array_equal(index, np.arange(72))
     block[1, 2, 3] = np.nan  # one invalid pixel: a gathered copy without it
-    columns, index = fastpredict.valid_columns(block)
+    columns, index = fpredict.valid_columns(block)
     assert not np.shares_memory(columns, block) and columns.shape == (4, 71)
     assert 2 * 9 + 3 not in index
-    empty_columns, empty_index = fastpredict.valid_columns(np.empty((4, 0, 3), np.float32))
+    empty_columns, empty_index = fpredict.valid_columns(np.empty((4, 0, 3), np.float32))
     assert empty_columns.shape == (4, 0) and empty_index.size == 0
 
 
@@ -310,7 +304,7 @@ def test_single_class_and_empty_input() -> None:
 
 def test_threshold_floor_gives_float64_decision() -> None:
     t = np.array([0.1, -0.1, 1e-45, 3.5e38, -3.5e38, 2.0, 1 / 3], dtype=np.float64)
-    t32 = fastpredict._float32_floor(t)
+    t32 = checks._float32_floor(t)
     with np.errstate(over="ignore"):
         near = t.astype(np.float32)
     down, up = np.nextafter(near, np.float32(-np.inf)), np.nextafter(near, np.float32(np.inf))
@@ -352,7 +346,7 @@ def test_concurrent_calls_from_threads() -> None:
     X, y = _data(7, 400, 5, 4, discrete=False)
     est = RandomForestClassifier(n_estimators=10, random_state=0).fit(X, y)
     expected = est.predict(X)
-    fastpredict._COMPILED.pop(est, None)
+    fpredict._COMPILED.pop(est, None)
     with ThreadPoolExecutor(4) as pool:  # compile races and parallel launches from several threads
         results = list(pool.map(lambda i: fast_predict(est, X, n_threads=1 + i % 2), range(8)))
     for r in results:
@@ -402,7 +396,7 @@ def test_predict_block_engines_agree_and_numba_skips_sklearn(monkeypatch: pytest
     with pytest.raises(InvalidInputError, match="engine"):
         predict_block(cube, model, engine="cuda")  # type: ignore[arg-type]
     # without numba, "auto" is scikit-learn
-    monkeypatch.setattr(fastpredict, "numba_available", lambda: False)
+    monkeypatch.setattr(forest, "numba_available", lambda: False)
     with pytest.raises(AssertionError, match="sklearn predict called"):
         predict_block(cube, model)
 
@@ -447,7 +441,7 @@ import copy, sys
 import numpy as np
 from sklearn.ensemble import RandomForestClassifier
 from lcstack.errors import InvalidInputError
-from lcstack.fastpredict import compile_estimator, fast_predict
+from lcstack.forest import compile_estimator, fast_predict
 
 X = np.random.default_rng(0).normal(size=(3000, 4)).astype(np.float32)
 fitted = RandomForestClassifier(n_estimators=3, max_depth=6, random_state=0).fit(X, X[:, 0] > X[:, 1])
@@ -528,7 +522,7 @@ def test_forest_with_missing_value_splits_passes_the_checks() -> None:
     X[::3, 1] = np.nan  # splits on missing values get threshold +inf
     est = RandomForestClassifier(n_estimators=5, random_state=0).fit(X, y)
     assert any(np.isinf(t.tree_.threshold).any() for t in est.estimators_)
-    depths = fastpredict.check_estimator(est)
+    depths = checks.check_estimator(est)
     assert depths == [t.tree_.max_depth for t in est.estimators_]
 
 

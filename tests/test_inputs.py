@@ -8,16 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from lcstack.config import AoiBox, load_config
 from lcstack.errors import InputFileNotFoundError, InputWarning, InvalidInputError, SkippedPointsWarning
-from lcstack.inputs import (
-    AoiBox,
-    load_config,
-    read_lc_labels,
-    read_points,
-    read_seasons,
-    read_sl_labels,
-    validate_points_labels,
-)
+from lcstack.inputs import read_lc_labels, read_points, read_seasons, read_sl_labels, validate_points_labels
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

@@ -16,8 +16,9 @@ numba = pytest.importorskip("numba")
 
 from numba.core.dispatcher import Dispatcher  # noqa: E402
 
-from lcstack import _kernel_cache, _simd, fastpredict  # noqa: E402
-from lcstack._kernel_cache import cache_dirs, source_digest  # noqa: E402
+from lcstack.forest import _cache as _kernel_cache  # noqa: E402
+from lcstack.forest import _simd, kernels  # noqa: E402
+from lcstack.forest._cache import cache_dirs, source_digest  # noqa: E402
 
 
 def test_digest_changes_when_any_source_changes(tmp_path: Path) -> None:
@@ -37,7 +38,7 @@ def test_digest_changes_when_any_source_changes(tmp_path: Path) -> None:
 
 def _dispatchers() -> list[Dispatcher]:
     found = []
-    for module in (fastpredict, _simd):
+    for module in (kernels, _simd):
         found += [obj for obj in vars(module).values() if isinstance(obj, Dispatcher)]
     return found
 
@@ -54,7 +55,7 @@ def test_every_kernel_is_cached_with_the_stamp_over_all_its_sources() -> None:
 
 
 _KERNEL = """
-from lcstack._kernel_cache import jit
+from lcstack.forest._cache import jit
 import os, b
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -64,7 +65,7 @@ def f(x):
 """
 
 _STEP = """
-from lcstack._kernel_cache import jit
+from lcstack.forest._cache import jit
 import os
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -120,9 +121,9 @@ def test_editing_a_called_module_recompiles_the_kernel(tmp_path: Path) -> None:
 
 def test_cache_dirs_put_numba_cache_dir_first(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
-    dirs = cache_dirs(fastpredict.__file__)
+    dirs = cache_dirs(kernels.__file__)
     assert dirs[0].startswith(str(tmp_path / "lcstack"))
-    assert dirs[1] == os.path.join(os.path.dirname(os.path.abspath(fastpredict.__file__)), "__pycache__")
+    assert dirs[1] == os.path.join(os.path.dirname(os.path.abspath(kernels.__file__)), "__pycache__")
     monkeypatch.delenv("NUMBA_CACHE_DIR")
-    assert cache_dirs(fastpredict.__file__) == dirs[1:]
-    assert _kernel_cache.__name__ == "lcstack._kernel_cache"
+    assert cache_dirs(kernels.__file__) == dirs[1:]
+    assert _kernel_cache.__name__ == "lcstack.forest._cache"

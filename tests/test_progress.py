@@ -14,7 +14,7 @@ import dask
 import dask.array as da
 import pytest
 
-from lcstack.inputs import load_config
+from lcstack.config import load_config
 from lcstack.pipeline import Workflow
 from lcstack.progress import compute, progress_iter
 from lcstack.settings import Settings

@@ -16,8 +16,8 @@ from typing import Any
 import dask
 import pytest
 
+from lcstack.config import load_config
 from lcstack.errors import SkippedPointsWarning
-from lcstack.inputs import load_config
 from lcstack.pipeline import Workflow
 from lcstack.registry import open_registry
 

@@ -19,8 +19,8 @@ from pyproj import Transformer
 from typer.testing import CliRunner
 
 from lcstack.cli import app
+from lcstack.config import load_config
 from lcstack.errors import InvalidInputError, NoScenesFoundError, SkippedPointsWarning
-from lcstack.inputs import load_config
 from lcstack.load import load_scenes
 from lcstack.pipeline import Workflow
 from lcstack.s2grid import owner_of_points, tile_id
@@ -88,7 +88,7 @@ def _centres(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def test_maps_per_tile_in_two_zones_agree_with_their_truth(tiles3: Path) -> None:
-    from lcstack.scoring import score_tiles
+    from lcstack.demo.scoring import score_tiles
 
     maps = _maps(tiles3)
     assert sorted(maps) == TILES

@@ -22,8 +22,8 @@ from conftest import demo_skips
 from mongo_server import NxMongoServer, nx_executable  # noqa: E402
 from s3_server import S3Endpoint, s3_endpoint  # noqa: E402
 
+from lcstack.config import load_config
 from lcstack.errors import RegistryError, StorageError
-from lcstack.inputs import load_config
 from lcstack.pipeline import Workflow
 from lcstack.settings import get_settings
 

@@ -261,7 +261,7 @@ def test_load_scenes_of_signed_items_reads_the_pixels(pc_server):
 def test_config_accepts_a_stac_mapping(tmp_path, demo_area):
     import yaml
 
-    from lcstack.inputs import load_config
+    from lcstack.config import load_config
 
     raw = yaml.safe_load(Path(demo_area.config).read_text())
     base = Path(demo_area.config).parent

@@ -11,9 +11,8 @@ from sklearn.ensemble import RandomForestClassifier
 
 numba = pytest.importorskip("numba")
 
-from lcstack import _simd, fastpredict  # noqa: E402
 from lcstack.errors import InvalidInputError  # noqa: E402
-from lcstack.fastpredict import FastForest  # noqa: E402
+from lcstack.forest import FastForest, _simd, engine, kernels  # noqa: E402
 
 # (step, its width, whether this CPU has it)
 STEPS = [
@@ -148,17 +147,17 @@ def test_simd_width_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> 
         ("off", 0),
         ("scalar", 0),
         ("avx2", 8 if _simd.AVX2 else 0),
-        ("auto", fastpredict.calibrated_width()),
+        ("auto", engine.calibrated_width()),
         ("1", best),
         (" AVX512 ", best),
     ]:
         monkeypatch.setenv("LCSTACK_SIMD", value)
-        assert _simd.simd_width() == width, value
+        assert engine.simd_width() == width, value
     monkeypatch.delenv("LCSTACK_SIMD")
-    assert _simd.simd_width() == fastpredict.calibrated_width() in _simd.available_widths()
+    assert engine.simd_width() == engine.calibrated_width() in _simd.available_widths()
     monkeypatch.setenv("LCSTACK_SIMD", "sse9")
     with pytest.raises(InvalidInputError, match=r"LCSTACK_SIMD = 'sse9' is not a partition step: use auto"):
-        _simd.simd_width()
+        engine.simd_width()
 
 
 def test_lane_orders_put_the_chosen_lanes_first_or_last_in_order() -> None:
@@ -171,12 +170,12 @@ def test_lane_orders_put_the_chosen_lanes_first_or_last_in_order() -> None:
 
 
 def test_block_rows_grow_with_the_trees() -> None:
-    minimum, maximum = fastpredict._BLOCK, fastpredict._BLOCK_MAX
-    assert fastpredict._block_rows(100 * 50, 50) == minimum  # shallow trees: columns stay in L2
-    assert fastpredict._block_rows(3443 * 50, 50) == 32768  # 8 rows per node, rounded up to 2**k
-    assert fastpredict._block_rows(8600 * 100, 100) == maximum
-    assert fastpredict._block_rows(10**9, 1) == maximum
-    assert fastpredict._block_rows(0, 0) == minimum
+    minimum, maximum = kernels._BLOCK, kernels._BLOCK_MAX
+    assert kernels._block_rows(100 * 50, 50) == minimum  # shallow trees: columns stay in L2
+    assert kernels._block_rows(3443 * 50, 50) == 32768  # 8 rows per node, rounded up to 2**k
+    assert kernels._block_rows(8600 * 100, 100) == maximum
+    assert kernels._block_rows(10**9, 1) == maximum
+    assert kernels._block_rows(0, 0) == minimum
 
 
 @pytest.mark.parametrize("step", ["auto", "avx512", "avx2", "0"])
@@ -190,7 +189,7 @@ def test_deep_forest_on_noisy_rows_uses_large_blocks_and_equals_sklearn(
     y = (np.nan_to_num(X[:, 0]) > 0).astype(int) + rng.integers(0, 3, 6000)  # noisy labels: deep trees
     est = RandomForestClassifier(n_estimators=6, random_state=0).fit(X, y)
     ff = FastForest.from_estimator(est)
-    assert ff._block > fastpredict._BLOCK  # thousands of nodes per tree
+    assert ff._block > kernels._BLOCK  # thousands of nodes per tree
     probe = rng.normal(size=(2 * ff._block + 999, 5)).astype(np.float32)
     probe[rng.random(probe.shape) < 0.02] = np.nan
     expected = est.predict(probe)
@@ -203,21 +202,21 @@ def test_calibration_picks_a_valid_step_measured_once_per_cpu(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "steps.json"
-    monkeypatch.setattr(fastpredict, "_calibration_path", lambda: str(path))
-    monkeypatch.setattr(fastpredict, "_calibrated", {})
+    monkeypatch.setattr(engine, "_calibration_path", lambda: str(path))
+    monkeypatch.setattr(engine, "_calibrated", {})
     monkeypatch.delenv("LCSTACK_SIMD", raising=False)
-    width = fastpredict.calibrated_width()
-    assert width in _simd.available_widths() and _simd.simd_width() == width
+    width = engine.calibrated_width()
+    assert width in _simd.available_widths() and engine.simd_width() == width
     if len(_simd.available_widths()) == 1:
         assert not path.exists()  # nothing to choose: no measurement
         return
-    entry = json.loads(path.read_text())[fastpredict._cpu_key()]
+    entry = json.loads(path.read_text())[engine._cpu_key()]
     assert entry["width"] == width and set(entry["seconds"]) == {str(w) for w in _simd.available_widths()}
     assert min(entry["seconds"].values()) == entry["seconds"][str(width)]
     # a new process (an empty in-process table) reads the file instead of measuring again
-    monkeypatch.setattr(fastpredict, "_calibrated", {})
-    monkeypatch.setattr(fastpredict, "_measure_steps", lambda *a: pytest.fail("measured again"))
-    assert fastpredict.calibrated_width() == width
+    monkeypatch.setattr(engine, "_calibrated", {})
+    monkeypatch.setattr(engine, "_measure_steps", lambda *a: pytest.fail("measured again"))
+    assert engine.calibrated_width() == width
 
 
 def test_calibration_uses_the_scalar_loop_where_numba_targets_a_generic_cpu() -> None:
@@ -226,8 +225,8 @@ def test_calibration_uses_the_scalar_loop_where_numba_targets_a_generic_cpu() ->
     import sys
 
     code = (
-        "from lcstack import _simd, fastpredict; "
-        "print(_simd.available_widths(), _simd.simd_width(), fastpredict.calibrated_width())"
+        "from lcstack.forest import _simd, engine; "
+        "print(_simd.available_widths(), engine.simd_width(), engine.calibrated_width())"
     )
     env = {**os.environ, "NUMBA_CPU_NAME": "generic", "PYTHONPATH": os.pathsep.join(sys.path)}
     env.pop("LCSTACK_SIMD", None)
@@ -237,7 +236,7 @@ def test_calibration_uses_the_scalar_loop_where_numba_targets_a_generic_cpu() ->
 
 
 def test_forcing_each_step_gives_identical_predictions() -> None:
-    forest, rows = fastpredict._synthetic_forest()
+    forest, rows = engine._synthetic_forest()
     rows = rows[:, :20000]
     rows[:, ::7] = np.nan  # NaN takes its side in every step
     results = [

@@ -150,7 +150,7 @@ def test_status_and_clean_are_offline_and_clean_all_leaves_nothing(small_run: tu
 
 
 def test_clean_refuses_records_pointing_outside_the_storage(demo_area: Any, tmp_path: Path) -> None:
-    from lcstack.inputs import load_config
+    from lcstack.config import load_config
     from lcstack.pipeline import Workflow
 
     victim = tmp_path / "victim"
@@ -171,7 +171,7 @@ def test_clean_refuses_records_pointing_outside_the_storage(demo_area: Any, tmp_
 
 
 def test_object_store_records_stay_inside_the_prefix(demo_area: Any, tmp_path: Path) -> None:
-    from lcstack.inputs import load_config
+    from lcstack.config import load_config
     from lcstack.pipeline import Workflow
 
     cfg = load_config(demo_area.config, storage="s3://bucket/run", registry=str(tmp_path / "r.sqlite"))

@@ -10,9 +10,9 @@ import pytest
 from pydantic import ValidationError
 from pyproj import Transformer
 
+from lcstack.config import CVConfig, ModelConfig
 from lcstack.errors import InvalidInputError
 from lcstack.evaluate import spatial_blocks, spatial_folds
-from lcstack.inputs import CVConfig, ModelConfig
 from lcstack.training import train_model
 
 LC = {"crop": 1, "forest": 2, "water": 3}
@@ -118,7 +118,7 @@ def test_workflow_train_with_cv_writes_metrics(demo_run):
     import dask
 
     from lcstack import __version__
-    from lcstack.inputs import load_config
+    from lcstack.config import load_config
     from lcstack.pipeline import Workflow, _digest
 
     area, cfg, _ = demo_run

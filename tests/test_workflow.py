@@ -19,8 +19,8 @@ import xarray as xr
 from rio_cogeo.cogeo import cog_validate
 
 from lcstack.classify import classify
+from lcstack.config import load_config
 from lcstack.errors import InvalidInputError, ModelMismatchError, NoCloudMaskWarning, SkippedPointsWarning
-from lcstack.inputs import load_config
 from lcstack.model import load_model
 from lcstack.pipeline import Workflow
 

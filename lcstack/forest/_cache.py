@@ -1,7 +1,7 @@
 r"""numba's on-disk cache for the forest kernels, keyed on every source file they compile from.
 
 numba's own ``cache=True`` keys a cached kernel on the file of the decorated function only, so a kernel
-of :mod:`lcstack.fastpredict` that inlines a step of :mod:`lcstack._simd` stays stale after ``_simd.py``
+of :mod:`lcstack.forest` that inlines a step of :mod:`lcstack.forest._simd` stays stale after ``_simd.py``
 changes. :func:`jit` compiles with numba as ``numba.njit`` does and caches through a locator whose source
 stamp is a hash of *all* the given files (:func:`source_digest`): editing any of them invalidates the cache
 of every kernel compiled from them. numba still keys each entry on the signature, the CPU and its own

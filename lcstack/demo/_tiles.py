@@ -35,9 +35,9 @@ from odc.geo.geobox import GeoBox
 from pyproj import Transformer
 from tqdm.auto import tqdm
 
-from . import _demo_spectra as spectra
-from . import demo
-from .s2grid import owner_of_points, s2_tile_geobox
+from lcstack.demo import _area as demo
+from lcstack.demo import spectra
+from lcstack.s2grid import owner_of_points, s2_tile_geobox
 
 __all__ = ["TILES", "make_tiles_area"]
 
@@ -91,7 +91,7 @@ def _reference(boxes: list[GeoBox]) -> GeoBox:
 
 
 class _TileLand:
-    """One tile's view of the shared landscape: what :class:`lcstack.demo._SceneRenderer` needs."""
+    """One tile's view of the shared landscape: what :class:`lcstack.demo._area._SceneRenderer` needs."""
 
     def __init__(self, ref: demo._Landscape, ref_box: GeoBox, gbox: GeoBox) -> None:
         self.size = gbox.shape[0]
@@ -150,7 +150,7 @@ def _lonlat_bbox(boxes: list[GeoBox]) -> list[float]:
 
 def make_tiles_area(out_dir: str | Path, *, size: int, seed: int, flavour: str, with_dem: bool,
                     n_points: int | None, progress: bool, tiles: int) -> demo.DemoArea:  # fmt: skip
-    """Write a demo area of ``tiles`` (2–4) Sentinel-2 tile windows (arguments: ``demo.make_demo_area``)."""
+    """Write a demo area of ``tiles`` (2–4) Sentinel-2 tile windows (:func:`lcstack.demo.make_demo_area`)."""
     root = Path(out_dir).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
     stac_dir = demo._prepare_folder(root)

@@ -12,12 +12,12 @@
 The area lies in the hills west of Málaga (UTM 30N, EPSG:32630), top-left corner (360000, 4080000), on a
 10 m grid of ``size`` × ``size`` pixels whose origin is a multiple of 60 m so that the 20 m and 60 m band
 grids nest in it. Surface reflectance is a linear mixture of endmember spectra whose fractions follow each
-class's phenology (see :mod:`lcstack._demo_spectra`); parcels are warped Voronoi cells, with towns, lakes and
+class's phenology (see :mod:`lcstack.demo.spectra`); parcels are warped Voronoi cells, with towns, lakes and
 rivers (with riparian wetland) drawn over them. Every scene has its own smooth cloud field, cirrus veil and
 cloud shadows, all marked in the SCL band.
 
 With ``tiles`` = 2 to 4, the area is instead made of windows of real Sentinel-2 tiles either side of 0° E
-(UTM zones 30 and 31) with one truth pair per tile under ``truth/``; see :mod:`lcstack._demo_tiles`.
+(UTM zones 30 and 31) with one truth pair per tile under ``truth/``; see :mod:`lcstack.demo._tiles`.
 
 Everything is generated in row blocks, so memory stays well under 3 GB even for a full 10980² tile. The same
 ``seed`` (and size, flavour, ...) gives byte-identical rasters and CSV on the same software stack; nothing
@@ -34,7 +34,7 @@ import shutil
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pystac
@@ -46,10 +46,10 @@ from scipy import ndimage
 from scipy.spatial import cKDTree
 from tqdm.auto import tqdm
 
-from lcstack import _demo_spectra as spectra
+from lcstack.demo import spectra
 from lcstack.errors import InvalidInputError
 
-__all__ = ["DemoArea", "make_demo_area"]
+__all__ = ["DemoArea", "check_arguments", "make_area"]
 
 logger = logging.getLogger(__name__)
 
@@ -1091,56 +1091,8 @@ def _prepare_folder(root: Path) -> Path:
 # public entry point
 
 
-def make_demo_area(
-    out_dir: str | Path,
-    *,
-    size: int = 512,
-    seed: int = 0,
-    flavour: Literal["l2a", "l1c"] = "l2a",
-    with_dem: bool = True,
-    n_points: int | None = None,
-    progress: bool = False,
-    tiles: int = 1,
-) -> DemoArea:
-    """Write a synthetic, deterministic Sentinel-2 area (STAC catalog, truth, points, config) to a folder.
-
-    Parameters
-    ----------
-    out_dir
-        Folder to write into; created if missing. A previous demo catalog in ``out_dir/stac`` is replaced.
-    size
-        Width and height of the 10 m grid in pixels, 256 to 10980 (a full MGRS tile).
-    seed
-        Seed of every random choice; the same seed gives byte-identical rasters and points.
-    flavour
-        ``"l2a"``: Earth Search ``sentinel-2-l2a`` items with an SCL asset and the −0.1 BOA offset of
-        processing baseline ≥ 04.00 (one spring scene uses baseline 03.01 without offset).
-        ``"l1c"``: ``sentinel-2-l1c`` items (top-of-atmosphere, with ``cirrus``, without ``scl``, no offset).
-    with_dem
-        Also write a ``cop-dem-glo-30`` collection with one EPSG:4326 float32 DEM item.
-    n_points
-        Number of labelled points in ``dataset.csv``, split evenly over the 11 leaf classes. Default: about
-        60 per leaf class for a 512² area, growing with the square root of ``size``.
-    progress
-        Show a progress bar.
-    tiles
-        Number of Sentinel-2 tiles, 1 to 4. ``1``: one area in tile 30SUF near Malaga. ``2`` to ``4``:
-        windows of ``size`` × ``size`` px of the real tiles 30SYJ, 31SBD, 30SYH, 31SBC around 0° E, in two UTM
-        zones (see :mod:`lcstack._demo_tiles`); ``dataset.csv`` covers all of them, and the truth rasters are
-        ``truth/<tile>.tif`` and ``truth/<tile>_sl.tif``.
-
-    Returns
-    -------
-    DemoArea
-        Paths of the written files, the collection ids and the 10 m GeoBox.
-
-    Raises
-    ------
-    InvalidInputError
-        If ``size``, ``seed``, ``flavour`` or ``n_points`` is out of range, or ``out_dir/stac`` holds
-        something other than a demo catalog.
-
-    """
+def check_arguments(size: Any, seed: Any, flavour: Any, n_points: Any, tiles: Any) -> None:
+    """Raise :class:`InvalidInputError` where an argument of :func:`lcstack.demo.make_demo_area` is bad."""
     if isinstance(size, bool) or not isinstance(size, int | np.integer) or not MIN_SIZE <= size <= MAX_SIZE:
         raise InvalidInputError(
             f"size={size!r} is out of range: pass an integer from {MIN_SIZE} to {MAX_SIZE}."
@@ -1155,13 +1107,19 @@ def make_demo_area(
         raise InvalidInputError(f"n_points={n_points!r} is invalid: pass a positive integer or None.")
     if isinstance(tiles, bool) or not isinstance(tiles, int | np.integer) or not 1 <= tiles <= MAX_TILES:
         raise InvalidInputError(f"tiles={tiles!r} is out of range: pass an integer from 1 to {MAX_TILES}.")
-    size, seed = int(size), int(seed)
-    if tiles > 1:
-        from ._demo_tiles import make_tiles_area
 
-        return make_tiles_area(out_dir, size=size, seed=seed, flavour=flavour, with_dem=with_dem,
-                               n_points=n_points, progress=progress, tiles=int(tiles))  # fmt: skip
 
+def make_area(
+    out_dir: str | Path,
+    *,
+    size: int,
+    seed: int,
+    flavour: str,
+    with_dem: bool,
+    n_points: int | None,
+    progress: bool,
+) -> DemoArea:
+    """Write the one-tile demo area (arguments checked: :func:`lcstack.demo.make_demo_area`)."""
     root = Path(out_dir).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
     stac_dir = _prepare_folder(root)

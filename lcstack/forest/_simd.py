@@ -1,4 +1,4 @@
-"""Vector partition steps (AVX-512, AVX2) for the tree kernels of :mod:`lcstack.fastpredict`.
+"""Vector partition steps (AVX-512, AVX2) for the tree kernels of :mod:`lcstack.forest`.
 
 One call of :func:`partition16` (AVX-512) or :func:`partition8` (AVX2) does, for up to 16 or 8 rows at
 once, what the scalar loop of ``_descend`` does for one: gather ``col[row]`` for the row indices
@@ -21,12 +21,12 @@ thr`` if NaN goes left (``nan_left``), else when ``not x <= thr``, so NaN follow
 LLVM cannot select the intrinsics of an instruction set the CPU lacks (it aborts the process), so each
 intrinsic exists only where numba compiles for a host that has it. Everywhere else the name is bound to
 its plain-numba stand-in (:func:`partition16_scalar`, :func:`partition8_scalar`: same contract, and the
-tests' reference), which the kernels never call because :func:`simd_width` then says 0 or 8.
+tests' reference), which the kernels never call because :func:`lcstack.forest.simd_width` then says 0 or 8.
 
 On the 2-core Intel Xeon (Emerald Rapids) benchmark machine either step made the whole kernel 1.2-1.9x
 faster than the scalar loop, the AVX2 one as fast as the AVX-512 one (``benchmarks/RESULTS.md``).
 ``LCSTACK_SIMD`` picks the step at run time: unset or ``auto`` (the step measured fastest on this CPU,
-:func:`lcstack.fastpredict.calibrated_width`), ``avx512`` (the widest it has), ``avx2``, or ``0`` (the
+:func:`lcstack.forest.calibrated_width`), ``avx512`` (the widest it has), ``avx2``, or ``0`` (the
 scalar loop).
 
 The kernels that call these steps are cached on disk with a stamp over this module's source too
@@ -53,7 +53,7 @@ __all__ = [
     "partition8_scalar",
     "partition16",
     "partition16_scalar",
-    "simd_width",
+    "requested_width",
 ]
 
 try:
@@ -63,14 +63,12 @@ except ImportError:  # pragma: no cover - numba is installed in the test environ
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 #: Every source file the forest kernels compile from: the on-disk cache of each kernel is stamped with a
-#: hash of all of them (:mod:`lcstack._kernel_cache`). A module whose functions a kernel calls or
+#: hash of all of them (:mod:`lcstack.forest._cache`). A module whose functions a kernel calls or
 #: inlines must be listed here.
-KERNEL_SOURCES = tuple(
-    os.path.join(_HERE, name) for name in ("fastpredict.py", "_simd.py", "_kernel_cache.py")
-)
+KERNEL_SOURCES = tuple(os.path.join(_HERE, name) for name in ("kernels.py", "_simd.py", "_cache.py"))
 
 if numba is not None:
-    from lcstack._kernel_cache import jit as _cached_jit
+    from lcstack.forest._cache import jit as _cached_jit
 
     #: ``numba.njit`` for the forest kernels, cached on disk with a stamp over :data:`KERNEL_SOURCES`.
     jit = functools.partial(_cached_jit, KERNEL_SOURCES)
@@ -104,11 +102,11 @@ def available_widths() -> tuple[int, ...]:
     return (0,) + ((8,) if AVX2 else ()) + ((16,) if AVX512 else ())
 
 
-def simd_width() -> int:
-    """Rows per vector step the kernels use: 16 (AVX-512), 8 (AVX2) or 0 (scalar loop).
+def requested_width() -> int | None:
+    """Rows per vector step ``LCSTACK_SIMD`` asks for: 16, 8, 0 (scalar loop), or ``None`` (measure them).
 
     ``LCSTACK_SIMD``: unset or ``auto`` for the step measured fastest on this CPU
-    (:func:`lcstack.fastpredict.calibrated_width`: the widest step is not always the fastest, e.g. on AMD
+    (:func:`lcstack.forest.calibrated_width`: the widest step is not always the fastest, e.g. on AMD
     Zen 4); ``avx512`` (or ``1``) for the widest step this CPU has; ``avx2`` for the 8-row step (the scalar
     loop without AVX2); ``0``, ``off`` or ``scalar`` for none. Any other value raises
     :class:`~lcstack.errors.InvalidInputError`.
@@ -122,11 +120,7 @@ def simd_width() -> int:
     if choice in _WIDEST:
         return max(available_widths())
     if choice in _AUTO:
-        if len(available_widths()) == 1:
-            return 0
-        from lcstack.fastpredict import calibrated_width  # the kernels measure the steps
-
-        return calibrated_width()
+        return 0 if len(available_widths()) == 1 else None
     raise InvalidInputError(
         f"LCSTACK_SIMD = {value!r} is not a partition step: use auto (the fastest on this CPU), avx512 (the "
         "widest it has), avx2, or 0 (the scalar loop)."

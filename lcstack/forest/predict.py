@@ -1,0 +1,165 @@
+"""Predicting with a fitted scikit-learn estimator through its compiled forest (cached per estimator)."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any
+
+import numpy as np
+
+from lcstack.errors import InvalidInputError
+from lcstack.forest.checks import _is_supported
+from lcstack.forest.engine import FastForest
+from lcstack.forest.kernels import _kernels
+
+# ----------------------------------------------------------------------------------------------------
+# Per-estimator cache and model-level entry points
+# ----------------------------------------------------------------------------------------------------
+
+# estimator -> (fitted-state marker, compiled forest or None for "not compilable, use sklearn")
+_COMPILED: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], FastForest | None]] = (
+    weakref.WeakKeyDictionary()
+)
+
+_COMPILED_LOCK = threading.Lock()
+
+
+def _fitted_marker(est: Any) -> tuple[Any, ...]:
+    # Refitting replaces estimators_ / tree_; warm_start grows estimators_ in place, hence the length.
+    trees = getattr(est, "estimators_", None)
+    if isinstance(trees, list):
+        return (trees, len(trees))
+    return (getattr(est, "tree_", None),)
+
+
+def _same_marker(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    return len(a) == len(b) and all(
+        x is y or (isinstance(x, int) and x == y) for x, y in zip(a, b, strict=True)
+    )
+
+
+def valid_columns(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gather the pixels of a ``(feature, y, x)`` block whose features are all finite.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_features, ny, nx)
+        Any real dtype and memory layout; a window of a larger array is read in place.
+
+    Returns
+    -------
+    columns : ndarray of float32, shape (n_features, n_valid)
+        The valid pixels, feature-major: the layout :meth:`FastForest.predict` takes with
+        ``feature_major=True``. When every pixel of a C-contiguous float32 block is valid this is the
+        block itself, reshaped (no copy): do not write to it.
+    index : ndarray of int64, shape (n_valid,)
+        Their flat indices into ``ny * nx``, in raster order.
+
+    """
+    X = np.asarray(X)
+    if X.ndim != 3:
+        raise InvalidInputError(f"valid_columns expects a (feature, y, x) block, got shape {X.shape}.")
+    n_features, ny, nx = X.shape
+    if X.dtype not in (np.float32, np.float64):
+        X = X.astype(np.float32)  # what scikit-learn's predict does to any other dtype
+    if X.size == 0:
+        return np.empty((n_features, 0), dtype=np.float32), np.empty(0, dtype=np.int64)
+    item = X.itemsize
+    sf, sy, sx = X.strides
+    if sx != item or sf % item or sy % item or sf < 0 or sy < 0:
+        X = np.ascontiguousarray(X)
+        sf, sy, sx = X.strides
+    # A 1-D contiguous view from the first element to the last: the kernels index it with unit stride
+    # along x, whatever the window's row and plane strides.
+    span = (n_features - 1) * (sf // item) + (ny - 1) * (sy // item) + nx
+    buf = np.lib.stride_tricks.as_strided(X, shape=(span,), strides=(item,), writeable=False)
+    kernels = _kernels()
+    valid = kernels["valid_mask"](buf, n_features, ny, nx, sf // item, sy // item)
+    if X.dtype == np.float32 and X.flags.c_contiguous and valid.all():
+        return X.reshape(n_features, ny * nx), np.arange(ny * nx, dtype=np.int64)
+    return kernels["gather_runs"](buf, n_features, ny, nx, sf // item, sy // item, valid)
+
+
+def compile_estimator(est: Any) -> FastForest | None:
+    """Return the cached :class:`FastForest` of ``est``, compiling it on first use; ``None`` if unsupported.
+
+    Parameters
+    ----------
+    est : estimator
+        Any fitted estimator.
+
+    Returns
+    -------
+    FastForest or None
+        ``None`` for estimators the kernel does not handle (predict those with their own ``predict``).
+
+    """
+    if not _is_supported(est):
+        return None
+    marker = _fitted_marker(est)
+    try:
+        hit = _COMPILED.get(est)
+    except TypeError:  # pragma: no cover - unhashable or not weak-referenceable estimator
+        return FastForest.from_estimator(est)
+    if hit is not None and _same_marker(hit[0], marker):
+        return hit[1]
+    with _COMPILED_LOCK:
+        hit = _COMPILED.get(est)
+        if hit is not None and _same_marker(hit[0], marker):
+            return hit[1]
+        compiled = FastForest.from_estimator(est)
+        _COMPILED[est] = (marker, compiled)
+        return compiled
+
+
+def fast_predict(est: Any, X: Any, *, n_threads: int | None = 1, feature_major: bool = False) -> np.ndarray:
+    """``est.predict(X)`` through the compiled kernel when ``est`` is supported, else ``est.predict``.
+
+    Parameters
+    ----------
+    est : estimator
+        Fitted classifier.
+    X : array-like of shape (n_samples, n_features)
+        Features; ``(n_features, n_samples)`` with ``feature_major=True``.
+    n_threads : int, optional
+        See :meth:`FastForest.predict`.
+    feature_major : bool, optional
+        See :meth:`FastForest.predict`.
+
+    Returns
+    -------
+    ndarray of shape (n_samples,)
+        Predicted labels.
+
+    """
+    compiled = compile_estimator(est)
+    if compiled is None:
+        return est.predict(np.asarray(X).T if feature_major else X)
+    return compiled.predict(X, n_threads=n_threads, feature_major=feature_major)
+
+
+def fast_predict_proba(
+    est: Any, X: Any, *, n_threads: int | None = 1, feature_major: bool = False
+) -> np.ndarray:
+    """``est.predict_proba(X)`` through the compiled kernel when ``est`` is supported (bit-identical).
+
+    Parameters
+    ----------
+    est : estimator
+        Fitted classifier with ``predict_proba``.
+    X : array-like of shape (n_samples, n_features)
+        Features; ``(n_features, n_samples)`` with ``feature_major=True``.
+    n_threads, feature_major
+        See :meth:`FastForest.predict`.
+
+    Returns
+    -------
+    ndarray of float64, shape (n_samples, n_classes)
+        Class probabilities, columns in the order of ``est.classes_``.
+
+    """
+    compiled = compile_estimator(est)
+    if compiled is None:
+        return est.predict_proba(np.asarray(X).T if feature_major else X)
+    return compiled.predict_proba(X, n_threads=n_threads, feature_major=feature_major)
