@@ -250,7 +250,7 @@ def _open_maps(maps: Sequence[str], storage: Storage | None) -> Iterator[list[An
         for url in maps:
             try:
                 if "://" in str(url) and not str(url).startswith("file://"):
-                    fs, path = (storage or Storage(os.path.dirname(str(url)))).fs(str(url))
+                    fs, path = (storage or Storage.for_url(str(url))).fs(str(url))
                     src = rasterio.open(path, opener=fs)
                 else:
                     src = rasterio.open(str(url).removeprefix("file://"))

@@ -329,27 +329,15 @@ def _options_for(url: str, storage_options: Mapping[str, Any] | None, storage: A
     return dict(storage_options or {})
 
 
-def _url_to_fs(url: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str]:
-    import fsspec.core
-
-    return fsspec.core.url_to_fs(url, **_options_for(url, storage_options))
-
-
-def _is_local(fs: Any) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol in ("file", "local")
-
-
 def _read_model_metadata(url: str, storage_options: Mapping[str, Any] | None) -> tuple[dict[str, Any], str]:
     """Read ``metadata.json`` of an artefact folder and compute the folder's content token."""
-    fs, root = _url_to_fs(url, storage_options)
-    meta_path = (
-        posixpath.join(root.rstrip("/"), METADATA_FILE)
-        if not _is_local(fs)
-        else os.path.join(root, METADATA_FILE)
-    )
+    from lcstack.store import Storage
+
+    store = Storage.for_url(url, _options_for(url, storage_options))
+    root = url.rstrip("/")
+    meta_path = store.join(root, METADATA_FILE)
     try:
-        raw = fs.cat_file(meta_path)
+        raw = store.read_bytes(meta_path)
     except FileNotFoundError as exc:
         raise InputFileNotFoundError(
             f"Model folder {url!r} has no {METADATA_FILE}: it is not a model artefact, or its save was "
@@ -357,7 +345,7 @@ def _read_model_metadata(url: str, storage_options: Mapping[str, Any] | None) ->
         ) from exc
     h = hashlib.sha256(raw)
     try:
-        listing = fs.ls(root, detail=True)
+        listing = store.listing(root)
     except (FileNotFoundError, NotImplementedError):  # filesystems that cannot list a folder
         # The token then rests on metadata.json alone, which save_model rewrites with every save.
         logger.debug("cannot list %s: the model token covers metadata.json only", url)
@@ -566,6 +554,11 @@ def classify(
     ModelMismatchError
         If the cube lacks features the model needs, or has features the model was not trained on.
 
+    Notes
+    -----
+    Long because the model resolution (artefact or estimator) and the map assembly are being extended
+    at the same time (probability layers, classify with a model); split once those land.
+
     """
     features = _normalise_cube(features)
     if engine not in ("auto", "sklearn", "numba"):
@@ -674,31 +667,15 @@ def write_maps_zarr(
     "nodata", so ``xr.open_zarr(url)`` gives the uint8 codes back unchanged.
 
     """
-    import warnings
+    from lcstack.store import Storage
 
     maps = maps.copy()
     for var in maps.variables.values():
         var.attrs.pop("_FillValue", None)
         # Stale chunk encodings (from an opened store) would clash with the dask chunks.
         var.encoding = {"_FillValue": None} if var.dtype == np.uint8 else {}
-    from lcstack.progress import compute
-
     target = os.fspath(url)
-    if storage is not None:
-        # atomic locally (temporary name, then rename), stale chunks removed on object stores
-        storage.write_zarr(maps, target, progress=progress, desc="writing maps")
-        return
-    options = _options_for(target, storage_options, storage)
-    with warnings.catch_warnings():
-        # zarr-python warns that consolidated metadata is not (yet) part of the Zarr v3 spec.
-        warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
-        delayed = maps.to_zarr(
-            target,
-            mode="w",
-            consolidated=True,
-            storage_options=options or None,
-            zarr_format=zarr_format,
-            compute=False,
-        )
-        compute(delayed, desc="writing maps", progress=progress)
-    logger.info("Wrote class maps to %s", target)
+    if storage is None:
+        storage = Storage.for_url(target, _options_for(target, storage_options))
+    # atomic locally (temporary name, then rename), stale chunks removed on object stores
+    storage.write_zarr(maps, target, progress=progress, desc="writing maps", zarr_format=zarr_format)

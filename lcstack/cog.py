@@ -1,8 +1,9 @@
 """Write uint8 class maps as Cloud-Optimized GeoTIFFs with a colour table, class names and overviews.
 
 The map is written block by block (one dask chunk at a time, a bounded number in flight) into a temporary
-tiled GeoTIFF, turned into a COG by :func:`rio_cogeo.cogeo.cog_translate`, and only then moved into place:
-``os.replace`` within the target folder for a local path, a single ``put_file`` upload for an fsspec URL.
+tiled GeoTIFF, turned into a COG by :func:`rio_cogeo.cogeo.cog_translate`, and only then stored by
+:meth:`lcstack.store.Storage.open_output` (a rename within the target folder for a local path, a single
+upload for an object store).
 A reader therefore never sees a half-written file at the final name.
 """
 
@@ -13,8 +14,6 @@ import json
 import logging
 import os
 import re
-import tempfile
-import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any, Literal
 
@@ -237,11 +236,54 @@ def write_cog(
         The written path or URL.
 
     """
-    import fsspec.core
+    from lcstack.store import Storage
+
+    da, gbox = _check_class_map(da, nodata)
+    if labels is None:
+        labels = _labels_from_attrs(da) or {}
+    labels = {str(k): int(v) for k, v in labels.items()}
+    table = _check_colors(colors) if colors is not None else default_colors(labels)
+    table.setdefault(int(nodata), _NODATA_COLOR)
+    band_description = description or str(da.attrs.get("long_name") or da.name or "class")
+    in_flight = max_blocks_in_flight or max(4, 2 * (os.cpu_count() or 2))
+
+    target = os.fspath(url_or_path)
+    store = (
+        storage
+        if storage_options is None and storage is not None
+        else Storage.for_url(target, storage_options)
+    )
+    with store.open_output(target, suffix=".tif") as cog_path:
+        # the blocks file lies in the same private scratch folder; the store removes both
+        tmp_tif = os.path.join(os.path.dirname(cog_path), "blocks.tif")
+        _write_tiled(
+            da,
+            gbox,
+            tmp_tif,
+            nodata=nodata,
+            blocksize=blocksize,
+            max_blocks_in_flight=in_flight,
+            table=table,
+            labels=labels,
+            description=band_description,
+        )
+        _translate(
+            tmp_tif,
+            cog_path,
+            table=table,
+            nodata=nodata,
+            blocksize=blocksize,
+            overview_levels=overview_levels,
+            overview_resampling=overview_resampling,
+        )
+    ny, nx = gbox.shape
+    logger.info("Wrote COG %s (%d x %d)", target, nx, ny)
+    return target
+
+
+def _check_class_map(da: Any, nodata: int) -> tuple[xr.DataArray, Any]:
+    """``da`` as ``(y, x)`` and its GeoBox, after checking it is a georeferenced uint8 class map."""
     import odc.geo.xr  # noqa: F401  (registers the .odc accessor)
-    import rasterio
-    from rio_cogeo.cogeo import cog_translate
-    from rio_cogeo.profiles import cog_profiles
 
     if not isinstance(da, xr.DataArray):
         raise InvalidInputError(
@@ -267,33 +309,24 @@ def write_cog(
             "rioxarray) and regular x/y coordinates. Keep the coordinates of the feature cube it was "
             "classified from."
         )
+    return da, gbox
 
-    if labels is None:
-        labels = _labels_from_attrs(da) or {}
-    labels = {str(k): int(v) for k, v in labels.items()}
-    table = _check_colors(colors) if colors is not None else default_colors(labels)
-    table.setdefault(int(nodata), _NODATA_COLOR)
-    names_by_code = {v: k for k, v in labels.items()}
-    band_tags = {
-        "flag_values": " ".join(str(c) for c in sorted(names_by_code)),
-        "flag_meanings": " ".join("_".join(names_by_code[c].split()) for c in sorted(names_by_code)),
-        **{f"CLASS_{c}": n for c, n in sorted(names_by_code.items())},
-    }
-    band_description = description or str(da.attrs.get("long_name") or da.name or "class")
-    in_flight = max_blocks_in_flight or max(4, 2 * (os.cpu_count() or 2))
 
-    target = os.fspath(url_or_path)
-    remote = "://" in target and not target.startswith("file://")
-    if storage_options is None and storage is not None:
-        storage_options = getattr(storage, "storage_options", None)
-    fs, fs_path = fsspec.core.url_to_fs(target, **(dict(storage_options or {}) if remote else {}))
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    local = protocol in ("file", "local")
-    if local:
-        os.makedirs(os.path.dirname(os.path.abspath(fs_path)) or ".", exist_ok=True)
-    workdir = tempfile.mkdtemp(prefix="lcstack-cog-")
-    tmp_tif = os.path.join(workdir, "blocks.tif")
-    tmp_cog = os.path.join(workdir, "cog.tif")
+def _write_tiled(
+    da: xr.DataArray,
+    gbox: Any,
+    path: str,
+    *,
+    nodata: int,
+    blocksize: int,
+    max_blocks_in_flight: int,
+    table: Mapping[int, RGBA],
+    labels: Mapping[str, int],
+    description: str,
+) -> None:
+    """Write ``da`` block by block into an uncompressed tiled GeoTIFF at the scratch ``path``."""
+    import rasterio
+
     ny, nx = gbox.shape
     profile = {
         "driver": "GTiff",
@@ -311,46 +344,46 @@ def write_cog(
         "compress": None,
         "BIGTIFF": "IF_SAFER",
     }
-    try:
-        with rasterio.open(tmp_tif, "w", **profile) as dst:
-            _write_blocks(dst, da.data, max_blocks_in_flight=in_flight)
-            dst.write_colormap(1, table)
-            dst.set_band_description(1, band_description)
-            dst.update_tags(LCSTACK_LABELS=json.dumps(labels, sort_keys=True))
-            dst.update_tags(1, **band_tags)
+    names_by_code = {v: k for k, v in labels.items()}
+    band_tags = {
+        "flag_values": " ".join(str(c) for c in sorted(names_by_code)),
+        "flag_meanings": " ".join("_".join(names_by_code[c].split()) for c in sorted(names_by_code)),
+        **{f"CLASS_{c}": n for c, n in sorted(names_by_code.items())},
+    }
+    with rasterio.open(path, "w", **profile) as dst:
+        _write_blocks(dst, da.data, max_blocks_in_flight=max_blocks_in_flight)
+        dst.write_colormap(1, table)
+        dst.set_band_description(1, description)
+        dst.update_tags(LCSTACK_LABELS=json.dumps(dict(labels), sort_keys=True))
+        dst.update_tags(1, **band_tags)
 
-        cog_profile = cog_profiles.get("deflate")
-        cog_profile.update(blockxsize=blocksize, blockysize=blocksize, predictor=1)
-        cog_translate(
-            tmp_tif,
-            tmp_cog,
-            cog_profile,
-            nodata=nodata,
-            overview_level=overview_levels,
-            overview_resampling=overview_resampling,
-            colormap=table,
-            forward_band_tags=True,
-            in_memory=False,
-            quiet=True,
-            config={"GDAL_NUM_THREADS": "ALL_CPUS", "GDAL_TIFF_OVR_BLOCKSIZE": str(blocksize)},
-        )
-        if local:
-            final_tmp = f"{fs_path}.{uuid.uuid4().hex}.partial"
-            # Copy next to the target first: os.replace is atomic only within one filesystem.
-            try:
-                fs.put_file(tmp_cog, final_tmp)
-                os.replace(final_tmp, fs_path)
-            finally:
-                if os.path.exists(final_tmp):
-                    os.remove(final_tmp)
-        else:
-            # An object store creates the object only when the upload completes, so readers never see a
-            # partial COG at this name.
-            fs.put_file(tmp_cog, fs_path)
-    finally:
-        for path in (tmp_tif, tmp_cog):
-            if os.path.exists(path):
-                os.remove(path)
-        os.rmdir(workdir)
-    logger.info("Wrote COG %s (%d x %d)", target, nx, ny)
-    return target
+
+def _translate(
+    src: str,
+    dst: str,
+    *,
+    table: Mapping[int, RGBA],
+    nodata: int,
+    blocksize: int,
+    overview_levels: int | None,
+    overview_resampling: str,
+) -> None:
+    """Turn the tiled GeoTIFF ``src`` into the deflated COG ``dst`` with internal overviews."""
+    from rio_cogeo.cogeo import cog_translate
+    from rio_cogeo.profiles import cog_profiles
+
+    cog_profile = cog_profiles.get("deflate")
+    cog_profile.update(blockxsize=blocksize, blockysize=blocksize, predictor=1)
+    cog_translate(
+        src,
+        dst,
+        cog_profile,
+        nodata=nodata,
+        overview_level=overview_levels,
+        overview_resampling=overview_resampling,
+        colormap=dict(table),
+        forward_band_tags=True,
+        in_memory=False,
+        quiet=True,
+        config={"GDAL_NUM_THREADS": "ALL_CPUS", "GDAL_TIFF_OVR_BLOCKSIZE": str(blocksize)},
+    )

@@ -261,23 +261,7 @@ def seasonal_composite(
     items = list(items)
     if not items:
         raise InvalidInputError(f"season {season!r}: no items to composite; discover scenes first")
-    available = common_bands(items)
-    has_scl = "scl" in available
-    if bands is None:
-        refl_bands = [b for b in available if b != "scl"]
-    else:
-        refl_bands = [b for b in dict.fromkeys(bands) if b != "scl"]
-    if not refl_bands:
-        raise InvalidInputError(f"season {season!r}: no reflectance band to composite (bands={bands})")
-    if not has_scl:
-        lacking = [it.id for it in items if "scl" not in band_assets(it)]
-        collections = sorted({str(it.collection_id) for it in items if it.id in lacking})
-        warnings.warn(
-            f"season {season!r}: items {lacking} (collection {', '.join(collections)}) have no 'scl' asset, "
-            "so no cloud mask is applied; clouds will leak into the median",
-            NoCloudMaskWarning,
-            stacklevel=2,
-        )
+    refl_bands, has_scl = _bands_of(items, bands, season)
     load_chunks = {"time": -1, **{k: v for k, v in (chunks or {}).items() if k in ("y", "x")}}
     ds = load_scenes(
         items,
@@ -297,6 +281,48 @@ def seasonal_composite(
         refl = refl.drop_vars("scl")
     med = median_composite(refl, invalid)
     idx = compute_indices(med[refl_bands], indices)
+    composite, names = _stack_layers(med, idx, refl_bands, season)
+    valid_count = med["valid_count"].expand_dims("season").assign_coords(season=np.array([season], dtype=str))
+    attrs = {
+        "season": season,
+        "items": json.dumps(sorted(it.id for it in items)),
+        "lcstack_version": __version__,
+        "mask_classes": [int(c) for c in mask_classes] if has_scl else [],
+        "dilation_m": float(dilation_m),
+        "resampling": resampling,
+        "cloud_mask": "scl" if has_scl else "none",
+    }
+    out = xr.Dataset({"composite": composite, "valid_count": valid_count}, attrs=attrs)
+    logger.debug("season %s: composite of %d items, bands %s", season, len(items), names)
+    return out
+
+
+def _bands_of(items: list[pystac.Item], bands: Sequence[str] | None, season: str) -> tuple[list[str], bool]:
+    """Return the reflectance bands to composite and whether every item has an SCL (warns if not)."""
+    available = common_bands(items)
+    has_scl = "scl" in available
+    if bands is None:
+        refl_bands = [b for b in available if b != "scl"]
+    else:
+        refl_bands = [b for b in dict.fromkeys(bands) if b != "scl"]
+    if not refl_bands:
+        raise InvalidInputError(f"season {season!r}: no reflectance band to composite (bands={bands})")
+    if not has_scl:
+        lacking = [it.id for it in items if "scl" not in band_assets(it)]
+        collections = sorted({str(it.collection_id) for it in items if it.id in lacking})
+        warnings.warn(
+            f"season {season!r}: items {lacking} (collection {', '.join(collections)}) have no 'scl' asset, "
+            "so no cloud mask is applied; clouds will leak into the median",
+            NoCloudMaskWarning,
+            stacklevel=3,
+        )
+    return refl_bands, has_scl
+
+
+def _stack_layers(
+    med: xr.Dataset, idx: xr.Dataset, refl_bands: list[str], season: str
+) -> tuple[xr.DataArray, list[str]]:
+    """Return the median bands and indices as one float32 ``(season, band, y, x)`` array, and its bands."""
     names = refl_bands + list(idx.data_vars)
     layers = [med[b] for b in refl_bands] + [idx[n] for n in idx.data_vars]
     for i, da in enumerate(layers):
@@ -313,19 +339,7 @@ def seasonal_composite(
     composite = composite.assign_coords(band=np.array(names, dtype=str))
     composite = composite.expand_dims("season").assign_coords(season=np.array([season], dtype=str))
     composite.attrs = {"long_name": "median composite", "units": "1"}
-    valid_count = med["valid_count"].expand_dims("season").assign_coords(season=np.array([season], dtype=str))
-    attrs = {
-        "season": season,
-        "items": json.dumps(sorted(it.id for it in items)),
-        "lcstack_version": __version__,
-        "mask_classes": [int(c) for c in mask_classes] if has_scl else [],
-        "dilation_m": float(dilation_m),
-        "resampling": resampling,
-        "cloud_mask": "scl" if has_scl else "none",
-    }
-    out = xr.Dataset({"composite": composite, "valid_count": valid_count}, attrs=attrs)
-    logger.debug("season %s: composite of %d items, bands %s", season, len(items), names)
-    return out
+    return composite, names
 
 
 def _fused_composite(

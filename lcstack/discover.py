@@ -73,12 +73,15 @@ class LenientStacIO(DefaultStacIO):
 
 
 class FsspecStacIO(LenientStacIO):
-    """A pystac ``StacIO`` reading and writing through fsspec (``s3://``, ``gs://``, ``memory://``, ...).
+    """A pystac ``StacIO`` reading and writing any fsspec URL (``s3://``, ``gs://``, ``memory://``, ...).
+
+    The bytes go through :class:`lcstack.store.Storage` (its retries and its error messages).
 
     Parameters
     ----------
     storage_options
-        Passed to ``fsspec.open``, e.g. ``{"endpoint_url": "http://127.0.0.1:9000", "anon": True}``.
+        fsspec options for the catalog's filesystem, e.g.
+        ``{"endpoint_url": "http://127.0.0.1:9000", "anon": True}``.
 
     """
 
@@ -88,17 +91,15 @@ class FsspecStacIO(LenientStacIO):
 
     def read_text_from_href(self, href: str) -> str:
         """Read a text file from any fsspec URL."""
-        import fsspec
+        from lcstack.store import Storage
 
-        with fsspec.open(href, "r", encoding="utf-8", **self.storage_options) as handle:
-            return str(handle.read())
+        return Storage.for_url(href, self.storage_options).read_bytes(href).decode("utf-8")
 
     def write_text_to_href(self, href: str, txt: str) -> None:
-        """Write a text file to any fsspec URL."""
-        import fsspec
+        """Write a text file to any fsspec URL (atomically)."""
+        from lcstack.store import Storage
 
-        with fsspec.open(href, "w", encoding="utf-8", **self.storage_options) as handle:
-            handle.write(txt)
+        Storage.for_url(href, self.storage_options).write_bytes(href, txt.encode("utf-8"))
 
 
 @dataclass(frozen=True)
@@ -781,12 +782,11 @@ def _local_fingerprint(path: str) -> str:
 
 
 def _remote_fingerprint(href: str, storage_options: Mapping[str, Any]) -> str:
-    from fsspec.core import url_to_fs
+    from lcstack.store import Storage
 
     try:
         opts = dict(storage_options) if href.startswith(("s3://", "s3a://")) else {}
-        fs, path = url_to_fs(href, **opts)
-        info = fs.info(path)
+        info = Storage.for_url(href, opts).info(href)
     except Exception as exc:  # noqa: BLE001 - any failure means "cannot tell": a key that matches nothing
         logger.debug("cannot stat asset %s: %s", href.split("?", 1)[0], type(exc).__name__)
         return f"missing:{type(exc).__name__}"

@@ -369,7 +369,7 @@ def plot_confusion(
         return
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
-    from lcstack.model import _fs, _write_bytes
+    from lcstack.store import Storage
 
-    fs, path = _fs(path_or_file, storage_options)
-    _write_bytes(fs, path, buffer.getvalue())
+    url = os.fspath(path_or_file)
+    Storage.for_url(url, storage_options).write_bytes(url, buffer.getvalue())

@@ -14,7 +14,7 @@ import xarray as xr
 from dask.base import tokenize
 
 from .errors import InvalidInputError
-from .store import _is_local, _strip_file
+from .store import Storage, _is_local
 
 __all__ = ["stack_features", "feature_names", "open_feature_cube"]
 
@@ -119,12 +119,7 @@ def _open(src: _Source) -> xr.DataArray:
         if key in _OPEN:
             _OPEN.move_to_end(key)
             return _OPEN[key]
-    ds = xr.open_zarr(
-        _strip_file(src.url),
-        chunks=None,
-        consolidated=True,
-        storage_options=_opts(src.url, src.storage_options),
-    )
+    ds = Storage.for_url(src.url, src.storage_options).open_zarr(src.url, dask=False)
     var = ds[src.variable].transpose(..., "y", "x")
     with _OPEN_LOCK:
         _OPEN[key] = var
@@ -170,7 +165,7 @@ def open_feature_cube(
     opts = dict(storage_options or {})
 
     def lazy(url: str) -> xr.Dataset:
-        return xr.open_zarr(_strip_file(url), chunks={}, consolidated=True, storage_options=_opts(url, opts))
+        return Storage.for_url(url, _opts(url, opts)).open_zarr(url)
 
     opened = {season: lazy(url) for season, url in composites.items()}
     terrain_ds = lazy(terrain) if terrain else None

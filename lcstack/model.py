@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import fsspec
 import numpy as np
 import skops.io as sio
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
@@ -43,6 +42,7 @@ from sklearn.utils.validation import (
 )
 
 from lcstack.errors import InputFileNotFoundError, InvalidInputError, ModelMismatchError
+from lcstack.store import Storage
 
 __all__ = [
     "HierarchicalClassifier",
@@ -658,34 +658,10 @@ def model_types(blob: bytes) -> set[str]:
     return names
 
 
-def _fs(url: str | os.PathLike[str], storage_options: Mapping[str, Any] | None):
-    fs, path = fsspec.core.url_to_fs(os.fspath(url), **dict(storage_options or {}))
-    return fs, path.rstrip("/")
-
-
-def _is_local(fs: Any) -> bool:
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return protocol in {"file", "local"}
-
-
-def _write_bytes(fs: Any, path: str, data: bytes) -> None:
-    """Write ``data`` to ``path``: via a temporary name and an atomic rename for local files."""
-    if _is_local(fs):
-        folder = os.path.dirname(path)
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    else:
-        with fs.open(path, "wb") as f:
-            f.write(data)
+def _storage(url: str | os.PathLike[str], storage_options: Mapping[str, Any] | None) -> tuple[Storage, str]:
+    """Return the storage door for the artefact at ``url`` and its URL without a trailing ``/``."""
+    root = os.fspath(url).rstrip("/")
+    return Storage.for_url(root, storage_options), root
 
 
 def _jsonable(value: Any) -> Any:
@@ -798,14 +774,11 @@ def save_model(
             f"metadata is not JSON-serialisable: {err}. Pass plain lists/dicts/numbers."
         ) from err
 
-    fs, root = _fs(folder, storage_options)
-    meta_path = f"{root}/{METADATA_FILE}"
-    if fs.exists(meta_path):
-        fs.rm(meta_path)  # the artefact is incomplete until the new metadata.json lands
-    if not _is_local(fs):
-        fs.makedirs(root, exist_ok=True)
-    _write_bytes(fs, f"{root}/{MODEL_FILE}", blob)
-    _write_bytes(fs, meta_path, text.encode("utf-8"))
+    store, root = _storage(folder, storage_options)
+    meta_path = store.join(root, METADATA_FILE)
+    store.remove(meta_path)  # the artefact is incomplete until the new metadata.json lands
+    store.write_bytes(store.join(root, MODEL_FILE), blob)
+    store.write_bytes(meta_path, text.encode("utf-8"))
     logger.info("saved model to %s (%.1f MB)", folder, len(blob) / 1e6)
 
 
@@ -853,18 +826,18 @@ def load_model(
         names the types and the file).
 
     """
-    fs, root = _fs(folder, storage_options)
-    meta_path = f"{root}/{METADATA_FILE}"
-    if not fs.exists(meta_path):
+    store, root = _storage(folder, storage_options)
+    meta_path = store.join(root, METADATA_FILE)
+    if not store.exists(meta_path):
         raise InputFileNotFoundError(
             f"{folder} holds no complete model artefact ({METADATA_FILE} is missing; it is written last, so "
             "the save was interrupted or this is not a model folder). Train and save the model again."
         )
-    meta = json.loads(fs.cat_file(meta_path).decode("utf-8"))
-    model_path = f"{root}/{meta.get('model_file', MODEL_FILE)}"
-    if not fs.exists(model_path):
+    meta = json.loads(store.read_bytes(meta_path).decode("utf-8"))
+    model_path = store.join(root, meta.get("model_file", MODEL_FILE))
+    if not store.exists(model_path):
         raise InputFileNotFoundError(f"{model_path} is missing from the model artefact {folder}.")
-    blob = fs.cat_file(model_path)
+    blob = store.read_bytes(model_path)
     digest = hashlib.sha256(blob).hexdigest()
     if meta.get("model_sha256") not in (None, digest):
         raise InvalidInputError(

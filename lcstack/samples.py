@@ -182,28 +182,7 @@ def extract_samples(
         loses all its points.
 
     """
-    if not isinstance(features, xr.DataArray) or not {"feature", "y", "x"} <= set(features.dims):
-        raise InvalidInputError(
-            "extract_samples: features must be a DataArray with dims ('feature', 'y', 'x') "
-            "(lcstack.features.stack_features builds one)."
-        )
-    geobox = features.odc.geobox
-    if geobox is None or features.odc.crs is None:
-        raise InvalidInputError(
-            "extract_samples: the feature cube has no CRS/regular grid (spatial_ref coordinate); build it "
-            "with lcstack.features.stack_features or assign one with odc.geo."
-        )
-    missing_cols = [c for c in ("latitude", "longitude", "category") if c not in points.columns]
-    if missing_cols:
-        raise InvalidInputError(
-            f"extract_samples: points lack column(s) {missing_cols}; the points file needs latitude, "
-            "longitude, category and optionally subcategory."
-        )
-    feature_names = [str(f) for f in features["feature"].values]
-    clash = sorted(set(feature_names) & set(SAMPLE_COLUMNS))
-    if clash:
-        raise InvalidInputError(f"extract_samples: feature names {clash} clash with sample table columns.")
-
+    geobox, feature_names = _check_cube_and_points(features, points)
     lines = _line_numbers(points)
     cat_codes, cat_names = _lookup(
         points["category"], lines, lc_labels, "category", "lc_labels.json", optional=False
@@ -231,18 +210,7 @@ def extract_samples(
             "must be WGS84 degrees (latitude within ±90, longitude within ±180)."
         )
 
-    # the pixel containing each point, from the GeoBox's inverse affine
-    to_cube = Transformer.from_crs("EPSG:4326", features.odc.crs.proj, always_xy=True)
-    xs, ys = to_cube.transform(lon, lat)
-    inv = ~geobox.affine
-    xs, ys = np.asarray(xs), np.asarray(ys)
-    col_f = inv.a * xs + inv.b * ys + inv.c
-    row_f = inv.d * xs + inv.e * ys + inv.f
-    col = np.floor(col_f)
-    row = np.floor(row_f)
-    ny, nx = geobox.shape.y, geobox.shape.x
-    inside = np.isfinite(col) & np.isfinite(row) & (col >= 0) & (col < nx) & (row >= 0) & (row < ny)
-
+    row, col, inside = _pixel_of_points(features, geobox, lat, lon)
     idx = np.flatnonzero(inside)
     values = np.empty((0, len(feature_names)), dtype=np.float32)
     if idx.size:
@@ -268,40 +236,99 @@ def extract_samples(
     table["longitude"] = lon[keep]
     table["line"] = lines[keep]
 
-    if outside_lines or nodata_lines:
-        parts = []
-        if outside_lines:
-            parts.append(f"{len(outside_lines)} outside the feature cube (lines {_first(outside_lines)})")
-        if nodata_lines:
-            parts.append(f"{len(nodata_lines)} on nodata pixels (lines {_first(nodata_lines)})")
-        warnings.warn(
-            f"{len(outside_lines) + len(nodata_lines)} of {len(points)} points left out: " + "; ".join(parts),
-            SkippedPointsWarning,
-            stacklevel=2,
-        )
-
+    _warn_skipped(outside_lines, nodata_lines, len(points))
     kept_codes = set(cat_codes[keep].tolist())
     lost = [c for c in dict.fromkeys(cat_codes.tolist()) if c not in kept_codes] if check_empty else []
     if lost:
-        name_of = {int(v): str(k) for k, v in lc_labels.items()}
-        details = []
-        for code in lost:
-            of_cat = cat_codes == code
-            n_out = int((of_cat & ~inside).sum())
-            n_nodata = int(of_cat.sum()) - n_out
-            details.append(
-                f"{name_of.get(code, code)!r} (code {code}): {n_out} point(s) outside the cube, "
-                f"{n_nodata} on nodata (lines {_first(lines[of_cat])})"
-            )
-        raise InvalidInputError(
-            "extract_samples: no samples left for categor"
-            + ("y " if len(lost) == 1 else "ies ")
-            + "; ".join(details)
-            + ". Add points inside the area with valid data, or drop the category "
-            "from the points file."
-        )
+        _raise_lost(lost, cat_codes, inside, lines, lc_labels)
     logger.info("extracted %d samples, %d features", len(table), len(feature_names))
     return SampleTable(table=table, skipped_outside=outside_lines, skipped_nodata=nodata_lines)
+
+
+def _check_cube_and_points(features: Any, points: pd.DataFrame) -> tuple[Any, list[str]]:
+    """Return the cube's GeoBox and feature names, after checking the cube and the points' columns."""
+    if not isinstance(features, xr.DataArray) or not {"feature", "y", "x"} <= set(features.dims):
+        raise InvalidInputError(
+            "extract_samples: features must be a DataArray with dims ('feature', 'y', 'x') "
+            "(lcstack.features.stack_features builds one)."
+        )
+    geobox = features.odc.geobox
+    if geobox is None or features.odc.crs is None:
+        raise InvalidInputError(
+            "extract_samples: the feature cube has no CRS/regular grid (spatial_ref coordinate); build it "
+            "with lcstack.features.stack_features or assign one with odc.geo."
+        )
+    missing_cols = [c for c in ("latitude", "longitude", "category") if c not in points.columns]
+    if missing_cols:
+        raise InvalidInputError(
+            f"extract_samples: points lack column(s) {missing_cols}; the points file needs latitude, "
+            "longitude, category and optionally subcategory."
+        )
+    feature_names = [str(f) for f in features["feature"].values]
+    clash = sorted(set(feature_names) & set(SAMPLE_COLUMNS))
+    if clash:
+        raise InvalidInputError(f"extract_samples: feature names {clash} clash with sample table columns.")
+    return geobox, feature_names
+
+
+def _pixel_of_points(
+    features: xr.DataArray, geobox: Any, lat: np.ndarray, lon: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the row and column (floored) of the pixel holding each point, and whether it is inside."""
+    to_cube = Transformer.from_crs("EPSG:4326", features.odc.crs.proj, always_xy=True)
+    xs, ys = to_cube.transform(lon, lat)
+    inv = ~geobox.affine
+    xs, ys = np.asarray(xs), np.asarray(ys)
+    col_f = inv.a * xs + inv.b * ys + inv.c
+    row_f = inv.d * xs + inv.e * ys + inv.f
+    col = np.floor(col_f)
+    row = np.floor(row_f)
+    ny, nx = geobox.shape.y, geobox.shape.x
+    inside = np.isfinite(col) & np.isfinite(row) & (col >= 0) & (col < nx) & (row >= 0) & (row < ny)
+    return row, col, inside
+
+
+def _warn_skipped(outside_lines: list[int], nodata_lines: list[int], n_points: int) -> None:
+    """Warn (for the caller of :func:`extract_samples`) about points left out."""
+    if not (outside_lines or nodata_lines):
+        return
+    parts = []
+    if outside_lines:
+        parts.append(f"{len(outside_lines)} outside the feature cube (lines {_first(outside_lines)})")
+    if nodata_lines:
+        parts.append(f"{len(nodata_lines)} on nodata pixels (lines {_first(nodata_lines)})")
+    warnings.warn(
+        f"{len(outside_lines) + len(nodata_lines)} of {n_points} points left out: " + "; ".join(parts),
+        SkippedPointsWarning,
+        stacklevel=3,
+    )
+
+
+def _raise_lost(
+    lost: list[int],
+    cat_codes: np.ndarray,
+    inside: np.ndarray,
+    lines: np.ndarray,
+    lc_labels: Mapping[str, int],
+) -> None:
+    """Raise for the categories that kept no sample, with how many points fell outside or on nodata."""
+    name_of = {int(v): str(k) for k, v in lc_labels.items()}
+    details = []
+    for code in lost:
+        of_cat = cat_codes == code
+        n_out = int((of_cat & ~inside).sum())
+        n_nodata = int(of_cat.sum()) - n_out
+        details.append(
+            f"{name_of.get(code, code)!r} (code {code}): {n_out} point(s) outside the cube, "
+            f"{n_nodata} on nodata (lines {_first(lines[of_cat])})"
+        )
+    raise InvalidInputError(
+        "extract_samples: no samples left for categor"
+        + ("y " if len(lost) == 1 else "ies ")
+        + "; ".join(details)
+        + ". Add points inside the area with valid data, or drop the category "
+        "from the points file."
+    )
 
 
 def write_samples(
@@ -322,13 +349,12 @@ def write_samples(
         fsspec options for ``url``.
 
     """
-    from lcstack.model import _fs, _write_bytes
+    from lcstack.store import Storage
 
     df = table.table if isinstance(table, SampleTable) else table
     buffer = io.BytesIO()
     df.to_parquet(buffer, engine="pyarrow", index=False)
-    fs, path = _fs(url, storage_options)
-    _write_bytes(fs, path, buffer.getvalue())
+    Storage.for_url(url, storage_options).write_bytes(os.fspath(url), buffer.getvalue())
 
 
 def read_samples(
@@ -354,11 +380,11 @@ def read_samples(
         No file at ``url``.
 
     """
-    from lcstack.model import _fs
+    from lcstack.store import Storage
 
-    fs, path = _fs(url, storage_options)
-    if not fs.exists(path):
+    store = Storage.for_url(url, storage_options)
+    if not store.exists(os.fspath(url)):
         raise InputFileNotFoundError(
             f"no sample table at {url}; run the sample extraction (train step) first."
         )
-    return pd.read_parquet(io.BytesIO(fs.cat_file(path)), engine="pyarrow")
+    return pd.read_parquet(io.BytesIO(store.read_bytes(os.fspath(url))), engine="pyarrow")

@@ -94,11 +94,10 @@ class _StorageStacIO(pystac.StacIO):
 
 def _checksum_and_size(storage: Storage, url: str) -> tuple[str, int]:
     """SHA2-256 multihash (hex) and size of the object at ``url``, read in 8 MiB blocks."""
-    fs, path = storage.fs(url)
     digest = hashlib.sha256()
     size = 0
     try:
-        with fs.open(path, "rb") as f:
+        with storage.open_input(url) as f:
             while block := f.read(_HASH_BLOCK):
                 digest.update(block)
                 size += len(block)

@@ -18,16 +18,20 @@ credentials.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import logging
 import os
 import posixpath
 import re
 import shutil
+import tempfile
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import fsspec
 import xarray as xr
@@ -152,6 +156,23 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
+@contextmanager
+def _local_atomic(path: str) -> Iterator[str]:
+    """Yield a temporary name next to ``path``; rename it into place when the block succeeds.
+
+    The one atomic write of a local file: readers see the old file or the new one, never a part. The
+    ``.tmp-`` names are what :meth:`lcstack.pipeline.Workflow.clean` recognises as leftovers.
+    """
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 class Storage:
     """Where lcstack keeps its outputs.
 
@@ -198,11 +219,22 @@ class Storage:
     def __repr__(self) -> str:
         return f"Storage({redact(self.root)!r})"
 
+    @classmethod
+    def for_url(cls, url: str | os.PathLike, storage_options: Mapping[str, Any] | None = None) -> Storage:
+        """Return a storage for one URL outside the run's layout (a model given by URL, a static catalog).
+
+        ``storage_options`` reach remote URLs only (S3 options must not reach a local path).
+        """
+        return cls(os.fspath(url), storage_options=storage_options)
+
     @staticmethod
-    def _join(base: str, *parts: str) -> str:
+    def join(base: str, *parts: str) -> str:
+        """Join ``parts`` to ``base``: with the OS separator locally, with ``/`` on object stores."""
         if _is_local(base):
             return os.path.join(_strip_file(base), *parts)
         return posixpath.join(base, *parts)
+
+    _join = join
 
     # ------------------------------------------------------------------ paths
     def url(self, kind: str, *parts: str) -> str:
@@ -267,12 +299,11 @@ class Storage:
     def write_bytes(self, url: str, data: bytes) -> None:
         """Write ``data`` to ``url`` atomically (temp + rename locally; one PUT on object stores)."""
         if _is_local(url):
-            path = _strip_file(url)
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
+            with _local_atomic(_strip_file(url)) as tmp:
+                with open(tmp, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
             return
         fs, path = self.fs(url)
         self._call(lambda: fs.pipe_file(path, data), "write", url)
@@ -285,24 +316,77 @@ class Storage:
     def put_file(self, local_path: str | os.PathLike, url: str) -> None:
         """Copy a finished local file to ``url`` atomically (one PUT or one completed multipart upload)."""
         if _is_local(url):
-            path = _strip_file(url)
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-            shutil.copyfile(local_path, tmp)
-            os.replace(tmp, path)
+            with _local_atomic(_strip_file(url)) as tmp:
+                shutil.copyfile(local_path, tmp)
             return
         fs, path = self.fs(url)
         self._call(lambda: fs.put_file(str(local_path), path), "upload", url)
 
+    @contextmanager
+    def open_output(self, url: str, *, suffix: str = "") -> Iterator[str]:
+        """Yield a local scratch path; once the block ends without error its file lands at ``url``.
+
+        For files that a library must write itself (GDAL, rio-cogeo): the file is written in a private
+        temporary folder (which the caller may use for further scratch files) and then stored by
+        :meth:`put_file`, so ``url`` shows the old object or the whole new one, never a part. The scratch
+        folder is removed in every case.
+        """
+        workdir = tempfile.mkdtemp(prefix="lcstack-out-")
+        try:
+            scratch = os.path.join(workdir, f"output{suffix}")
+            yield scratch
+            self.put_file(scratch, url)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    @contextmanager
+    def open_input(self, url: str) -> Iterator[BinaryIO]:
+        """Open the object at ``url`` for reading (binary, streamed); ``FileNotFoundError`` when absent."""
+        fs, path = self.fs(url)
+        handle = self._call(lambda: fs.open(path, "rb"), "read", url)
+        with handle:
+            yield handle
+
+    def info(self, url: str) -> dict[str, Any]:
+        """Return fsspec's fresh ``info`` of ``url`` (size, ETag, mtime); ``FileNotFoundError`` if absent."""
+        fs, path = self.fs(url)
+
+        def _info() -> dict[str, Any]:
+            fs.invalidate_cache(path)
+            return dict(fs.info(path))
+
+        return self._call(_info, "stat", url)
+
+    def listing(self, url: str) -> list[dict[str, Any]]:
+        """Return fsspec's detailed listing of the folder ``url``.
+
+        ``FileNotFoundError`` or ``NotImplementedError`` (filesystems that cannot list) pass through.
+        """
+        fs, path = self.fs(url)
+
+        def _ls() -> list[dict[str, Any]]:
+            fs.invalidate_cache(path)
+            return list(fs.ls(path, detail=True))
+
+        return self._call(_ls, "list", url)
+
     # ------------------------------------------------------------------ zarr
-    def write_zarr(self, ds: xr.Dataset, url: str, *, progress: bool = True, desc: str | None = None) -> None:
+    def write_zarr(
+        self,
+        ds: xr.Dataset,
+        url: str,
+        *,
+        progress: bool = True,
+        desc: str | None = None,
+        zarr_format: int | None = 2,
+    ) -> None:
         """Write ``ds`` as a Zarr store at ``url``, computing it chunk by chunk.
 
         Locally the store is written under a temporary name and renamed into place, so a crash never
         leaves a store that looks finished. On object stores any previous store at ``url`` is removed
         first (an interrupted earlier write must not leave stale chunks among the new ones, which
         Zarr would read where the new data skips empty chunks); the caller records completion in the
-        registry afterwards.
+        registry afterwards. ``zarr_format`` ``None`` takes the zarr library's default.
         """
         ds = ds.copy()
         for v in ds.variables.values():
@@ -322,15 +406,20 @@ class Storage:
             self.remove(url)
 
         def _write() -> None:
-            delayed = ds.to_zarr(
-                target,
-                mode="w",
-                compute=False,
-                consolidated=True,
-                zarr_format=2,
-                storage_options=None if local else self.storage_options,
-            )
-            compute(delayed, desc=desc or f"writing {posixpath.basename(final)}", progress=progress)
+            with contextlib.ExitStack() as quiet:
+                if zarr_format != 2:
+                    # zarr-python warns that consolidated metadata is not (yet) part of the Zarr v3 spec.
+                    quiet.enter_context(warnings.catch_warnings())
+                    warnings.filterwarnings("ignore", message=".*[Cc]onsolidated metadata.*")
+                delayed = ds.to_zarr(
+                    target,
+                    mode="w",
+                    compute=False,
+                    consolidated=True,
+                    zarr_format=zarr_format,
+                    storage_options=None if local else self.storage_options,
+                )
+                compute(delayed, desc=desc or f"writing {posixpath.basename(final)}", progress=progress)
 
         try:
             if local:
@@ -347,14 +436,18 @@ class Storage:
             os.replace(target, final)
         logger.info("wrote %s", redact(url))
 
-    def open_zarr(self, url: str, *, chunks: Any = None) -> xr.Dataset:
-        """Open the Zarr store at ``url`` lazily."""
+    def open_zarr(self, url: str, *, chunks: Any = None, dask: bool = True) -> xr.Dataset:
+        """Open the Zarr store at ``url`` lazily.
+
+        Dask-backed (``chunks``, by default the stored ones), or with ``dask=False`` as lazily indexed
+        arrays that read only the window asked for.
+        """
         if not self.exists(url):
             raise StorageError(f"no Zarr store at {redact(url)}; run the step that writes it first.")
         return self._call(
             lambda: xr.open_zarr(
                 _strip_file(url),
-                chunks=chunks if chunks is not None else {},
+                chunks=(chunks if chunks is not None else {}) if dask else None,
                 consolidated=True,
                 storage_options=None if _is_local(url) else self.storage_options,
             ),

@@ -225,12 +225,12 @@ def train_model(
         "lcstack_version": __version__,
     }
     storage = Storage(url, storage_options=storage_options)
-    storage.write_bytes(storage._join(url, "metrics.json"), json.dumps(metrics, indent=2).encode())
+    storage.write_bytes(storage.join(url, "metrics.json"), json.dumps(metrics, indent=2).encode())
     for level in ("level1", "level2"):
         if level in metrics:
             buf = io.BytesIO()
             plot_confusion(metrics[level], buf)
-            storage.write_bytes(storage._join(url, f"confusion_{level}.png"), buf.getvalue())
+            storage.write_bytes(storage.join(url, f"confusion_{level}.png"), buf.getvalue())
     save_model(model, url, metadata=metadata, storage_options=storage_options)
     oa = metrics["level1"]["overall_accuracy"]
     logger.info(

@@ -248,6 +248,11 @@ class _Landscape:
 
     def __init__(self, size: int, seed: int, terrain: _Terrain, progress: tqdm | None = None,
                  origin: tuple[float, float] = (X0, Y0)) -> None:  # fmt: skip
+        """Lay out parcels, overlays (towns, lakes, rivers) and the warped unit map of the landscape.
+
+        Long because the steps draw in a fixed order from seeded random streams that fix the demo's
+        bytes; they read top to bottom as one recipe.
+        """
         self.size = size
         self.n = int(math.ceil(size / 6) * 6)  # padded so that the 60 m grid is whole
         self.seed = seed
@@ -700,6 +705,10 @@ def _iso(t: dt.datetime) -> str:
 
 def _scene_item(scene: _Scene, geobox: GeoBox, flavour: str, collection: str, assets: dict[str, Path],
                 stats: dict[str, float]) -> pystac.Item:  # fmt: skip
+    """Return the STAC item of one synthetic scene, as a Sentinel-2 L2A (or L1C) item of a real catalog.
+
+    Long because it is one flat literal of the item's properties and assets, read top to bottom.
+    """
     level = "L1C" if flavour == "l1c" else "L2A"
     item_id = f"{scene.item_id}_{level}"
     tile = scene.tile

@@ -182,6 +182,11 @@ def _lane_orders(width: int, last: bool) -> np.ndarray:
 
 
 def _make_intrinsics(avx512: bool, avx2: bool):  # pragma: no cover - codegen runs inside numba
+    """Return the numba intrinsics of the SIMD partition steps for the CPU's instruction sets.
+
+    Long because the LLVM IR of every step is emitted in this one closure, sharing its declared types
+    and helpers.
+    """
     from llvmlite import ir
     from numba import types
     from numba.core import cgutils

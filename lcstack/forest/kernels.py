@@ -81,6 +81,8 @@ if numba is not None:
         a subtree only ever writes inside its own range). A node is thus visited once per block, not
         once per row, and no dependent chain of loads runs through a row's path. Small segments (deep
         in the tree) finish with a walk per row instead.
+
+        Long because it is one compiled kernel whose explicit stack and loop state stay in registers.
         """
         one = np.uint64(1)
         stack[0, 0] = root
