@@ -9,7 +9,6 @@ never leaves an output that looks finished.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import posixpath
@@ -38,7 +37,9 @@ from .errors import (
 from .grid import aoi_geobox, aoi_geometry, points_bbox
 from .inputs import Season
 from .load import AssetProblem, asset_error, check_assets
-from .plan import Unit, points_of_units, s2_units, user_units
+from .plan import PlannedOutput, Unit, points_of_units, s2_units, user_units
+from .plan import digest as _digest
+from .plan import grid_token as _grid_token
 from .progress import progress_enabled, progress_iter
 from .settings import Settings, get_settings
 from .store import Storage, redact
@@ -51,15 +52,6 @@ __all__ = ["Workflow", "StepResult", "STEPS"]
 logger = logging.getLogger(__name__)
 
 STEPS = ("discover", "composite", "train", "classify")
-
-
-def _digest(obj: Any, n: int = 16) -> str:
-    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:n]
-
-
-def _grid_token(gbox: GeoBox) -> dict[str, Any]:
-    return {"crs": str(gbox.crs), "affine": list(gbox.affine)[:6], "shape": list(gbox.shape.yx)}
 
 
 def _now() -> str:
@@ -140,7 +132,7 @@ class Workflow:
             registry = open_registry(url, default_path=default, database=self.settings.mongo_database)
             self._embedded = not url
         self.registry = registry
-        self._plan: list[tuple[str, str, str, str, dict[str, Any]]] | None = None
+        self._plan: list[PlannedOutput] | None = None
         # the storage's identity in records (a shared registry holds records of several storages)
         self._storage_id = redact(
             self.storage.root if "://" in self.storage.root else os.path.abspath(self.storage.root)
@@ -338,55 +330,30 @@ class Workflow:
             "lcstack": __version__,
         }
 
-    def _tile_items(self, infos: Sequence[Any], gbox: GeoBox) -> list[Any]:
-        from odc.geo.geom import Geometry
-
-        extent = gbox.extent.to_crs("EPSG:4326")
-        return [i.item for i in infos if Geometry(i.item.geometry, crs="EPSG:4326").intersects(extent)]
-
-    def composite_plan(self) -> list[tuple[str, str, str, str, dict[str, Any]]]:
-        """Every composite of the run: (tile id, season or 'terrain', key, url, record)."""
+    def composite_plan(self) -> list[PlannedOutput]:
+        """Every composite of the run (seasons and terrain of every unit), planned once per run."""
         if self._plan is None:
             self._plan = self._make_composite_plan()
             self._record_plan(self._plan)
-        return [(t, s, k, u, dict(r)) for t, s, k, u, r in self._plan]
+        return list(self._plan)
 
-    def _make_composite_plan(self) -> list[tuple[str, str, str, str, dict[str, Any]]]:
+    def _make_composite_plan(self) -> list[PlannedOutput]:
+        from . import plan
+
         scenes = self.discover()
-        plan = []
-        params = self._composite_params()
-        dem = self._dem_items()
-        for tile_id, unit in self.units.items():
-            gbox = unit.geobox
-            for season, infos in scenes[unit.tile or "*"].items():
-                # a Sentinel-2 unit reads its own tile's scenes only; a user-grid unit those over it
-                items = [i.item for i in infos] if unit.tile else self._tile_items(infos, gbox)
-                if not items:
-                    continue
-                s = self.seasons[season]
-                ident = {
-                    "grid": _grid_token(gbox),
-                    "season": [season, str(s.start), str(s.end), [str(d) for d in s.dates or ()]],
-                    "items": sorted(i.id for i in items),
-                    "content": self._content(items, self._scene_assets),
-                    "params": params,
-                }
-                key = _digest(ident)
-                url = self.storage.url("composites", tile_id, f"{season}_{key[:8]}.zarr")
-                rec = {"items": sorted(i.id for i in items), "_items": items, "s2_tile": unit.tile}
-                plan.append((tile_id, season, key, url, rec))
-            if self.config.dem_collection:
-                ident = {
-                    "grid": _grid_token(gbox),
-                    "dem": sorted(i.id for i in dem),
-                    "content": self._content(dem, lambda item: ["data"]),
-                    "lcstack": __version__,
-                }
-                key = _digest(ident)
-                url = self.storage.url("composites", tile_id, f"terrain_{key[:8]}.zarr")
-                rec = {"items": sorted(i.id for i in dem), "_items": dem, "s2_tile": unit.tile}
-                plan.append((tile_id, "terrain", key, url, rec))
-        return plan
+        dem = self._dem_items() if self.config.dem_collection else None
+        selection = plan.composite_selection(self.units, scenes, dem)
+        for _, season, items in selection:
+            self._fingerprint(items, (lambda item: ["data"]) if season == "terrain" else self._scene_assets)
+        return plan.plan_composites(
+            selection,
+            self.seasons,
+            params=self._composite_params(),
+            scene_assets=self._scene_assets,
+            fingerprints=self._fingerprints,
+            storage=self.storage,
+            version=__version__,
+        )
 
     def _scene_assets(self, item: Any) -> list[str]:
         """Asset keys of ``item`` a seasonal composite reads: its bands (the config's or all) and SCL."""
@@ -394,23 +361,17 @@ class Workflow:
 
         return _read_assets(item, self.config.bands)
 
-    def _content(self, items: Sequence[Any], assets_of: Any) -> list[list[str]]:
-        """``[item id, asset key, fingerprint]`` of every asset read (see ``asset_fingerprints``), sorted.
+    def _fingerprint(self, items: Sequence[Any], assets_of: Any) -> None:
+        """Fingerprint every asset of ``items`` that ``assets_of`` names (see ``asset_fingerprints``).
 
         The fingerprint (``file:checksum``, else size + modification time or ETag) changes when an
         asset's pixels are rewritten under an unchanged item, so a key resting on it never reuses a stale
         output. One stat per asset, remembered for the whole run; no pixel is read.
         """
-        from .discover import MISSING_HREF, asset_fingerprints
+        from .discover import asset_fingerprints
+        from .plan import asset_hrefs
 
-        wanted = []
-        for item in items:
-            for key in assets_of(item):
-                asset = item.assets.get(key)
-                href = None if asset is None or asset.extra_fields.get(MISSING_HREF) else asset.href
-                href = asset.get_absolute_href() if href else None
-                wanted.append((item.id, key, href or "", asset))
-        new = [w for w in wanted if w[2] and w[2] not in self._fingerprints]
+        new = [w for w in asset_hrefs(items, assets_of) if w[2] and w[2] not in self._fingerprints]
         if new:
             self._fingerprints.update(
                 asset_fingerprints(
@@ -419,7 +380,6 @@ class Workflow:
                     storage_options=self.settings.storage_options("s3://"),
                 )
             )
-        return sorted([i, k, self._fingerprints.get(h, "missing:href")] for i, k, h, _ in wanted)
 
     def _is_complete(self, kind: str, key: str, url: str) -> bool:
         rec = self.registry.get(kind, key)
@@ -482,26 +442,33 @@ class Workflow:
         """
         results: dict[str, StepResult] = {}
         todo = []
-        for tile_id, season, key, url, rec in self.composite_plan():
-            if self._is_complete("composites", key, url):
-                logger.info("composite %s/%s is complete: reused", tile_id, season)
-                results[key] = StepResult("composite", key, url, True, {"tile": tile_id, "season": season})
+        for p in self.composite_plan():
+            if self._is_complete("composites", p.key, p.url):
+                logger.info("composite %s/%s is complete: reused", p.unit, p.season)
+                results[p.key] = StepResult(
+                    "composite", p.key, p.url, True, {"tile": p.unit, "season": p.season}
+                )
             else:
-                todo.append((tile_id, season, key, url, rec))
+                todo.append(p)
         inner_bars = self.progress and self._concurrency(len(todo)) == 1
         written = self._run_jobs(
-            todo, lambda job: self._write_composite(*job, progress=inner_bars), desc="composites"
+            todo, lambda p: self._write_composite(p, progress=inner_bars), desc="composites"
         )
         results.update({r.key: r for r in written})
-        return [results[key] for _, _, key, _, _ in self.composite_plan()]
+        return [results[p.key] for p in self.composite_plan()]
 
-    def _write_composite(
-        self, tile_id: str, season: str, key: str, url: str, rec: dict[str, Any], *, progress: bool
-    ) -> StepResult:
+    def _write_composite(self, planned: PlannedOutput, *, progress: bool) -> StepResult:
+        tile_id, season, key, url = planned.unit, str(planned.season), planned.key, planned.url
         gbox = self.tiles[tile_id]
         skipped: list[dict[str, str]] = []
-        items = self._readable_items(season, rec.pop("_items"), skipped)
-        doc = {**rec, "tile": tile_id, "season": season, "params": self._composite_params()}
+        items = self._readable_items(season, list(planned.items), skipped)
+        doc = {
+            "items": list(planned.inputs),
+            "s2_tile": planned.s2_tile,
+            "tile": tile_id,
+            "season": season,
+            "params": self._composite_params(),
+        }
         claim = self._acquire("composites", key, url, doc)
         if claim is None:
             logger.info("composite %s/%s was written meanwhile by another run: reused", tile_id, season)
@@ -622,16 +589,16 @@ class Workflow:
         """Return the feature cube of one tile, read lazily from the stored composites."""
         from .features import open_feature_cube
 
-        plan = [p for p in self.composite_plan() if p[0] == tile_id]
-        missing = [p[1] for p in plan if not self._is_complete("composites", p[2], p[3])]
+        plan = [p for p in self.composite_plan() if p.unit == tile_id]
+        missing = [str(p.season) for p in plan if not self._is_complete("composites", p.key, p.url)]
         if missing:
             raise StorageError(
                 f"tile {tile_id}: composites {', '.join(missing)} are not complete; "
                 "run `lcstack composite` first."
             )
-        seasonal = {season: url for _, season, _, url, _ in plan if season != "terrain"}
+        seasonal = {p.season: p.url for p in plan if p.season != "terrain"}
         ordered = {s: seasonal[s] for s in self.seasons if s in seasonal}
-        terrain = next((url for _, s, _, url, _ in plan if s == "terrain"), None)
+        terrain = next((p.url for p in plan if p.season == "terrain"), None)
         return self.storage._call(
             lambda: open_feature_cube(ordered, terrain, storage_options=self.storage.storage_options),
             "open the composites",
@@ -639,7 +606,7 @@ class Workflow:
         )
 
     def _composite_keys(self) -> list[str]:
-        return sorted(p[2] for p in self.composite_plan())
+        return sorted(p.key for p in self.composite_plan())
 
     # ------------------------------------------------------------------------------------ train
     def dataset_key(self) -> str:
@@ -680,7 +647,7 @@ class Workflow:
         tables, placed = [], np.zeros(len(points), dtype=bool)
         skipped_nodata: list[int] = []
         lon, lat = points["longitude"].to_numpy(), points["latitude"].to_numpy()
-        planned = {p[0] for p in self.composite_plan()}
+        planned = {p.unit for p in self.composite_plan()}
         units = {u: unit for u, unit in self.units.items() if u in planned}
         for tile_id, inside in points_of_units(lon, lat, units, self._s2_footprints).items():
             placed |= inside
@@ -773,53 +740,42 @@ class Workflow:
             raise StorageError("no complete model for this config; run `lcstack train` first.")
         results: dict[str, StepResult] = {}
         todo = []
-        for tile_id, key, base, urls in self._map_jobs(model_key):
-            if self._is_complete("maps", key, urls["level2"]):
-                results[tile_id] = StepResult("classify", key, base, True, {"tile": tile_id})
+        for p in self._map_jobs(model_key):
+            if self._is_complete("maps", p.key, p.files["level2"]):
+                results[p.unit] = StepResult("classify", p.key, p.url, True, {"tile": p.unit})
             else:
-                todo.append((tile_id, key, base, urls))
+                todo.append(p)
         labels = (self.config.read_lc_labels(), {"unclassified": 1, **(self.config.read_sl_labels() or {})})
         inner_bars = self.progress and self._concurrency(len(todo)) == 1
         written = self._run_jobs(
             todo,
-            lambda job: self._write_maps(
-                *job, model_key=model_key, model_url=model_url, labels=labels, progress=inner_bars
+            lambda p: self._write_maps(
+                p, model_key=model_key, model_url=model_url, labels=labels, progress=inner_bars
             ),
             desc="maps",
         )
         results.update({r.details["tile"]: r for r in written})
-        return [results[t] for t in dict.fromkeys(p[0] for p in self.composite_plan()) if t in results]
+        return [results[t] for t in dict.fromkeys(p.unit for p in self.composite_plan()) if t in results]
 
-    def _map_jobs(self, model_key: str) -> list[tuple[str, str, str, dict[str, str]]]:
-        """List the maps of every unit with composites: (unit id, key, folder URL, URL per file).
+    def _map_jobs(self, model_key: str) -> list[PlannedOutput]:
+        """Plan the maps of every unit with composites (:func:`lcstack.plan.plan_maps`).
 
-        The units come from the composite plan, so this works offline from a recorded plan too. On the
-        Sentinel-2 grid a map keeps only the pixels its tile owns, and its key says so.
+        The units come from the composite plan, so this works offline from a recorded plan too.
         """
-        plan = self.composite_plan()
-        jobs = []
-        s2_tiles = sorted({p[4]["s2_tile"] for p in plan if p[4].get("s2_tile")})
-        for tile_id in dict.fromkeys(p[0] for p in plan):
-            comp = sorted(p[2] for p in plan if p[0] == tile_id)
-            ident = {"model": model_key, "composites": comp} | ({"owned_among": s2_tiles} if s2_tiles else {})
-            key = _digest(ident)
-            base = self.storage.url("classification-maps", f"model_{model_key}", tile_id)
-            names = {"zarr": "maps.zarr", "level1": "level1.tif", "level2": "level2.tif"}
-            jobs.append((tile_id, key, base, {k: self.storage._join(base, v) for k, v in names.items()}))
-        return jobs
+        from .plan import plan_maps
+
+        return plan_maps(self.composite_plan(), model_key, self.storage)
 
     def _write_maps(
         self,
-        tile_id: str,
-        key: str,
-        base: str,
-        urls: dict[str, str],
+        planned: PlannedOutput,
         *,
         model_key: str,
         model_url: str,
         labels: tuple[dict[str, int], dict[str, int]],
         progress: bool,
     ) -> StepResult:
+        tile_id, key, base, urls = planned.unit, planned.key, planned.url, dict(planned.files)
         doc = {
             "tile": tile_id,
             "s2_tile": self.units[tile_id].tile,
@@ -1002,17 +958,17 @@ class Workflow:
             }
         )
 
-    def _record_plan(self, plan: Sequence[tuple[str, str, str, str, dict[str, Any]]]) -> None:
+    def _record_plan(self, plan: Sequence[PlannedOutput]) -> None:
         composites = [
             {
-                "tile": t,
-                "season": s,
-                "key": k,
-                "path": self._where("composites", u),
-                "items": r["items"],
-                "s2_tile": r.get("s2_tile"),
+                "tile": p.unit,
+                "season": p.season,
+                "key": p.key,
+                "path": self._where("composites", p.url),
+                "items": list(p.inputs),
+                "s2_tile": p.s2_tile,
             }
-            for t, s, k, u, r in plan
+            for p in plan
         ]
         self.registry.put("plans", self.plan_key(), {"composites": composites, "discovered_at": _now()})
 
@@ -1027,8 +983,12 @@ class Workflow:
         for c in rec.get("composites", []):
             url = self._locate("composites", c.get("path"))
             if url is not None:
-                rec = {"items": c.get("items", []), "s2_tile": c.get("s2_tile")}
-                plan.append((c["tile"], c["season"], c["key"], url, rec))
+                inputs = tuple(c.get("items", []))
+                plan.append(
+                    PlannedOutput(
+                        "composites", c["key"], url, c["tile"], c["season"], inputs, c.get("s2_tile")
+                    )
+                )
         self._plan = plan
         return True
 
@@ -1041,16 +1001,16 @@ class Workflow:
         if not self._offline_plan():
             return {}
         out: dict[str, list[dict[str, Any]]] = {"composites": [], "datasets": [], "models": [], "maps": []}
-        for tile_id, season, key, url, _ in self.composite_plan():
-            done = self._is_complete("composites", key, url)
-            out["composites"].append({"tile": tile_id, "season": season, "key": key, "done": done})
+        for p in self.composite_plan():
+            done = self._is_complete("composites", p.key, p.url)
+            out["composites"].append({"tile": p.unit, "season": p.season, "key": p.key, "done": done})
         dkey, mkey = self.dataset_key(), self.model_key()
         dataset_url = self.storage.url("datasets", f"dataset_{dkey}.parquet")
         out["datasets"].append({"key": dkey, "done": self._is_complete("datasets", dkey, dataset_url)})
         out["models"].append({"key": mkey, "done": self._is_complete("models", mkey, self.model_url())})
-        for tile_id, key, _, urls in self._map_jobs(mkey):
+        for p in self._map_jobs(mkey):
             out["maps"].append(
-                {"tile": tile_id, "key": key, "done": self._is_complete("maps", key, urls["level2"])}
+                {"tile": p.unit, "key": p.key, "done": self._is_complete("maps", p.key, p.files["level2"])}
             )
         return out
 

@@ -12,18 +12,39 @@ Two grids:
   on that grid (:func:`lcstack.grid.user_grid_tiles`), cut into ``tile_size`` cells of a lattice anchored
   at the CRS origin; ids ``E<x>N<y>`` (the cell's lower-left corner in metres). Scenes are chosen over the
   whole AOI and warped onto the grid.
+
+On the units, the run's outputs are planned as :class:`PlannedOutput` records by pure functions (no I/O):
+:func:`composite_selection` picks the scenes of every composite, :func:`plan_composites` gives each its
+content key and URL (from asset fingerprints gathered beforehand), :func:`plan_maps` the maps of each
+unit. :class:`lcstack.pipeline.Workflow` loops over them and claims each output in the registry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from odc.geo.geobox import GeoBox, GeoboxTiles
 
-__all__ = ["Unit", "s2_units", "user_units", "points_of_units"]
+__all__ = [
+    "Unit",
+    "PlannedOutput",
+    "s2_units",
+    "user_units",
+    "points_of_units",
+    "composite_selection",
+    "plan_composites",
+    "plan_maps",
+    "digest",
+    "grid_token",
+]
+
+#: The files of a unit's maps under its folder.
+MAP_FILES = {"zarr": "maps.zarr", "level1": "level1.tif", "level2": "level2.tif"}
 
 
 @dataclass(frozen=True)
@@ -81,4 +102,169 @@ def points_of_units(
         if owner is not None and unit.tile is not None:
             inside &= owner == unit.tile
         out[uid] = inside
+    return out
+
+
+# ------------------------------------------------------------------------------------ planned outputs
+@dataclass(frozen=True)
+class PlannedOutput:
+    """One output of the run, as planned before anything is computed.
+
+    Attributes
+    ----------
+    kind
+        Registry kind: ``"composites"`` (a season's composite or the terrain) or ``"maps"``.
+    key
+        Content key: changes whenever anything the output is computed from does.
+    url
+        Where it is stored (for maps: the unit's folder; the files are in ``files``).
+    unit
+        The processing unit (:class:`Unit` id).
+    season
+        The season name, ``"terrain"``, or None for maps.
+    inputs
+        What it is computed from: STAC item ids (composites) or composite keys (maps), sorted.
+    s2_tile
+        The unit's Sentinel-2 tile (None on a user grid).
+    files
+        Maps only: URL per file (``zarr``, ``level1``, ``level2``).
+    items
+        Composites only: the STAC items to read (in memory, never recorded; empty for a plan read back
+        from the registry).
+
+    """
+
+    kind: str
+    key: str
+    url: str
+    unit: str
+    season: str | None = None
+    inputs: tuple[str, ...] = ()
+    s2_tile: str | None = None
+    files: Mapping[str, str] = field(default_factory=dict)
+    items: tuple[Any, ...] = field(default=(), compare=False, repr=False)
+
+
+def digest(obj: Any, n: int = 16) -> str:
+    """Return the first ``n`` hex digits of the SHA-256 of ``obj`` as canonical JSON."""
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def grid_token(gbox: GeoBox) -> dict[str, Any]:
+    """Return what identifies a pixel grid: CRS, affine and shape."""
+    return {"crs": str(gbox.crs), "affine": list(gbox.affine)[:6], "shape": list(gbox.shape.yx)}
+
+
+def items_over(infos: Sequence[Any], gbox: GeoBox) -> list[Any]:
+    """Return the items of ``infos`` (:class:`~lcstack.discover.SceneInfo`) whose footprint meets ``gbox``."""
+    from odc.geo.geom import Geometry
+
+    extent = gbox.extent.to_crs("EPSG:4326")
+    return [i.item for i in infos if Geometry(i.item.geometry, crs="EPSG:4326").intersects(extent)]
+
+
+def composite_selection(
+    units: Mapping[str, Unit], scenes: Mapping[str, Mapping[str, Sequence[Any]]], dem: Sequence[Any] | None
+) -> list[tuple[Unit, str, list[Any]]]:
+    """Return ``(unit, season or "terrain", items)`` of every composite, in unit then season order.
+
+    A Sentinel-2 unit reads its own tile's scenes only (``scenes[tile]``), a user-grid unit the scenes
+    over it (``scenes["*"]``); a season without items has no composite. ``dem`` (None: no terrain) gives
+    every unit a terrain composite.
+    """
+    out = []
+    for unit in units.values():
+        for season, infos in scenes[unit.tile or "*"].items():
+            items = [i.item for i in infos] if unit.tile else items_over(infos, unit.geobox)
+            if items:
+                out.append((unit, season, items))
+        if dem is not None:
+            out.append((unit, "terrain", list(dem)))
+    return out
+
+
+def asset_hrefs(
+    items: Sequence[Any], assets_of: Callable[[Any], Sequence[str]]
+) -> list[tuple[str, str, str, Any]]:
+    """Return ``(item id, asset key, absolute href or "", asset)`` of every asset a composite reads."""
+    from .discover import MISSING_HREF
+
+    out = []
+    for item in items:
+        for key in assets_of(item):
+            asset = item.assets.get(key)
+            href = None if asset is None or asset.extra_fields.get(MISSING_HREF) else asset.href
+            href = asset.get_absolute_href() if href else None
+            out.append((item.id, key, href or "", asset))
+    return out
+
+
+def content_of(
+    items: Sequence[Any], assets_of: Callable[[Any], Sequence[str]], fingerprints: Mapping[str, str]
+) -> list[list[str]]:
+    """Return ``[item id, asset key, fingerprint]`` of every asset read, sorted."""
+    return sorted([i, k, fingerprints.get(h, "missing:href")] for i, k, h, _ in asset_hrefs(items, assets_of))
+
+
+def plan_composites(
+    selection: Sequence[tuple[Unit, str, list[Any]]],
+    seasons: Mapping[str, Any],
+    *,
+    params: Mapping[str, Any],
+    scene_assets: Callable[[Any], Sequence[str]],
+    fingerprints: Mapping[str, str],
+    storage: Any,
+    version: str,
+) -> list[PlannedOutput]:
+    """Key and place every composite of ``selection`` (:func:`composite_selection`).
+
+    The key covers the grid, the season's dates, the items, the content of every asset read
+    (``fingerprints``: href -> token, see :func:`lcstack.discover.asset_fingerprints`) and the
+    parameters; a terrain composite's covers the grid, the DEM items and their content.
+    """
+    out = []
+    for unit, season, items in selection:
+        ids = sorted(i.id for i in items)
+        if season == "terrain":
+            ident = {
+                "grid": grid_token(unit.geobox),
+                "dem": ids,
+                "content": content_of(items, lambda item: ["data"], fingerprints),
+                "lcstack": version,
+            }
+        else:
+            s = seasons[season]
+            ident = {
+                "grid": grid_token(unit.geobox),
+                "season": [season, str(s.start), str(s.end), [str(d) for d in s.dates or ()]],
+                "items": ids,
+                "content": content_of(items, scene_assets, fingerprints),
+                "params": dict(params),
+            }
+        key = digest(ident)
+        url = storage.url("composites", unit.id, f"{season}_{key[:8]}.zarr")
+        out.append(
+            PlannedOutput("composites", key, url, unit.id, season, tuple(ids), unit.tile, items=tuple(items))
+        )
+    return out
+
+
+def plan_maps(composites: Sequence[PlannedOutput], model_key: str, storage: Any) -> list[PlannedOutput]:
+    """Plan the maps of every unit that has composites, in plan order.
+
+    The key covers the model and the unit's composites; on the Sentinel-2 grid a map keeps only the
+    pixels its tile owns, so its key also names the tiles of the run.
+    """
+    s2_tiles = sorted({p.s2_tile for p in composites if p.s2_tile})
+    out = []
+    for unit_id in dict.fromkeys(p.unit for p in composites):
+        mine = [p for p in composites if p.unit == unit_id]
+        comp = sorted(p.key for p in mine)
+        ident = {"model": model_key, "composites": comp} | ({"owned_among": s2_tiles} if s2_tiles else {})
+        base = storage.url("classification-maps", f"model_{model_key}", unit_id)
+        files = {k: storage.join(base, v) for k, v in MAP_FILES.items()}
+        out.append(
+            PlannedOutput("maps", digest(ident), base, unit_id, None, tuple(comp), mine[0].s2_tile, files)
+        )
     return out

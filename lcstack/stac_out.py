@@ -287,8 +287,8 @@ def outputs_from_workflow(wf: Any) -> list[TileOutputs]:
     start = min((s.start for s in seasons), default=None)
     end = max((s.end for s in seasons), default=None)
     composites: dict[str, dict[str, str]] = {}
-    for tile_id, season, _key, url, _ in wf.composite_plan():
-        composites.setdefault(tile_id, {})[season] = url
+    for p in wf.composite_plan():
+        composites.setdefault(p.unit, {})[str(p.season)] = p.url
     model = wf.model_key()
     out = []
     for rec in wf.registry.find("maps", model=model):

@@ -35,8 +35,8 @@ def test_all_cloud_season_names_season_scenes_and_fixes(demo_area: Any, tmp_path
     with dask.config.set(scheduler="threads"), Workflow(cfg, progress=False) as wf:
         with pytest.raises(NoScenesFoundError) as err:
             wf.run(["discover", "composite"])
-        (_, _, key, url, _) = wf.composite_plan()[0]
-        assert not wf._is_complete("composites", key, url), "an empty composite is not recorded complete"
+        p = wf.composite_plan()[0]
+        assert not wf._is_complete("composites", p.key, p.url), "an empty composite is not recorded complete"
     msg = str(err.value)
     assert "'autumn'" in msg
     for item in picked:

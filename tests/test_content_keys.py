@@ -110,7 +110,7 @@ def test_rewritten_scene_asset_changes_only_its_seasons_key(demo_area: Any, tmp_
 
     def keys() -> dict[str, str]:
         with Workflow(cfg, progress=False) as wf:
-            return {season: key for _, season, key, _, _ in wf.composite_plan()}
+            return {p.season: p.key for p in wf.composite_plan()}
 
     before = keys()
     assert keys() == before, "stable while nothing changes"

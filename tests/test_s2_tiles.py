@@ -228,7 +228,7 @@ def test_user_grid(demo_area: Any, tmp_path: Path) -> None:
         scenes = wf.discover()
         assert list(scenes) == ["*"]
         plan = wf.composite_plan()
-        assert {p[0] for p in plan} == set(units)
+        assert {p.unit for p in plan} == set(units)
     with Workflow(load_config(demo_area.config, crs="EPSG:32630", storage=storage), progress=False) as wf:
         assert {g.crs.epsg for g in wf.tiles.values()} == {32630}
     for bad, match in (({"crs": "EPSG:32630", "grid": grid}, "both `grid:` and `crs:`"),
