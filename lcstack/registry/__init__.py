@@ -25,9 +25,10 @@ from typing import Any
 
 from lcstack.errors import InvalidInputError
 
-from ._base import KINDS, STATUSES, Kind, Registry, Status, redacted_endpoint
+from ._base import KINDS, STATUSES, Kind, Status, redacted_endpoint
 from ._claim import DEFAULT_LEASE_S, Claim, Owner
 from ._mongo import MongoRegistry
+from ._protocol import Registry
 from ._sqlite import SQLiteRegistry
 
 __all__ = [
