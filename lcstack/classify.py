@@ -214,7 +214,7 @@ def predict_block(X: np.ndarray, model: Any, *, engine: Engine = "auto") -> np.n
     engine : {"auto", "sklearn", "numba"}
         ``"numba"`` predicts random forests, extra trees and decision trees (level 1 and level 2 of a
         :class:`~lcstack.model.HierarchicalClassifier`) with the compiled kernel of
-        :mod:`lcstack.forest` (identical predictions, 3-4x faster than scikit-learn on one core)
+        :mod:`lcstack.forest` (identical predictions, faster than scikit-learn: benchmarks/RESULTS.md)
         and any other estimator with its own ``predict``; ``"sklearn"`` always calls the model's
         ``predict_levels``/``predict``; ``"auto"`` (default) is ``"numba"`` when numba can be imported,
         else ``"sklearn"``.

@@ -68,8 +68,8 @@ UNCLASSIFIED = 1
 
 #: Size limits of the default forest. Depth 12 bounds a tree to 4096 leaves, so the skops artefact stays
 #: small whatever the number of samples (fully grown trees on 1e5 noisy samples reach hundreds of MB), and
-#: 50 such trees classify ≥ 5x faster per core than LandCoverPy's fully grown forest through its pandas
-#: path, within 0.15 points of its accuracy on the demo area (benchmarks/RESULTS.md, "Model size").
+#: 50 such trees classify faster than LandCoverPy's fully grown forest at nearly its accuracy (figures:
+#: benchmarks/RESULTS.md, "Model size").
 DEFAULT_FOREST_PARAMS: dict[str, Any] = {"n_estimators": 50, "max_depth": 12, "min_samples_leaf": 2}
 
 

@@ -23,8 +23,8 @@ intrinsic exists only where numba compiles for a host that has it. Everywhere el
 its plain-numba stand-in (:func:`partition16_scalar`, :func:`partition8_scalar`: same contract, and the
 tests' reference), which the kernels never call because :func:`lcstack.forest.simd_width` then says 0 or 8.
 
-On the 2-core Intel Xeon (Emerald Rapids) benchmark machine either step made the whole kernel 1.2-1.9x
-faster than the scalar loop, the AVX2 one as fast as the AVX-512 one (``benchmarks/RESULTS.md``).
+On the benchmark machine either step made the whole kernel faster than the scalar loop, the AVX2 one as
+fast as the AVX-512 one (figures: ``benchmarks/RESULTS.md``).
 ``LCSTACK_SIMD`` picks the step at run time: unset or ``auto`` (the step measured fastest on this CPU,
 :func:`lcstack.forest.calibrated_width`), ``avx512`` (the widest it has), ``avx2``, or ``0`` (the
 scalar loop).

@@ -344,9 +344,9 @@ def _calibration_path() -> str | None:
 def _synthetic_forest(seed: int = 20) -> tuple[FastForest, np.ndarray]:
     """Build a fixed forest (4 complete trees of depth 14 on 24 features) and 65 536 rows to time it on.
 
-    Deep trees and the largest blocks: the memory-bound case, where the steps differ most (on the noisy
-    cube of ``benchmarks/bench_inference.py`` the AVX2 step ran 1.25-1.35x faster than the scalar loop on
-    an AMD Zen 3, which this forest reproduces, while on shallow trees the two were within 5-10 %).
+    Deep trees and the largest blocks: the memory-bound case, where the steps differ most (this forest
+    reproduces the ranking of the steps on the noisy cube of ``benchmarks/bench_inference.py``; shallow
+    trees barely tell them apart; figures in benchmarks/RESULTS.md).
     """
     rng = np.random.default_rng(seed)
     n_trees, depth, n_features, n_classes = 4, 14, 24, 6

@@ -30,9 +30,8 @@ def _block_rows(n_nodes: int, n_trees: int) -> int:
     A block's rows split up as they go down a tree; with about 16 rows per leaf (a tree has about as
     many leaves as half its nodes) the partition steps stay long enough for the 16-row AVX-512 step and
     the cost per node (stack, branches) stays small beside the cost per row. Shallow trees keep the
-    minimum, whose columns stay in the CPU's L2 cache. Measured on the benchmark cubes (RESULTS.md):
-    with the vector step, trees on noisy pixels (3 400-8 600 nodes per tree) ran 1.05-1.3x faster with
-    blocks of 32 768-65 536 rows than with 8 192; trees of 100 nodes ran 1.2x slower with them.
+    minimum, whose columns stay in the CPU's L2 cache. On the benchmark cubes large trees ran faster
+    with the larger blocks and small trees slower (figures: benchmarks/RESULTS.md, "Inference").
     """
     mean = n_nodes / max(n_trees, 1)
     block = _BLOCK
@@ -365,7 +364,7 @@ if numba is not None:
 
     @_simd.jit(nogil=True)
     def _transpose(X, XT):  # pragma: no cover - compiled
-        """``XT[:] = X.T`` in tiles of 16 rows (7x faster than element by element or NumPy's copy)."""
+        """``XT[:] = X.T`` in tiles of 16 rows (faster than element by element or NumPy's copy)."""
         n = np.uint64(X.shape[0])
         n_features = np.uint64(X.shape[1])
         tile = np.uint64(16)
