@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import posixpath
 import sys
 import time
 from pathlib import Path
@@ -146,6 +147,34 @@ def test_bytes_and_files_through_settings(
     assert storage.remove(f"s3://{bucket}/runs/a") is True
     assert storage.remove(f"s3://{bucket}/runs/a") is False
     assert not storage.exists(url)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_outputs_written_by_a_library_land_whole_or_not_at_all(
+    s3: S3Endpoint, bucket: str, tmp_path: Path, where: str
+) -> None:
+    """open_output: the scratch file lands at the URL only when the block succeeds; no scratch is left."""
+    storage = _storage(s3, f"s3://{bucket}/r") if where == "s3" else Storage(tmp_path / "r")
+    url = storage.url("classification-maps", "m", "t", "level1.tif")
+    with storage.open_output(url, suffix=".tif") as scratch:
+        assert scratch.endswith(".tif") and not storage.exists(url)
+        Path(scratch).write_bytes(b"first")
+        (Path(scratch).parent / "blocks.tif").write_bytes(b"side file")  # the caller's own scratch
+    assert storage.read_bytes(url) == b"first" and not Path(scratch).parent.exists()
+    with pytest.raises(RuntimeError), storage.open_output(url) as scratch:
+        Path(scratch).write_bytes(b"half")
+        raise RuntimeError("GDAL failed")
+    assert storage.read_bytes(url) == b"first", "a failed write leaves the old object"
+    assert not Path(scratch).parent.exists()
+    with storage.open_input(url) as fh:
+        assert fh.read(2) == b"fi" and fh.read() == b"rst"
+    assert storage.info(url)["size"] == 5
+    names = [posixpath.basename(str(e["name"])) for e in storage.listing(posixpath.dirname(url))]
+    assert names == ["level1.tif"], "nothing but the final file (no temporary names)"
+    with pytest.raises(FileNotFoundError):
+        storage.info(storage.join(posixpath.dirname(url), "none.tif"))
+    one = Storage.for_url(url, storage.storage_options)
+    assert one.read_bytes(url) == b"first"
 
 
 def test_bucket_per_kind_layout(s3: S3Endpoint) -> None:
