@@ -654,7 +654,7 @@ def write_maps_zarr(
     storage_options : mapping, optional
         fsspec options for ``url``.
     zarr_format : int, optional
-        2 or 3; the zarr library's default when not given.
+        2 or 3; when not given, 2 with a ``storage`` (as every store of a run), else zarr's default.
     storage : lcstack.store.Storage, optional
         Where ``storage_options`` come from when not given (used for remote URLs only).
     progress : bool, default False
@@ -677,5 +677,7 @@ def write_maps_zarr(
     target = os.fspath(url)
     if storage is None:
         storage = Storage.for_url(target, _options_for(target, storage_options))
+    elif zarr_format is None:
+        zarr_format = 2  # a run's storage holds Zarr v2 stores, as its composites
     # atomic locally (temporary name, then rename), stale chunks removed on object stores
     storage.write_zarr(maps, target, progress=progress, desc="writing maps", zarr_format=zarr_format)
