@@ -1026,11 +1026,11 @@ class Workflow:
         planned = self._offline_plan()
         n = 0
         if what in ("maps", "all") and planned:
-            for _, key, _, urls in self._map_jobs(self.model_key()):
-                n += self._clean_output("maps", key, list(urls.values()))
+            for p in self._map_jobs(self.model_key()):
+                n += self._clean_output("maps", p.key, list(p.files.values()))
         if what in ("composites", "all") and planned:
-            for _, _, key, url, _ in self.composite_plan():
-                n += self._clean_output("composites", key, [url])
+            for p in self.composite_plan():
+                n += self._clean_output("composites", p.key, [p.url])
         if what == "all":
             if planned:
                 dkey = self.dataset_key()
