@@ -26,10 +26,10 @@ from scipy import ndimage
 from lcstack._kernels import nanmedian_time
 from lcstack._version import __version__
 from lcstack.errors import InvalidInputError, LcstackError, NoCloudMaskWarning, NoScenesFoundError
-from lcstack.harmonize import SCL_CLOUD_CLASSES, band_assets
-from lcstack.indices import DEFAULT_INDICES, compute_indices
 from lcstack.features import add_context, feature_spec
 from lcstack.features import time_features as _time_features
+from lcstack.harmonize import SCL_CLOUD_CLASSES, band_assets
+from lcstack.indices import DEFAULT_INDICES, compute_indices
 from lcstack.load import (
     DEFAULT_CHUNK,
     asset_error,
@@ -145,7 +145,7 @@ def _median_over_time(da: xr.DataArray) -> xr.DataArray:
 
 
 def _float_bands(refl: xr.Dataset) -> list[str]:
-    """The float reflectance bands with a ``time`` dim of ``refl`` (``scl`` left out)."""
+    """Return the float reflectance bands with a ``time`` dim of ``refl`` (``scl`` left out)."""
     return [
         name
         for name, da in refl.data_vars.items()
@@ -154,7 +154,7 @@ def _float_bands(refl: xr.Dataset) -> list[str]:
 
 
 def _valid_observations(refl: xr.Dataset, bands: Sequence[str], invalid: xr.DataArray | None) -> xr.DataArray:
-    """True where an observation is valid: not masked by ``invalid`` and non-NaN in every band."""
+    """Return True where an observation is valid: not masked by ``invalid`` and non-NaN in every band."""
     valid = refl[bands[0]].notnull()
     for name in bands[1:]:
         valid = valid & refl[name].notnull()
@@ -209,7 +209,7 @@ def composite_season(
     indices: Sequence[str] | None = DEFAULT_INDICES,
     features: Mapping[str, Any] | Any | None = None,
 ) -> xr.Dataset:
-    """The composite of one season from its reflectance time series: median, indices and extra features.
+    """Composite one season from its reflectance time series: median, indices and extra features.
 
     The one code path behind :func:`seasonal_composite` (after loading) and the ``.landcover`` accessor.
 

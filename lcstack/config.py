@@ -105,7 +105,7 @@ class GridConfig(_Strict):
 
 
 class ContextConfig(_Strict):
-    """Spatial context: statistics of chosen bands/indices' medians in a ``window``×``window`` neighbourhood."""
+    """Spatial context: statistics of chosen bands' (indices') medians in a ``window``² neighbourhood."""
 
     window: int = Field(5, ge=3, le=31)
     bands: tuple[str, ...] = ("ndvi",)
@@ -115,7 +115,9 @@ class ContextConfig(_Strict):
     @classmethod
     def _odd(cls, v: int) -> int:
         if v % 2 == 0:
-            raise ValueError(f"window must be odd (a pixel and the same number of neighbours each side), got {v}")
+            raise ValueError(
+                f"window must be odd (a pixel and the same number of neighbours each side), got {v}"
+            )
         return v
 
 
@@ -220,7 +222,9 @@ class RunConfig(_Strict):
     def _features(cls, v: Any) -> Any:
         if isinstance(v, str):
             if v not in FEATURE_PRESETS:
-                raise ValueError(f"unknown feature preset {v!r}; use one of {sorted(FEATURE_PRESETS)} or a mapping")
+                raise ValueError(
+                    f"unknown feature preset {v!r}; use one of {sorted(FEATURE_PRESETS)} or a mapping"
+                )
             return FEATURE_PRESETS[v]
         return v
 

@@ -200,7 +200,7 @@ def _opts(url: str, opts: Mapping[str, Any]) -> dict[str, Any] | None:
 
 
 def feature_spec(features: Any) -> dict[str, Any] | None:
-    """A feature set as a plain dict (percentiles, std, count, scenes, context); ``None`` for the median only.
+    """Return a feature set as a plain dict (percentiles, std, ...); ``None`` for the median only.
 
     ``features`` is a :class:`lcstack.config.FeaturesConfig`, its ``model_dump()``, the preset name
     ``"landcoverpy"`` or ``None``. The dict tokenizes and pickles the same everywhere (Dask workers).
@@ -232,7 +232,7 @@ def _percentile_label(q: float) -> str:
 
 
 def nanpercentile_time(a: np.ndarray, q: float) -> np.ndarray:
-    """The ``q``-th percentile over axis 0, ignoring NaN (NumPy's ``linear`` method), float32.
+    """Return the ``q``-th percentile over axis 0, ignoring NaN (NumPy's ``linear`` method), float32.
 
     Vectorised (one sort of the time axis) where ``np.nanpercentile`` loops over pixels; NaN where a
     pixel has no valid observation.
@@ -251,7 +251,7 @@ def nanpercentile_time(a: np.ndarray, q: float) -> np.ndarray:
 
 
 def nanstd_time(a: np.ndarray) -> np.ndarray:
-    """Standard deviation (ddof 0) over axis 0 ignoring NaN, float32; NaN without valid observation."""
+    """Return the standard deviation (ddof 0) over axis 0 ignoring NaN, float32 (NaN: no observation)."""
     a = np.asarray(a, dtype=np.float64)
     n = (~np.isnan(a)).sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -274,7 +274,7 @@ def _over_time(da: xr.DataArray, func: Any, **kw: Any) -> xr.DataArray:
 
 
 def _scene(da: xr.DataArray, i: int) -> xr.DataArray:
-    """The ``i``-th observation of ``da`` in time order (NaN when the season has fewer)."""
+    """Return the ``i``-th observation of ``da`` in time order (NaN when the season has fewer)."""
     da = da.sortby("time") if "time" in da.coords else da
     if i < da.sizes["time"]:
         return da.isel(time=i, drop=True)
@@ -284,7 +284,7 @@ def _scene(da: xr.DataArray, i: int) -> xr.DataArray:
 def time_features(
     refl: xr.Dataset, valid: xr.DataArray, indices: list[str], spec: dict[str, Any]
 ) -> dict[str, xr.DataArray]:
-    """The features over a season's valid observations of the bands and indices: name -> ``(y, x)``.
+    """Compute the features over a season's valid observations of its bands and indices: name -> (y, x).
 
     Percentiles (``<name>_p10``), standard deviation (``<name>_std``), the number of valid observations
     (``count``) and the individual scenes (``<name>_scene1``, ... in time order), per band of ``refl``
@@ -379,8 +379,6 @@ def add_context(composite: xr.DataArray, context: Mapping[str, Any]) -> xr.DataA
         stacked = np.concatenate([np.asarray(data), _window_block(padded, r=r, stats=stats)], axis=1)
     names = have + [f"{b}_ctx{window}_{s}" for b in context["bands"] for s in stats]
     coords = {k: v for k, v in composite.coords.items() if "band" not in v.dims}
-    out = xr.DataArray(
-        stacked, dims=("season", "band", "y", "x"), coords=coords, attrs=dict(composite.attrs)
-    )
+    out = xr.DataArray(stacked, dims=("season", "band", "y", "x"), coords=coords, attrs=dict(composite.attrs))
     out.name = composite.name  # not the dask array's name
     return out.assign_coords(band=np.array(names, dtype=str))

@@ -337,7 +337,9 @@ class Workflow:
             "loader": self.config.loader,
             "lcstack": __version__,
             # only a feature set other than the default changes the keys (default stores stay reusable)
-            **({} if self.config.features.is_landcoverpy else {"features": self.config.features.model_dump()}),
+            **(
+                {} if self.config.features.is_landcoverpy else {"features": self.config.features.model_dump()}
+            ),
         }
 
     def _tile_items(self, infos: Sequence[Any], gbox: GeoBox) -> list[Any]:
@@ -1130,8 +1132,10 @@ class Workflow:
 def _season_layers(features: Any) -> int:
     """Upper bound on one season's composite layers (24 for the median of the bands and indices)."""
     ctx = features.context
-    return 24 * features.layers_per_band() + int(features.count) + (
-        len(ctx.bands) * len(ctx.stats) if ctx else 0
+    return (
+        24 * features.layers_per_band()
+        + int(features.count)
+        + (len(ctx.bands) * len(ctx.stats) if ctx else 0)
     )
 
 

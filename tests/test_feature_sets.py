@@ -119,7 +119,11 @@ def test_features_config_presets_and_errors(demo_area, tmp_path) -> None:
     assert load_config(demo_area.config, features="landcoverpy").features.is_landcoverpy
     cfg = load_config(demo_area.config, features={"percentiles": [10, 90], "context": {"window": 3}})
     assert cfg.features.percentiles == (10.0, 90.0) and cfg.features.context.bands == ("ndvi",)
-    assert feature_spec(cfg.features)["context"] == {"window": 3, "bands": ("ndvi",), "stats": ("mean", "std")}
+    assert feature_spec(cfg.features)["context"] == {
+        "window": 3,
+        "bands": ("ndvi",),
+        "stats": ("mean", "std"),
+    }
     assert feature_spec(FeaturesConfig()) is None and feature_spec("landcoverpy") is None
     for bad, match in (
         ("sits", "unknown feature preset 'sits'"),
@@ -135,7 +139,9 @@ def test_composite_keys_change_with_the_feature_set_only(demo_area, tmp_path) ->
     storage = str(tmp_path / "out")
     keys = {}
     for name, features in (("none", None), ("preset", "landcoverpy"), ("p", {"percentiles": [10]})):
-        with Workflow(load_config(demo_area.config, storage=storage, features=features), progress=False) as wf:
+        with Workflow(
+            load_config(demo_area.config, storage=storage, features=features), progress=False
+        ) as wf:
             keys[name] = [k for _, s, k, _, _ in wf.composite_plan() if s != "terrain"]
             if name == "p":
                 n_p = wf.chunks
