@@ -60,12 +60,17 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--write", action="store_true", help="append the table to benchmarks/RESULTS.md")
     parser.add_argument("--label", default="this code")
+    parser.add_argument(
+        "--chunk", type=int, help="spatial chunk (default: the workflow's, from the memory budget)"
+    )
     args = parser.parse_args()
 
     cfg = load_config(args.area / "config.yaml", storage=tempfile.mkdtemp())
     with Workflow(cfg, progress=False) as wf:
         plan = [p for p in wf.composite_plan() if p[1] != "terrain"]
         chunks, tiles = wf.chunks, wf.tiles
+    if args.chunk:
+        chunks = {"x": args.chunk, "y": args.chunk}
     jobs = [(season, rec["_items"], tiles[tile]) for tile, season, _, _, rec in plan]
     for season, items, gbox in jobs:  # warm caches (page cache, GDAL, numba) outside the timing
         decode(items)
