@@ -54,15 +54,18 @@ class LandcoverAccessor:
         mask_classes: Sequence[int] = SCL_CLOUD_CLASSES,
         dilation_m: float = 0.0,
         indices: Sequence[str] | None = None,
+        features: Any = None,
     ) -> xr.Dataset:
-        """Median composite per season of a ``time`` series of reflectance bands (and ``scl``).
+        """Composite per season of a ``time`` series of reflectance bands (and ``scl``).
 
         ``seasons`` maps names to :class:`lcstack.inputs.Season` objects (or anything with ``start``
-        and ``end`` dates). Returns the lcstack composite layout (``composite`` with dims
-        ``season, band, y, x`` and ``valid_count``); lazy when the input is.
+        and ``end`` dates). Each season goes through :func:`lcstack.composite.composite_season`, what the
+        workflow runs after loading the scenes (``features``: a :class:`lcstack.config.FeaturesConfig`).
+        Returns the lcstack composite layout (``composite`` with dims ``season, band, y, x`` and
+        ``valid_count``); lazy when the input is.
         """
-        from .composite import cloud_mask, median_composite
-        from .indices import DEFAULT_INDICES, compute_indices
+        from .composite import cloud_mask, composite_season
+        from .indices import DEFAULT_INDICES
 
         ds = self._ds
         if "time" not in ds.dims:
@@ -81,17 +84,8 @@ class LandcoverAccessor:
                 res = abs(float(sub.x[1] - sub.x[0])) if sub.sizes.get("x", 0) > 1 else 10.0
                 invalid = cloud_mask(sub["scl"], classes=mask_classes, dilation_m=dilation_m, resolution=res)
                 sub = sub.drop_vars("scl")
-            med = median_composite(sub, invalid)
-            count = med["valid_count"] if "valid_count" in med else None
-            bands = med.drop_vars("valid_count") if count is not None else med
-            idx = compute_indices(bands, list(indices) if indices is not None else list(DEFAULT_INDICES))
-            stacked = (
-                xr.merge([bands, idx], compat="override", join="exact").to_dataarray("band").astype("float32")
-            )
-            part = xr.Dataset({"composite": stacked})
-            if count is not None:
-                part["valid_count"] = count
-            out.append(part.expand_dims(season=[name]))
+            names = list(indices) if indices is not None else list(DEFAULT_INDICES)
+            out.append(composite_season(sub, invalid, season=name, indices=names, features=features))
         return xr.concat(out, dim="season")
 
     def classify(self, model: Any, **kwargs: Any) -> xr.Dataset:

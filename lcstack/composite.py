@@ -13,7 +13,7 @@ import logging
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import dask.array as dsa
 import numpy as np
@@ -26,6 +26,8 @@ from scipy import ndimage
 from lcstack._kernels import nanmedian_time
 from lcstack._version import __version__
 from lcstack.errors import InvalidInputError, LcstackError, NoCloudMaskWarning, NoScenesFoundError
+from lcstack.features import add_context, feature_spec
+from lcstack.features import time_features as _time_features
 from lcstack.harmonize import SCL_CLOUD_CLASSES, band_assets
 from lcstack.indices import DEFAULT_INDICES, compute_indices
 from lcstack.load import (
@@ -40,6 +42,7 @@ from lcstack.load import (
 __all__ = [
     "DEFAULT_MASK_CLASSES",
     "cloud_mask",
+    "composite_season",
     "median_composite",
     "no_clear_pixel_error",
     "seasonal_composite",
@@ -141,6 +144,25 @@ def _median_over_time(da: xr.DataArray) -> xr.DataArray:
     return xr.DataArray(out, dims=da.dims[1:], coords=coords, name=da.name, attrs=dict(da.attrs))
 
 
+def _float_bands(refl: xr.Dataset) -> list[str]:
+    """Return the float reflectance bands with a ``time`` dim of ``refl`` (``scl`` left out)."""
+    return [
+        name
+        for name, da in refl.data_vars.items()
+        if name != "scl" and "time" in da.dims and np.issubdtype(da.dtype, np.floating)
+    ]
+
+
+def _valid_observations(refl: xr.Dataset, bands: Sequence[str], invalid: xr.DataArray | None) -> xr.DataArray:
+    """Return True where an observation is valid: not masked by ``invalid`` and non-NaN in every band."""
+    valid = refl[bands[0]].notnull()
+    for name in bands[1:]:
+        valid = valid & refl[name].notnull()
+    if invalid is not None:
+        valid = valid & ~invalid.astype(bool)
+    return valid
+
+
 def median_composite(refl: xr.Dataset, invalid: xr.DataArray | None = None) -> xr.Dataset:
     """Per-pixel median over time of the valid observations.
 
@@ -161,21 +183,13 @@ def median_composite(refl: xr.Dataset, invalid: xr.DataArray | None = None) -> x
         ``valid_count`` (uint8, saturating at 255). Lazy when the input is.
 
     """
-    bands = [
-        name
-        for name, da in refl.data_vars.items()
-        if name != "scl" and "time" in da.dims and np.issubdtype(da.dtype, np.floating)
-    ]
+    bands = _float_bands(refl)
     if not bands:
         raise InvalidInputError(
             f"median_composite() found no float band with a 'time' dim among {list(refl.data_vars)}; "
             "pass the output of to_reflectance()"
         )
-    valid = refl[bands[0]].notnull()
-    for name in bands[1:]:
-        valid = valid & refl[name].notnull()
-    if invalid is not None:
-        valid = valid & ~invalid.astype(bool)
+    valid = _valid_observations(refl, bands, invalid)
     out = {}
     for name in bands:
         band = refl[name].astype(np.float32).where(valid)
@@ -185,6 +199,71 @@ def median_composite(refl: xr.Dataset, invalid: xr.DataArray | None = None) -> x
     out["valid_count"] = count.drop_vars([c for c in count.coords if "time" in count[c].dims])
     result = xr.Dataset(out, attrs=dict(refl.attrs))
     return result.drop_vars([c for c in result.coords if "time" in result[c].dims], errors="ignore")
+
+
+def composite_season(
+    refl: xr.Dataset,
+    invalid: xr.DataArray | None,
+    *,
+    season: str,
+    indices: Sequence[str] | None = DEFAULT_INDICES,
+    features: Mapping[str, Any] | Any | None = None,
+) -> xr.Dataset:
+    """Composite one season from its reflectance time series: median, indices and extra features.
+
+    The one code path behind :func:`seasonal_composite` (after loading) and the ``.landcover`` accessor.
+
+    Parameters
+    ----------
+    refl : xarray.Dataset
+        float reflectance bands with a ``time`` dim (the output of :func:`lcstack.load.to_reflectance`
+        without ``scl``), NumPy or dask (``time`` one chunk).
+    invalid : xarray.DataArray, optional
+        bool mask of the observations to drop (:func:`cloud_mask`).
+    season : str
+        Season name (the ``season`` coordinate).
+    indices : sequence of str, optional
+        Index names computed from the median bands (default :data:`~lcstack.indices.DEFAULT_INDICES`).
+    features : FeaturesConfig or mapping, optional
+        Features besides the median (:class:`lcstack.config.FeaturesConfig`); ``None`` or the
+        ``landcoverpy`` preset: the median of the bands and the indices only.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``composite`` float32 ``(season, band, y, x)`` (median bands, median indices, then the extra
+        features named ``<band>_p10``, ``<band>_std``, ``count``, ``<band>_scene1``, ``<band>_ctx5_mean``)
+        and ``valid_count`` uint8 ``(season, y, x)``. Lazy when the input is.
+
+    """
+    spec = feature_spec(features)
+    med = median_composite(refl, invalid)
+    bands = _float_bands(refl)
+    idx = compute_indices(med[bands], indices)
+    names = bands + list(idx.data_vars)
+    layers = [med[b] for b in bands] + [idx[n] for n in idx.data_vars]
+    if spec is not None:
+        extra = _time_features(refl, _valid_observations(refl, bands, invalid), list(idx.data_vars), spec)
+        names += list(extra)
+        layers += list(extra.values())
+    for i, da in enumerate(layers):
+        layers[i] = da.copy(deep=False)
+        layers[i].attrs = {}  # band attrs differ (formula, units); coords keep theirs (spatial_ref's CRS)
+    composite = xr.concat(
+        layers,
+        dim="band",
+        coords="minimal",
+        compat="override",
+        join="override",
+    ).astype(np.float32)
+    # plain NumPy unicode labels: pandas' string dtype does not round-trip through Zarr
+    composite = composite.assign_coords(band=np.array(names, dtype=str))
+    composite = composite.expand_dims("season").assign_coords(season=np.array([season], dtype=str))
+    if spec is not None and spec["context"]:
+        composite = add_context(composite, spec["context"])
+    composite.attrs = {"long_name": "median composite", "units": "1"}
+    valid_count = med["valid_count"].expand_dims("season").assign_coords(season=np.array([season], dtype=str))
+    return xr.Dataset({"composite": composite, "valid_count": valid_count})
 
 
 def seasonal_composite(
@@ -201,6 +280,7 @@ def seasonal_composite(
     resampling: str = "nearest",
     fuse_chunks: bool = False,
     eager: bool = False,
+    features: Any = None,
 ) -> xr.Dataset:
     """Lazy cloud-masked median composite of one season on one tile, with spectral indices.
 
@@ -235,6 +315,8 @@ def seasonal_composite(
         the same as the fine-grained graph's; ``band`` is then one chunk. The workflow uses this.
     eager : bool, default False
         Compute now, in this thread, with NumPy (``chunks`` ignored): what each fused task does.
+    features : FeaturesConfig, optional
+        Features besides the median (see :func:`composite_season`); default the ``landcoverpy`` set.
 
     Returns
     -------
@@ -257,6 +339,7 @@ def seasonal_composite(
             indices=indices,
             loader=loader,
             resampling=resampling,
+            features=feature_spec(features),
         )
     items = list(items)
     if not items:
@@ -279,10 +362,9 @@ def seasonal_composite(
             ds["scl"], classes=mask_classes, dilation_m=dilation_m, resolution=abs(geobox.resolution.x)
         )
         refl = refl.drop_vars("scl")
-    med = median_composite(refl, invalid)
-    idx = compute_indices(med[refl_bands], indices)
-    composite, names = _stack_layers(med, idx, refl_bands, season)
-    valid_count = med["valid_count"].expand_dims("season").assign_coords(season=np.array([season], dtype=str))
+    part = composite_season(refl, invalid, season=season, indices=indices, features=features)
+    composite, valid_count = part["composite"], part["valid_count"]
+    names = [str(b) for b in composite["band"].values]
     attrs = {
         "season": season,
         "items": json.dumps(sorted(it.id for it in items)),
@@ -319,29 +401,6 @@ def _bands_of(items: list[pystac.Item], bands: Sequence[str] | None, season: str
     return refl_bands, has_scl
 
 
-def _stack_layers(
-    med: xr.Dataset, idx: xr.Dataset, refl_bands: list[str], season: str
-) -> tuple[xr.DataArray, list[str]]:
-    """Return the median bands and indices as one float32 ``(season, band, y, x)`` array, and its bands."""
-    names = refl_bands + list(idx.data_vars)
-    layers = [med[b] for b in refl_bands] + [idx[n] for n in idx.data_vars]
-    for i, da in enumerate(layers):
-        layers[i] = da.copy(deep=False)
-        layers[i].attrs = {}  # band attrs differ (formula, units); coords keep theirs (spatial_ref's CRS)
-    composite = xr.concat(
-        layers,
-        dim="band",
-        coords="minimal",
-        compat="override",
-        join="override",
-    ).astype(np.float32)
-    # plain NumPy unicode labels: pandas' string dtype does not round-trip through Zarr
-    composite = composite.assign_coords(band=np.array(names, dtype=str))
-    composite = composite.expand_dims("season").assign_coords(season=np.array([season], dtype=str))
-    composite.attrs = {"long_name": "median composite", "units": "1"}
-    return composite, names
-
-
 def _fused_composite(
     items: Sequence[pystac.Item], geobox: GeoBox, *, chunks: Mapping[str, int] | None, **kw: object
 ) -> xr.Dataset:
@@ -352,7 +411,13 @@ def _fused_composite(
     # The fine-grained lazy composite of the whole tile is the template: coordinates, band names and
     # attributes (and its warnings, raised once here rather than once per chunk).
     template = seasonal_composite(items, geobox, chunks={"y": ych[0], "x": xch[0]}, **kw)  # type: ignore[arg-type]
-    n_bands = template.sizes["band"]
+    spec = kw.get("features")
+    context = spec["context"] if spec else None  # type: ignore[index]
+    if context:
+        # the window statistics need the neighbours' medians: added over the fused chunks, not in them
+        kw = {**kw, "features": {**spec, "context": None}}  # type: ignore[dict-item]
+    n_ctx = len(context["bands"]) * len(context["stats"]) if context else 0
+    n_bands = template.sizes["band"] - n_ctx
     dilation_m = float(kw.get("dilation_m", 0.0) or 0.0)  # type: ignore[arg-type]
     halo = int(math.floor(dilation_m / abs(geobox.resolution.x))) if dilation_m else 0
     stacked = dsa.map_blocks(
@@ -367,7 +432,9 @@ def _fused_composite(
         halo=halo,
         kw=kw,
     )
-    composite = template["composite"].copy(data=stacked[:, :n_bands])
+    base = template["composite"].isel(band=slice(0, n_bands)).copy(data=stacked[:, :n_bands])
+    composite = add_context(base, context) if context else base
+    composite.attrs = dict(template["composite"].attrs)
     valid_count = template["valid_count"].copy(data=stacked[:, n_bands].astype(np.uint8))
     return xr.Dataset({"composite": composite, "valid_count": valid_count}, attrs=template.attrs)
 

@@ -36,7 +36,9 @@ from .signing import StacSource, stac_source
 __all__ = [
     "AoiBox",
     "CVConfig",
+    "ContextConfig",
     "DaskConfig",
+    "FeaturesConfig",
     "GridConfig",
     "MaskConfig",
     "ModelConfig",
@@ -102,6 +104,63 @@ class GridConfig(_Strict):
     resolution: float = Field(10.0, gt=0)
 
 
+class ContextConfig(_Strict):
+    """Spatial context: statistics of chosen bands' (indices') medians in a ``window``² neighbourhood."""
+
+    window: int = Field(5, ge=3, le=31)
+    bands: tuple[str, ...] = ("ndvi",)
+    stats: tuple[Literal["mean", "std"], ...] = ("mean", "std")
+
+    @field_validator("window")
+    @classmethod
+    def _odd(cls, v: int) -> int:
+        if v % 2 == 0:
+            raise ValueError(
+                f"window must be odd (a pixel and the same number of neighbours each side), got {v}"
+            )
+        return v
+
+
+class FeaturesConfig(_Strict):
+    """The features of each season besides the median of its bands and indices (``features:``).
+
+    ``features: landcoverpy`` (the default) is LandCoverPy's set: the median of the bands and the indices,
+    and terrain. ``percentiles`` of every band and index over the season's valid observations
+    (``<season>_<band>_p10``), ``std`` their standard deviation, ``count`` the number of valid
+    observations, ``scenes`` the values of the first N scenes (NaN where a season has fewer), ``context``
+    window statistics (:class:`ContextConfig`).
+    """
+
+    percentiles: tuple[float, ...] = ()
+    std: bool = False
+    count: bool = False
+    scenes: int = Field(0, ge=0, le=20)
+    context: ContextConfig | None = None
+
+    @field_validator("percentiles")
+    @classmethod
+    def _percentiles(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        bad = [q for q in v if not 0 <= q <= 100]
+        if bad:
+            raise ValueError(f"percentiles must lie in [0, 100], got {bad}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"percentiles are repeated: {list(v)}")
+        return v
+
+    @property
+    def is_landcoverpy(self) -> bool:
+        """True when the set is LandCoverPy's: the median of the bands and indices only."""
+        return self == FeaturesConfig()
+
+    def layers_per_band(self) -> int:
+        """How many layers each band or index adds to a season's composite (the median included)."""
+        return 1 + len(self.percentiles) + int(self.std) + self.scenes
+
+
+#: ``features:`` presets by name
+FEATURE_PRESETS: dict[str, FeaturesConfig] = {"landcoverpy": FeaturesConfig()}
+
+
 class RunConfig(_Strict):
     """A validated run configuration; relative paths are already resolved against the config's folder."""
 
@@ -135,6 +194,8 @@ class RunConfig(_Strict):
     loader: Literal["odc", "stackstac"] = "odc"
     on_error: Literal["fail", "skip-scene"] = "fail"
     mask: MaskConfig = Field(default_factory=MaskConfig)
+    #: the features of each season: a preset name (``landcoverpy``) or a :class:`FeaturesConfig` mapping
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     dask: DaskConfig = Field(default_factory=DaskConfig)
     source: Path | None = None
@@ -154,6 +215,17 @@ class RunConfig(_Strict):
                 raise ValueError(
                     f"bbox {list(v)} is not [lon_min, lat_min, lon_max, lat_max] in degrees with min < max"
                 )
+        return v
+
+    @field_validator("features", mode="before")
+    @classmethod
+    def _features(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            if v not in FEATURE_PRESETS:
+                raise ValueError(
+                    f"unknown feature preset {v!r}; use one of {sorted(FEATURE_PRESETS)} or a mapping"
+                )
+            return FEATURE_PRESETS[v]
         return v
 
     @property

@@ -187,3 +187,193 @@ def open_feature_cube(
 def _opts(url: str, opts: Mapping[str, Any]) -> dict[str, Any] | None:
     """Return fsspec options for a remote URL, none for a local path (S3 options must not reach it)."""
     return None if _is_local(url) else dict(opts)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Feature sets: what a seasonal composite holds besides the median (lcstack.config.FeaturesConfig)
+# ----------------------------------------------------------------------------------------------------
+
+
+def feature_spec(features: Any) -> dict[str, Any] | None:
+    """Return a feature set as a plain dict (percentiles, std, ...); ``None`` for the median only.
+
+    ``features`` is a :class:`lcstack.config.FeaturesConfig`, its ``model_dump()``, the preset name
+    ``"landcoverpy"`` or ``None``. The dict tokenizes and pickles the same everywhere (Dask workers).
+    """
+    if features is None or features == "landcoverpy":
+        return None
+    raw = features.model_dump() if hasattr(features, "model_dump") else dict(features)
+    spec = {
+        "percentiles": tuple(float(q) for q in raw.get("percentiles") or ()),
+        "std": bool(raw.get("std", False)),
+        "count": bool(raw.get("count", False)),
+        "scenes": int(raw.get("scenes") or 0),
+        "context": dict(raw["context"]) if raw.get("context") else None,
+    }
+    if spec["context"] is not None:
+        ctx = spec["context"]
+        spec["context"] = {
+            "window": int(ctx["window"]),
+            "bands": tuple(ctx["bands"]),
+            "stats": tuple(ctx["stats"]),
+        }
+    if not (spec["percentiles"] or spec["std"] or spec["count"] or spec["scenes"] or spec["context"]):
+        return None
+    return spec
+
+
+def _percentile_label(q: float) -> str:
+    return f"p{q:g}"
+
+
+def nanpercentile_time(a: np.ndarray, q: float) -> np.ndarray:
+    """Return the ``q``-th percentile over axis 0, ignoring NaN (NumPy's ``linear`` method), float32.
+
+    Vectorised (one sort of the time axis) where ``np.nanpercentile`` loops over pixels; NaN where a
+    pixel has no valid observation.
+    """
+    a = np.asarray(a, dtype=np.float32)
+    ordered = np.sort(a, axis=0)  # NaN sort last
+    n = (~np.isnan(a)).sum(axis=0)
+    pos = np.maximum(n - 1, 0) * (q / 100.0)
+    lo = np.floor(pos).astype(np.intp)
+    hi = np.minimum(lo + 1, np.maximum(n - 1, 0))
+    v_lo = np.take_along_axis(ordered, lo[None], axis=0)[0].astype(np.float64)
+    v_hi = np.take_along_axis(ordered, hi[None], axis=0)[0].astype(np.float64)
+    out = (v_lo + (v_hi - v_lo) * (pos - lo)).astype(np.float32)
+    out[n == 0] = np.nan
+    return out
+
+
+def nanstd_time(a: np.ndarray) -> np.ndarray:
+    """Return the standard deviation (ddof 0) over axis 0 ignoring NaN, float32 (NaN: no observation)."""
+    a = np.asarray(a, dtype=np.float64)
+    n = (~np.isnan(a)).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.nansum(a, axis=0) / n
+        out = np.sqrt(np.nansum((a - mean) ** 2, axis=0) / n)
+    return out.astype(np.float32)
+
+
+def _over_time(da: xr.DataArray, func: Any, **kw: Any) -> xr.DataArray:
+    """``func`` reducing axis 0 (``time``) of ``da``, block by block when ``da`` is dask-backed."""
+    da = da.transpose("time", ...)
+    data = da.data
+    meta = np.empty((0,) * (da.ndim - 1), np.float32)
+    if isinstance(data, dsa.Array):
+        out = data.rechunk({0: -1}).map_blocks(func, drop_axis=0, dtype=np.float32, meta=meta, **kw)
+    else:
+        out = func(np.asarray(data), **kw)
+    coords = {k: v for k, v in da.coords.items() if "time" not in v.dims}
+    return xr.DataArray(out, dims=da.dims[1:], coords=coords)
+
+
+def _scene(da: xr.DataArray, i: int) -> xr.DataArray:
+    """Return the ``i``-th observation of ``da`` in time order (NaN when the season has fewer)."""
+    da = da.sortby("time") if "time" in da.coords else da
+    if i < da.sizes["time"]:
+        return da.isel(time=i, drop=True)
+    return xr.full_like(da.isel(time=0, drop=True), np.nan)
+
+
+def time_features(
+    refl: xr.Dataset, valid: xr.DataArray, indices: list[str], spec: dict[str, Any]
+) -> dict[str, xr.DataArray]:
+    """Compute the features over a season's valid observations of its bands and indices: name -> (y, x).
+
+    Percentiles (``<name>_p10``), standard deviation (``<name>_std``), the number of valid observations
+    (``count``) and the individual scenes (``<name>_scene1``, ... in time order), per band of ``refl``
+    and per index of ``indices`` computed observation by observation.
+    """
+    from .composite import _float_bands
+    from .indices import compute_indices
+
+    bands = _float_bands(refl)
+    masked = xr.Dataset({b: refl[b].astype(np.float32).where(valid) for b in bands})
+    if indices and (spec["percentiles"] or spec["std"] or spec["scenes"]):
+        masked = masked.merge(compute_indices(masked, indices), compat="override", join="exact")
+    names = bands + [n for n in indices if n in masked]
+    out: dict[str, xr.DataArray] = {}
+    for q in spec["percentiles"]:
+        for name in names:
+            out[f"{name}_{_percentile_label(q)}"] = _over_time(masked[name], nanpercentile_time, q=q)
+    if spec["std"]:
+        for name in names:
+            out[f"{name}_std"] = _over_time(masked[name], nanstd_time)
+    if spec["count"]:
+        count = valid.sum("time", dtype=np.int32).astype(np.float32)
+        out["count"] = count.drop_vars([c for c in valid.coords if "time" in valid[c].dims], errors="ignore")
+    for i in range(spec["scenes"]):
+        for name in names:
+            out[f"{name}_scene{i + 1}"] = _scene(masked[name], i)
+    return out
+
+
+def _box_sum(a: np.ndarray, r: int) -> np.ndarray:
+    """Sum over the ``(2r+1)²`` window of the last two axes of ``a`` (shrinks them by ``2r``).
+
+    Plain shifted adds in a fixed order, so a pixel's sum does not depend on where its block starts: a
+    chunked result is bit-identical to the whole-array one (a running sum would not be).
+    """
+    ny, nx = a.shape[-2] - 2 * r, a.shape[-1] - 2 * r
+    rows = sum(a[..., i : i + ny, :] for i in range(2 * r + 1))
+    return sum(rows[..., :, j : j + nx] for j in range(2 * r + 1))  # type: ignore[index]
+
+
+def _window_block(block: np.ndarray, *, r: int, stats: tuple[str, ...]) -> np.ndarray:
+    """Window statistics of a ``(season, band, y+2r, x+2r)`` block padded with NaN: ``(s, b*stats, y, x)``."""
+    ok = np.isfinite(block)
+    x = np.where(ok, block, 0).astype(np.float64)
+    n = _box_sum(ok.astype(np.float64), r)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = _box_sum(x, r) / n
+        parts = []
+        for stat in stats:
+            if stat == "mean":
+                parts.append(mean)
+            else:
+                parts.append(np.sqrt(np.maximum(_box_sum(x * x, r) / n - mean**2, 0.0)))
+    out = np.stack(parts, axis=2)  # (s, b, stat, y, x): names are band-major
+    return out.reshape(out.shape[0], -1, *out.shape[-2:]).astype(np.float32)
+
+
+def add_context(composite: xr.DataArray, context: Mapping[str, Any]) -> xr.DataArray:
+    """Append spatial context features to a ``(season, band, y, x)`` composite.
+
+    For each band (or index) in ``context["bands"]`` and each statistic in ``context["stats"]``
+    (``mean``, ``std``), the statistic of its median over the ``window``×``window`` neighbourhood
+    (NaN ignored, the area outside the grid counts as NaN), named ``<band>_ctx<window>_<stat>``. On dask
+    arrays through :func:`dask.array.overlap.overlap` (halo of ``window // 2``): no seams.
+    """
+    window, stats = int(context["window"]), tuple(context["stats"])
+    have = [str(b) for b in composite["band"].values]
+    missing = [b for b in context["bands"] if b not in have]
+    if missing:
+        raise InvalidInputError(
+            f"features.context.bands: {missing} are not bands or indices of the composite ({have}); "
+            "name bands or indices that the composite computes."
+        )
+    r = window // 2
+    pos = [have.index(b) for b in context["bands"]]
+    data = composite.transpose("season", "band", "y", "x").data
+    sel = data[:, pos]
+    if isinstance(sel, dsa.Array):
+        sel = sel.rechunk({0: -1, 1: -1})
+        padded = dsa.overlap.overlap(sel, depth={2: r, 3: r}, boundary={2: np.nan, 3: np.nan})
+        ctx = padded.map_blocks(
+            _window_block,
+            r=r,
+            stats=stats,
+            chunks=(sel.chunks[0], (len(pos) * len(stats),), sel.chunks[2], sel.chunks[3]),
+            dtype=np.float32,
+            meta=np.empty((0, 0, 0, 0), np.float32),
+        )
+        stacked = dsa.concatenate([data, ctx], axis=1).rechunk({1: -1})
+    else:
+        padded = np.pad(np.asarray(sel), ((0, 0), (0, 0), (r, r), (r, r)), constant_values=np.nan)
+        stacked = np.concatenate([np.asarray(data), _window_block(padded, r=r, stats=stats)], axis=1)
+    names = have + [f"{b}_ctx{window}_{s}" for b in context["bands"] for s in stats]
+    coords = {k: v for k, v in composite.coords.items() if "band" not in v.dims}
+    out = xr.DataArray(stacked, dims=("season", "band", "y", "x"), coords=coords, attrs=dict(composite.attrs))
+    out.name = composite.name  # not the dask array's name
+    return out.assign_coords(band=np.array(names, dtype=str))

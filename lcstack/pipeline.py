@@ -235,7 +235,7 @@ class Workflow:
         size = self.config.chunk_size or auto_chunk_size(
             self.settings.memory_budget,
             n_time=self.config.max_scenes_per_season,
-            n_features=len(self.seasons) * 24 + 3,
+            n_features=len(self.seasons) * _season_layers(self.config.features) + 3,
         )
         return {"x": size, "y": size}
 
@@ -328,6 +328,10 @@ class Workflow:
             "dilation_m": self.config.mask.dilation_m,
             "loader": self.config.loader,
             "lcstack": __version__,
+            # only a feature set other than the default changes the keys (default stores stay reusable)
+            **(
+                {} if self.config.features.is_landcoverpy else {"features": self.config.features.model_dump()}
+            ),
         }
 
     def composite_plan(self) -> list[PlannedOutput]:
@@ -519,6 +523,7 @@ class Workflow:
                     chunks=self.chunks,
                     loader=self.config.loader,
                     fuse_chunks=True,
+                    features=self.config.features,
                     **({"indices": self.config.indices} if self.config.indices is not None else {}),
                 )
             ds.attrs["lcstack_key"] = key
@@ -1082,6 +1087,16 @@ class Workflow:
                         os.rmdir(path)
             if os.path.isdir(root) and not os.listdir(root) and self._inside(kind, os.path.join(root, "x")):
                 os.rmdir(root)
+
+
+def _season_layers(features: Any) -> int:
+    """Upper bound on one season's composite layers (24 for the median of the bands and indices)."""
+    ctx = features.context
+    return (
+        24 * features.layers_per_band()
+        + int(features.count)
+        + (len(ctx.bands) * len(ctx.stats) if ctx else 0)
+    )
 
 
 def auto_chunk_size(memory_budget: str | int, *, n_time: int, n_features: int, fraction: float = 0.25) -> int:
