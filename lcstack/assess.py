@@ -610,8 +610,15 @@ def level_labels(config: Any, level: int) -> tuple[dict[str, int], str]:
 
 def workflow_maps(workflow: Any, *, level: int) -> list[str]:
     """List the complete level-1 or level-2 COGs the registry holds for a workflow's model (one per tile)."""
-    records = workflow.registry.find("maps", model=workflow.model_key())
-    urls = [workflow.map_urls(r)[f"level{level}"] for r in records if r.get("status") == "complete"]
+    model_key = workflow.model_key()
+    # this config's maps only: the same model can have maps with and without smoothing
+    keys = {key for _, key, _, _ in workflow._map_jobs(model_key)}
+    records = workflow.registry.find("maps", model=model_key)
+    urls = [
+        workflow.map_urls(r)[f"level{level}"]
+        for r in records
+        if r.get("status") == "complete" and r.get("key") in keys
+    ]
     if not urls:
         raise InvalidInputError(
             "no complete classified map for this config: run `lcstack classify` first, or pass the "

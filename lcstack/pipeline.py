@@ -802,8 +802,11 @@ class Workflow:
         for tile_id in dict.fromkeys(p[0] for p in plan):
             comp = sorted(p[2] for p in plan if p[0] == tile_id)
             ident = {"model": model_key, "composites": comp} | ({"owned_among": s2_tiles} if s2_tiles else {})
-            key = _digest(ident)
-            base = self.storage.url("classification-maps", f"model_{model_key}", tile_id)
+            # smoothed maps are other outputs than the classifier's own: their own key and folder
+            smoothing = self.config.smoothing.model_dump() if self.config.smoothing else None
+            key = _digest(ident | {"smoothing": smoothing}) if smoothing else _digest(ident)
+            sub = [f"smoothed_{_digest(smoothing, 8)}"] if smoothing else []
+            base = self.storage.url("classification-maps", f"model_{model_key}", *sub, tile_id)
             names = {"zarr": "maps.zarr", "level1": "level1.tif", "level2": "level2.tif"}
             jobs.append((tile_id, key, base, {k: self.storage._join(base, v) for k, v in names.items()}))
         return jobs
@@ -849,6 +852,13 @@ class Workflow:
         from .cog import write_cog
 
         maps = classify_cube(self.features(tile_id), model_url, storage_options=self.storage.storage_options)
+        if self.config.smoothing is not None:
+            from .smooth import smooth_maps
+
+            # Before _owned_only: the windows see the neighbouring tile's overlap, so no seam at its
+            # border. bayes/gaussian need the level-1 probabilities: proba=(class, y, x), classes=codes.
+            res = abs(float(self.units[tile_id].geobox.resolution.x))
+            maps = smooth_maps(maps, self.config.smoothing, resolution=res)
         maps = self._owned_only(tile_id, maps)
         write_maps_zarr(maps, urls["zarr"], storage=self.storage, progress=progress)
         stored = self.storage.open_zarr(urls["zarr"])

@@ -104,13 +104,18 @@ def _separable(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
 def _normalised(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities summing to 1 (float64, 0 at nodata) and the valid-pixel mask of a (class, y, x) block.
 
-    Percent (uint8) and fractions both work; a pixel is nodata where a class is NaN or all are 0.
+    Percent (uint8) and fractions both work; a pixel is nodata where a class is NaN or all are 0. An
+    integer 0 stands for "below half a unit": it becomes 0.5 units, not a probability of 0, whose logit
+    would swamp the window's variance.
     """
     p = block.astype(np.float64)
     finite = np.isfinite(p).all(axis=0)
     p[:, ~finite] = 0.0
     total = p.sum(axis=0)
     valid = finite & (total > 0)
+    if np.issubdtype(block.dtype, np.integer):
+        p = np.where(valid, np.maximum(p, 0.5), 0.0)
+        total = p.sum(axis=0)
     p /= np.where(valid, total, 1.0)
     return p, valid
 

@@ -292,8 +292,9 @@ def outputs_from_workflow(wf: Any) -> list[TileOutputs]:
         composites.setdefault(tile_id, {})[season] = url
     model = wf.model_key()
     out = []
+    keys = {key for _, key, _, _ in wf._map_jobs(model)}  # this config's maps (smoothed or not)
     for rec in wf.registry.find("maps", model=model):
-        if rec.get("status") != "complete":
+        if rec.get("status") != "complete" or rec.get("key") not in keys:
             continue
         urls = wf.map_urls(rec)  # relative record paths located under this storage
         tile = str(rec["tile"])
