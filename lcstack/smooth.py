@@ -41,6 +41,7 @@ __all__ = [
     "majority_filter",
     "sieve",
     "smooth_classes",
+    "smooth_halo",
     "smooth_maps",
 ]
 
@@ -509,6 +510,14 @@ def _mmu(classes: xr.DataArray, config: SmoothingConfig, resolution: float | Non
     if config.min_mapping_unit_m2 is None:
         return classes
     return sieve(classes, min_area_m2=config.min_mapping_unit_m2, resolution=resolution)
+
+
+def smooth_halo(config: SmoothingConfig, resolution: float) -> int:
+    """Pixels of context a map needs on every side for :func:`smooth_maps` to be exact at its edges."""
+    half = window_pixels(config.window_m or DEFAULT_WINDOW_M[config.method], resolution) // 2
+    if config.min_mapping_unit_m2 is None:
+        return half
+    return half + math.ceil(config.min_mapping_unit_m2 / resolution**2 - 1e-9)
 
 
 def smooth_maps(

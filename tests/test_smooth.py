@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 import xarray as xr
+from conftest import demo_skips
 from rasterio.features import sieve as rio_sieve
 from scipy import ndimage
 
@@ -253,3 +254,37 @@ def test_run_with_smoothing_on_the_demo(demo_run, tmp_path):
     valid = truth > 0
     agree = {k: float((m == truth)[valid].mean()) for k, m in on_truth.items()}
     assert agree["smooth"] >= agree["raw"] - 0.002, agree
+
+
+@pytest.mark.slow
+def test_sub_tile_units_join_without_seams(demo_run, tmp_path):
+    """Four 128² units of the demo, smoothed with halos from their neighbours, equal the one-unit map."""
+    from lcstack.config import load_config
+    from lcstack.pipeline import Workflow
+
+    area, cfg, _ = demo_run
+    store = tmp_path / "store"
+    shutil.copytree(cfg.storage, store)
+    smoothing = {"method": "majority", "window_m": 50, "min_mapping_unit_m2": 500}
+    with dask.config.set(scheduler="threads"):
+        with Workflow(
+            load_config(area.config, storage=str(store), smoothing=smoothing), progress=False
+        ) as wf1:
+            model_url = wf1.model_url()
+            (unit,) = wf1.units
+            one = wf1._smoothed_maps(unit, wf1.features(unit), model_url)["level1"].compute()
+        four_cfg = load_config(area.config, storage=str(store), smoothing=smoothing, tile_size=128)
+        with Workflow(four_cfg, progress=False) as wf4, demo_skips():
+            assert len(wf4.units) == 4
+            wf4.run(["discover", "composite"])
+            parts = {u: wf4._smoothed_maps(u, wf4.features(u), model_url) for u in wf4.units}
+            parts = {u: m["level1"].compute() for u, m in parts.items()}
+            wf4._with_halo = lambda uid, cube, halo: cube  # the same without neighbours' context
+            cut = {
+                u: wf4._smoothed_maps(u, wf4.features(u), model_url)["level1"].compute() for u in wf4.units
+            }
+    joined = xr.combine_by_coords([p.to_dataset(name="l") for p in parts.values()])["l"]
+    assert all(p.shape == (128, 128) for p in parts.values())
+    assert np.array_equal(joined.values, one.sel(y=joined.y, x=joined.x).values)
+    cut_joined = xr.combine_by_coords([p.to_dataset(name="l") for p in cut.values()])["l"]
+    assert (cut_joined.values != one.sel(y=joined.y, x=joined.x).values).sum() > 0  # seams without halo
