@@ -224,6 +224,7 @@ def stratified_estimates(counts: Any, areas: Sequence[float], *, names: Sequence
         }
     return {
         "labels": list(names),
+        "notes": _zero_width_notes(n, A, names, prop_var),
         "n_samples": int(n.sum()),
         "map_area": float(A.sum()),
         "error_matrix": {
@@ -235,6 +236,31 @@ def stratified_estimates(counts: Any, areas: Sequence[float], *, names: Sequence
         "overall_accuracy": oa,
         "classes": classes,
     }
+
+
+def _zero_width_notes(n: np.ndarray, A: np.ndarray, names: Sequence[str], prop_var: np.ndarray) -> list[str]:
+    """Say where a 95 % interval has zero width because the sample shows no error (Wald variance 0).
+
+    Measured on the demo (benchmarks/bench_assess.py): a 98 %-accurate map with 500 sample units gave
+    zero-width area intervals for about 3 of 8 classes, whose true areas then lay outside them.
+    """
+    notes = []
+    n_i = n.sum(axis=1)
+    for k, name in enumerate(names):
+        if n_i[k] > 1 and n[k, k] == n_i[k]:
+            notes.append(
+                f"{name}: all {int(n_i[k])} sample units of this map class agree with the reference, so "
+                "its user's accuracy interval has zero width; the true accuracy may still be below 1."
+            )
+        if (A[k] > 0 or n[:, k].sum() > 0) and prop_var[k] == 0:
+            notes.append(
+                f"{name}: no sample unit shows an error into or out of this class, so its area interval "
+                "has zero width although the true area may differ from the estimate; a larger sample "
+                "(`lcstack sample-design --n`, `--min-per-class`) gives it a real interval."
+            )
+    for note in notes:
+        logger.warning("assessment: %s", note)
+    return notes
 
 
 # ------------------------------------------------------------------------------------ raster I/O
@@ -562,6 +588,8 @@ def assessment_markdown(result: Mapping[str, Any], *, figure: str | None = None)
         ]
         for name, row in zip(names, result["error_matrix"][key], strict=True):
             lines.append(f"| {name} | " + " | ".join(fmt.format(v) for v in row) + " |")
+    if result.get("notes"):
+        lines += ["", "## Notes", "", *(f"* {note}" for note in result["notes"])]
     if figure:
         lines += ["", f"![Error matrix]({figure})"]
     return "\n".join(lines) + "\n"
@@ -610,8 +638,15 @@ def level_labels(config: Any, level: int) -> tuple[dict[str, int], str]:
 
 def workflow_maps(workflow: Any, *, level: int) -> list[str]:
     """List the complete level-1 or level-2 COGs the registry holds for a workflow's model (one per tile)."""
-    records = workflow.registry.find("maps", model=workflow.model_key())
-    urls = [workflow.map_urls(r)[f"level{level}"] for r in records if r.get("status") == "complete"]
+    model_key = workflow.model_key()
+    # this config's maps only: the same model can have maps with and without smoothing
+    keys = {p.key for p in workflow._map_jobs(model_key)}
+    records = workflow.registry.find("maps", model=model_key)
+    urls = [
+        workflow.map_urls(r)[f"level{level}"]
+        for r in records
+        if r.get("status") == "complete" and r.get("key") in keys
+    ]
     if not urls:
         raise InvalidInputError(
             "no complete classified map for this config: run `lcstack classify` first, or pass the "

@@ -43,6 +43,7 @@ __all__ = [
     "MaskConfig",
     "ModelConfig",
     "RunConfig",
+    "SmoothingConfig",
     "load_config",
 ]
 
@@ -63,6 +64,22 @@ class CVConfig(_Strict):
 
     folds: int = Field(5, ge=2)
     block_size: float = Field(2000.0, gt=0)
+
+
+class SmoothingConfig(_Strict):
+    """Post-classification smoothing of the level-1 map (:func:`lcstack.smooth.smooth_maps`).
+
+    ``method``: ``bayes`` (Bayesian smoothing of the class probabilities, after sits), ``gaussian``
+    (Gaussian filter of the probabilities) or ``majority`` (majority filter of the class map);
+    ``window_m``: side of the window in metres (default 70 m, 30 m for ``majority``); ``smoothness``: the
+    prior variance of the logits (``bayes``); ``min_mapping_unit_m2``: patches smaller than this take the
+    class of their largest neighbour (a sieve), none by default.
+    """
+
+    method: Literal["bayes", "gaussian", "majority"] = "bayes"
+    window_m: float | None = Field(None, gt=0)
+    smoothness: float = Field(20.0, gt=0)
+    min_mapping_unit_m2: float | None = Field(None, gt=0)
 
 
 class ModelConfig(_Strict):
@@ -198,6 +215,8 @@ class RunConfig(_Strict):
     features: FeaturesConfig = Field(default_factory=FeaturesConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     dask: DaskConfig = Field(default_factory=DaskConfig)
+    #: optional smoothing of the level-1 map after classification (``level1`` becomes the smoothed map)
+    smoothing: SmoothingConfig | None = None
     source: Path | None = None
     #: ``stac:`` given as a mapping {url, headers, modifier} (lcstack.signing); ``stac`` holds its URL.
     stac_source: StacSource | None = None

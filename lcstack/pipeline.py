@@ -769,7 +769,8 @@ class Workflow:
         """
         from .plan import plan_maps
 
-        return plan_maps(self.composite_plan(), model_key, self.storage)
+        smoothing = self.config.smoothing.model_dump() if self.config.smoothing else None
+        return plan_maps(self.composite_plan(), model_key, self.storage, smoothing=smoothing)
 
     def _write_maps(
         self,
@@ -809,7 +810,11 @@ class Workflow:
         from .classify import write_maps_zarr
         from .cog import write_cog
 
-        maps = classify_cube(self.features(tile_id), model_url, storage_options=self.storage.storage_options)
+        cube = self.features(tile_id)
+        if self.config.smoothing is None:
+            maps = classify_cube(cube, model_url, storage_options=self.storage.storage_options)
+        else:
+            maps = self._smoothed_maps(tile_id, cube, model_url)
         maps = self._owned_only(tile_id, maps)
         write_maps_zarr(maps, urls["zarr"], storage=self.storage, progress=progress)
         stored = self.storage.open_zarr(urls["zarr"])
@@ -824,6 +829,62 @@ class Workflow:
             desc="COGs",
             progress=False,
         )
+
+    def _smoothed_maps(self, unit_id: str, cube: xr.DataArray, model_url: str) -> xr.Dataset:
+        """Classify a unit with a halo from its neighbouring units, smooth, and cut the halo off again.
+
+        The windows then see across sub-tile borders as they do inside a unit, so the units' smoothed
+        maps join without seams; smoothing comes before ``_owned_only``, so the windows also see the
+        neighbouring Sentinel-2 tile's overlap.
+        """
+        from .classify import classify as classify_cube
+        from .smooth import smooth_halo, smooth_maps
+
+        res = abs(float(self.units[unit_id].geobox.resolution.x))
+        halo = smooth_halo(self.config.smoothing, res)
+        padded = self._with_halo(unit_id, cube, halo)
+        maps = classify_cube(padded, model_url, storage_options=self.storage.storage_options)
+        # bayes/gaussian need the level-1 probabilities: smooth_maps(..., proba=(class, y, x), classes=codes)
+        maps = smooth_maps(maps, self.config.smoothing, resolution=res)
+        if padded is not cube:
+            maps = maps.isel(y=slice(halo, -halo), x=slice(halo, -halo))
+            maps = maps.chunk({"y": cube.chunks[1], "x": cube.chunks[2]}) if cube.chunks else maps
+        return maps
+
+    def _with_halo(self, unit_id: str, cube: xr.DataArray, halo: int) -> xr.DataArray:
+        """Grow the unit's feature cube by ``halo`` pixels, filled from the neighbouring units of its grid."""
+        unit = self.units[unit_id]
+        grown = unit.geobox.pad(halo)
+        near = [
+            uid
+            for uid, other in self.units.items()
+            if uid != unit_id
+            and other.tile == unit.tile
+            and other.geobox.crs == unit.geobox.crs
+            and other.geobox.extent.intersects(grown.extent)
+        ]
+        if not near:
+            return cube
+        res = abs(float(unit.geobox.resolution.x))
+        coords = grown.coords
+        sizes = {"feature": -1, **({"y": cube.chunks[1][0], "x": cube.chunks[2][0]} if cube.chunks else {})}
+        out = cube.pad(y=(halo, halo), x=(halo, halo)).assign_coords(
+            y=coords["y"].values, x=coords["x"].values
+        )
+        out = out.chunk(sizes)
+        for uid in near:
+            piece = self.features(uid)
+            piece = piece.sel(
+                y=slice(float(out.y[0]), float(out.y[-1])), x=slice(float(out.x[0]), float(out.x[-1]))
+            )
+            # the piece's place in the grown grid (both are windows of one grid), padded to its size
+            r0 = round((float(out.y[0]) - float(piece.y[0])) / res)
+            c0 = round((float(piece.x[0]) - float(out.x[0])) / res)
+            piece = piece.pad(
+                y=(r0, out.sizes["y"] - r0 - piece.sizes["y"]), x=(c0, out.sizes["x"] - c0 - piece.sizes["x"])
+            ).assign_coords(y=out.y, x=out.x)
+            out = out.fillna(piece.chunk(dict(out.chunksizes)))  # same chunks: one task per chunk
+        return out
 
     def _owned_only(self, unit_id: str, maps: xr.Dataset) -> xr.Dataset:
         """Set the pixels of a unit that its Sentinel-2 tile does not own to 0 (nodata), lazily per chunk.

@@ -250,11 +250,19 @@ def plan_composites(
     return out
 
 
-def plan_maps(composites: Sequence[PlannedOutput], model_key: str, storage: Any) -> list[PlannedOutput]:
+def plan_maps(
+    composites: Sequence[PlannedOutput],
+    model_key: str,
+    storage: Any,
+    *,
+    smoothing: Mapping[str, Any] | None = None,
+) -> list[PlannedOutput]:
     """Plan the maps of every unit that has composites, in plan order.
 
     The key covers the model and the unit's composites; on the Sentinel-2 grid a map keeps only the
-    pixels its tile owns, so its key also names the tiles of the run.
+    pixels its tile owns, so its key also names the tiles of the run. Smoothed maps
+    (``smoothing``: the :class:`lcstack.config.SmoothingConfig` as a dict) are other outputs than the
+    classifier's own: their key covers the smoothing and they live in a ``smoothed_<hash>`` folder.
     """
     s2_tiles = sorted({p.s2_tile for p in composites if p.s2_tile})
     out = []
@@ -262,9 +270,9 @@ def plan_maps(composites: Sequence[PlannedOutput], model_key: str, storage: Any)
         mine = [p for p in composites if p.unit == unit_id]
         comp = sorted(p.key for p in mine)
         ident = {"model": model_key, "composites": comp} | ({"owned_among": s2_tiles} if s2_tiles else {})
-        base = storage.url("classification-maps", f"model_{model_key}", unit_id)
+        key = digest(ident | {"smoothing": dict(smoothing)}) if smoothing else digest(ident)
+        sub = [f"smoothed_{digest(dict(smoothing), 8)}"] if smoothing else []
+        base = storage.url("classification-maps", f"model_{model_key}", *sub, unit_id)
         files = {k: storage.join(base, v) for k, v in MAP_FILES.items()}
-        out.append(
-            PlannedOutput("maps", digest(ident), base, unit_id, None, tuple(comp), mine[0].s2_tile, files)
-        )
+        out.append(PlannedOutput("maps", key, base, unit_id, None, tuple(comp), mine[0].s2_tile, files))
     return out

@@ -291,8 +291,9 @@ def outputs_from_workflow(wf: Any) -> list[TileOutputs]:
         composites.setdefault(p.unit, {})[str(p.season)] = p.url
     model = wf.model_key()
     out = []
+    keys = {p.key for p in wf._map_jobs(model)}  # this config's maps (smoothed or not)
     for rec in wf.registry.find("maps", model=model):
-        if rec.get("status") != "complete":
+        if rec.get("status") != "complete" or rec.get("key") not in keys:
             continue
         urls = wf.map_urls(rec)  # relative record paths located under this storage
         tile = str(rec["tile"])

@@ -65,7 +65,26 @@ def test_olofsson_worked_example():
     areas = [(round(c[k]["area"]["estimate"]), round(c[k]["area"]["ci95"])) for k in NAMES]
     assert areas == [(21158, 6158), (11686, 3756), (285770, 15510), (581386, 16282)]
     assert c["deforestation"]["map_area"] == pytest.approx(18_000)
+    assert r["notes"] == []  # every stratum and class shows errors: no zero-width interval
     json.dumps(r, allow_nan=False)
+
+
+def test_zero_width_intervals_are_named():
+    """A stratum whose sample holds no error gets ± 0 (Wald): the result and the report say so."""
+    from lcstack.assess import assessment_markdown
+
+    counts = COUNTS.copy()
+    counts[1] = [0, 75, 0, 0]  # forest gain: all 75 units agree
+    counts[:, 1] = [0, 75, 0, 0]  # and no other stratum holds forest gain
+    r = stratified_estimates(counts, PIXELS * 0.09, names=NAMES)
+    c = r["classes"]["forest gain"]
+    assert c["users_accuracy"]["ci95"] == 0 and c["area"]["ci95"] == 0
+    assert len(r["notes"]) == 2 and all(note.startswith("forest gain: ") for note in r["notes"])
+    assert "area interval has zero width" in r["notes"][1]
+    r["map_area_ha"] = r.pop("map_area")
+    for entry in r["classes"].values():
+        entry["area_ha"], entry["map_area_ha"] = entry.pop("area"), entry.pop("map_area")
+    assert "## Notes" in assessment_markdown(r) and r["notes"][1] in assessment_markdown(r)
 
 
 def test_sample_size_eq13_and_allocation():
