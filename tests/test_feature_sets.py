@@ -142,7 +142,7 @@ def test_composite_keys_change_with_the_feature_set_only(demo_area, tmp_path) ->
         with Workflow(
             load_config(demo_area.config, storage=storage, features=features), progress=False
         ) as wf:
-            keys[name] = [k for _, s, k, _, _ in wf.composite_plan() if s != "terrain"]
+            keys[name] = [p.key for p in wf.composite_plan() if p.season != "terrain"]
             if name == "p":
                 n_p = wf.chunks
             else:
