@@ -721,8 +721,10 @@ class Workflow:
 
     def model_key(self) -> str:
         """Identity of the model: training table + model options + lcstack version."""
-        # `cv` is left out when unset, so adding the option kept the keys of existing models
-        model = self.config.model.model_dump(exclude={"cv"} if self.config.model.cv is None else None)
+        # options added later are left out while at their default, so the keys of existing models stay
+        opts = self.config.model
+        later = ("cv", "class_weight", "rebalance", "search", "select", "importance_repeats", "trusted_types")
+        model = opts.model_dump(exclude={k for k in later if getattr(opts, k) == type(opts).model_fields[k].default})
         return _digest({"dataset": self.dataset_key(), "model": model, "v": __version__})
 
     def model_url(self) -> str:
