@@ -770,6 +770,8 @@ def _jsonable(value: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return repr(value)  # e.g. XGBoost's missing=nan: JSON has no NaN
     if value is None or isinstance(value, bool | int | float | str):
         return value
     return repr(value)
