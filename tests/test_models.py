@@ -46,7 +46,7 @@ def _cli(*args: str) -> Any:
         ("lightgbm", {"n_estimators": 30, "num_leaves": 15}, "lightgbm.sklearn.LGBMClassifier"),
         (
             "hist_gradient_boosting",
-            {"max_iter": 30},
+            {"max_iter": 20},
             "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
         ),
     ],
@@ -58,7 +58,8 @@ def test_estimator_runs_end_to_end_from_the_cli(demo_run, estimator, params, fam
     from lcstack.pipeline import Workflow
 
     area, _, _ = demo_run
-    cfg_path = _variant(area, f"{estimator}.yaml", model={"estimator": estimator, "params": params})
+    model = {"estimator": estimator, "params": params, "importance_repeats": 0}  # importances: see below
+    cfg_path = _variant(area, f"{estimator}.yaml", model=model)
     result = _cli("run", str(cfg_path))
     assert result.exit_code == 0, result.output
     with Workflow(load_config(cfg_path), progress=False) as wf:
@@ -218,7 +219,7 @@ def test_classify_another_area_with_a_registry_model(demo_run, other_area):
     from lcstack.pipeline import Workflow
 
     area, cfg, _ = demo_run
-    listed = _cli("models", str(area.config), "--json")
+    listed = runner.invoke(app, ["models", str(area.config), "--json"])
     assert listed.exit_code == 0, listed.output
     models = json.loads(listed.output)
     with Workflow(cfg, progress=False) as wf:
@@ -226,7 +227,7 @@ def test_classify_another_area_with_a_registry_model(demo_run, other_area):
     entry = next(m for m in models if m["key"] == key)
     assert entry["features"] and entry["created_at"] and entry["classes"]["level1"]
     assert 0 < entry["metrics"]["level1"]["overall_accuracy"] <= 1
-    plain = _cli("models", str(area.config))
+    plain = runner.invoke(app, ["models", str(area.config)])
     assert key in plain.output and "features (" in plain.output
 
     # the other area's config: no points, the first area's storage (so its registry knows the model)
