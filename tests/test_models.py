@@ -1,4 +1,4 @@
-"""Model options (issue 18): estimators, class balance, importances, selection, search, classify with a model."""
+"""Model options (issue 18): estimators, class balance, importances, selection, classify with a model."""
 
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ def test_class_path_needs_trusted_types_and_a_foreign_type_is_refused(tmp_path):
         make_estimator(ModelConfig(estimator={"class": "sklearn.nope.Forest"}))
 
 
-# -- class imbalance ------------------------------------------------------------------------------------------
+# -- class imbalance -------------------------------------------------------------------------------------
 
 
 def test_rebalance_caps_and_oversamples_the_training_rows_only():
