@@ -652,6 +652,8 @@ class Workflow:
     def dataset_key(self) -> str:
         """Identity of the training table: points, labels and composites it was extracted from."""
         cfg = self.config
+        if cfg.points is None:
+            cfg.read_points()  # raises: says that `points:` is missing and what it is for
         files = [cfg.points, cfg.lc_labels] + ([cfg.sl_labels] if cfg.sl_labels else [])
         return _digest(
             {
