@@ -600,7 +600,7 @@ def write_assessment(result: Mapping[str, Any], url: str, *, storage: Storage) -
     from .evaluate import plot_confusion
 
     urls = {
-        k: storage._join(url, f)
+        k: storage.join(url, f)
         for k, f in (("json", "assessment.json"), ("report", "report.md"), ("figure", "confusion.png"))
     }
     counts = np.asarray(result["error_matrix"]["counts"]).T  # rows = reference, as plot_confusion draws

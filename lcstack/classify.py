@@ -279,9 +279,11 @@ class ModelRef:
     url: str
     token: str
     storage_options: Mapping[str, Any] = field(default_factory=dict)
+    #: types beyond lcstack.model.MODEL_TYPES to trust when loading (``model.trusted_types``)
+    trusted: tuple[str, ...] = ()
 
-    def __dask_tokenize__(self) -> tuple[str, str, str]:
-        return ("lcstack.ModelRef", self.url, self.token)
+    def __dask_tokenize__(self) -> tuple[str, str, str, tuple[str, ...]]:
+        return ("lcstack.ModelRef", self.url, self.token, self.trusted)
 
 
 _CACHE: OrderedDict[tuple[str, str], tuple[Any, dict[str, Any]]] = OrderedDict()
@@ -363,7 +365,7 @@ def _read_model_metadata(url: str, storage_options: Mapping[str, Any] | None) ->
 def _load_artefact(ref: ModelRef) -> tuple[Any, dict[str, Any]]:
     from lcstack.model import load_model
 
-    return load_model(ref.url, storage_options=dict(ref.storage_options) or None)
+    return load_model(ref.url, storage_options=dict(ref.storage_options) or None, trusted=ref.trusted)
 
 
 def _single_threaded(model: Any) -> None:
@@ -492,6 +494,13 @@ def _check_features(
     return features.sel(feature=expected)
 
 
+def _selected_features(features: xr.DataArray, expected: Sequence[str]) -> xr.DataArray:
+    """Pick the features of a model with feature selection from a cube that has them all (else as is)."""
+    have = {str(f) for f in features["feature"].values} if "feature" in features.coords else set()
+    wanted = [str(f) for f in expected]
+    return features.sel(feature=wanted) if set(wanted) <= have else features
+
+
 def _normalise_cube(features: xr.DataArray) -> xr.DataArray:
     if not isinstance(features, xr.DataArray):
         raise InvalidInputError(
@@ -515,6 +524,7 @@ def classify(
     sl_labels: Mapping[str, int] | None = None,
     storage_options: Mapping[str, Any] | None = None,
     engine: Engine = "auto",
+    trusted_types: Sequence[str] = (),
 ) -> xr.Dataset:
     """Classify a feature cube into lazy level-1 and level-2 class maps.
 
@@ -541,6 +551,9 @@ def classify(
         fsspec options for a model URL.
     engine : {"auto", "sklearn", "numba"}
         Inference engine, see :func:`predict_block`. Every engine gives the same maps.
+    trusted_types : sequence of str, optional
+        Types beyond :data:`lcstack.model.MODEL_TYPES` to trust when loading a model folder (a classifier
+        of your own, ``model: {trusted_types: [...]}``).
 
     Returns
     -------
@@ -578,9 +591,11 @@ def classify(
                 "leave `feature_names` out when classifying with a model folder."
             )
         expected = feature_names if feature_names is not None else meta_features
-        model_arg: Any = ModelRef(url, token, _options_for(url, storage_options))
+        model_arg: Any = ModelRef(url, token, _options_for(url, storage_options), tuple(trusted_types))
         n_expected = len(expected) if expected is not None else None
         source = url
+        if metadata.get("selected_from") and expected is not None:
+            features = _selected_features(features, expected)
     else:
         if not (hasattr(model, "predict_levels") or hasattr(model, "predict")):
             raise InvalidInputError(

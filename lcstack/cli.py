@@ -212,7 +212,60 @@ def _register(name: str, steps: tuple[str, ...], doc: str) -> None:
 
 _register("composite", ("discover", "composite"), "Discover scenes and write seasonal composites (Zarr).")
 _register("train", ("discover", "composite", "train"), "Extract samples and train the hierarchical model.")
-_register("classify", ("discover", "classify"), "Classify the area with the trained model (COG + Zarr maps).")
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="Classify with a model trained elsewhere: its artefact folder (path or URL) or its key in the "
+        "registry (`lcstack models CONFIG`); no training, no points needed. Composites are made as needed.",
+    ),
+]
+
+
+@app.command("classify")
+@handle_errors
+def classify_command(
+    config: ConfigArg,
+    model: ModelOpt = None,
+    scheduler: SchedulerOpt = None,
+    quiet: QuietOpt = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """Classify the area with the trained model, or with --model one trained elsewhere (COG + Zarr maps)."""
+    _setup_logging(quiet, verbose)
+    with _workflow(config, quiet) as wf:
+        if model is not None:
+            wf.use_model(model)
+        steps = ("discover", "classify") if model is None else ("discover", "composite", "classify")
+        with _dask(scheduler, wf.config, quiet=quiet):
+            _report(wf.run(steps))
+
+
+@app.command("models")
+@handle_errors
+def models_command(
+    config: ConfigArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the models as JSON.")] = False,
+    verbose: VerboseOpt = False,
+) -> None:
+    """List the registry's models: key, creation time, estimator, features, classes and metrics."""
+    _setup_logging(True, verbose)
+    with _workflow(config, True) as wf:
+        rows = wf.models()
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo(f"no complete model in the registry of {config}; `lcstack train {config}` makes one")
+    for m in rows:
+        l1 = m["metrics"].get("level1", {})
+        scores = ", ".join(f"{k} {v:.3f}" for k, v in l1.items() if v is not None)
+        typer.echo(f"{m['key']}  {m['created_at']}  {m['estimator']}  {m['n_samples']} samples  {m['url']}")
+        typer.echo(f"  level-1 held-out: {scores}")
+        typer.echo(f"  classes: {', '.join(m['classes']['level1'])}")
+        typer.echo(f"  features ({len(m['features'])}): {', '.join(m['features'])}")
+
+
 _register(
     "run",
     ("discover", "composite", "train", "classify"),

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import InputFileNotFoundError, InvalidInputError
 from .harmonize import SCL_CLOUD_CLASSES
@@ -39,11 +39,15 @@ __all__ = [
     "ContextConfig",
     "DaskConfig",
     "FeaturesConfig",
+    "EstimatorClass",
     "GridConfig",
     "MaskConfig",
     "ModelConfig",
+    "RebalanceConfig",
     "RunConfig",
     "SmoothingConfig",
+    "SearchConfig",
+    "SelectConfig",
     "load_config",
 ]
 
@@ -82,15 +86,88 @@ class SmoothingConfig(_Strict):
     min_mapping_unit_m2: float | None = Field(None, gt=0)
 
 
-class ModelConfig(_Strict):
-    """Training options (``cv``: spatial cross-validation besides the held-out split)."""
+class EstimatorClass(_Strict):
+    """A scikit-learn-compatible classifier by import path: ``{class: "pkg.module.Class", params: {...}}``."""
 
-    estimator: Literal["random_forest", "extra_trees", "hist_gradient_boosting"] = "random_forest"
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    class_: str = Field(alias="class", pattern=r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+$")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class RebalanceConfig(_Strict):
+    """Re-balance the training samples per category: cap common classes, oversample rare ones.
+
+    Applied to the training rows only (the held-out split, and every cross-validation fold's own training
+    part), never to the rows a model is scored on.
+    """
+
+    max_per_class: int | None = Field(None, ge=1)
+    min_per_class: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _order(self) -> RebalanceConfig:
+        if self.max_per_class is None and self.min_per_class is None:
+            raise ValueError("give max_per_class, min_per_class or both")
+        if None not in (self.max_per_class, self.min_per_class) and self.min_per_class > self.max_per_class:
+            raise ValueError(f"min_per_class {self.min_per_class} > max_per_class {self.max_per_class}")
+        return self
+
+
+class SearchConfig(_Strict):
+    """Grid search of the estimator's parameters, scored on spatial folds of the training split."""
+
+    param_grid: dict[str, list[Any]] | list[dict[str, list[Any]]]
+    cv: Literal["spatial"] = "spatial"
+    folds: int = Field(3, ge=2)
+    block_size: float = Field(2000.0, gt=0)
+    scoring: Literal["macro_f1", "overall_accuracy", "kappa"] = "macro_f1"
+
+
+class SelectConfig(_Strict):
+    """Feature selection on the training split: recursive elimination (``rfecv``) or top importances."""
+
+    method: Literal["rfecv", "importance"]
+    #: ``importance``: keep this many features (default: those above the mean importance)
+    n_features: int | None = Field(None, ge=1)
+    #: ``rfecv``: the fewest features to keep, and how many to drop per step
+    min_features: int = Field(1, ge=1)
+    step: int = Field(1, ge=1)
+    folds: int = Field(3, ge=2)
+    block_size: float = Field(2000.0, gt=0)
+
+
+class ModelConfig(_Strict):
+    """Training options (``cv``: spatial cross-validation besides the held-out split).
+
+    ``estimator`` names a family (``random_forest``, ``extra_trees``, ``hist_gradient_boosting``,
+    ``lightgbm``, ``xgboost``) or a class (:class:`EstimatorClass`). ``trusted_types`` lists further
+    fully qualified types a model of a class outside the families may hold (checked when saving and
+    loading; see :data:`lcstack.model.MODEL_TYPES`). ``class_weight``, ``rebalance``: class imbalance;
+    ``search``: grid search on spatial folds; ``select``: feature selection; ``importance_repeats``: the
+    permutations per feature of the held-out importances (0: none).
+    """
+
+    estimator: (
+        Literal["random_forest", "extra_trees", "hist_gradient_boosting", "lightgbm", "xgboost"]
+        | EstimatorClass
+    ) = "random_forest"
     params: dict[str, Any] = Field(default_factory=dict)
     test_size: float = Field(0.25, gt=0, lt=1)
     block_size: float | None = Field(None, gt=0)
     random_state: int = 0
     cv: CVConfig | None = None
+    class_weight: Literal["balanced", "balanced_subsample"] | None = None
+    rebalance: RebalanceConfig | None = None
+    search: SearchConfig | None = None
+    select: SelectConfig | None = None
+    importance_repeats: int = Field(5, ge=0)
+    trusted_types: tuple[str, ...] = ()
+
+    @property
+    def estimator_name(self) -> str:
+        """The family name, or the class path of an :class:`EstimatorClass`."""
+        return self.estimator if isinstance(self.estimator, str) else self.estimator.class_
 
 
 class DaskConfig(_Strict):

@@ -46,6 +46,7 @@ from lcstack.store import Storage
 
 __all__ = [
     "HierarchicalClassifier",
+    "LabelEncodedClassifier",
     "LevelProbabilities",
     "predict_levels",
     "predict_proba_levels",
@@ -551,6 +552,59 @@ def predict_proba_levels(
     return LevelProbabilities(np.asarray(est.classes_), proba, level1, margin, level2, level2_proba)
 
 
+# -- estimators that need help ------------------------------------------------------------------------------
+
+
+class LabelEncodedClassifier(ClassifierMixin, BaseEstimator):
+    """Fit a classifier that wants labels ``0..n-1`` (XGBoost) on any labels, with optional class weights.
+
+    Parameters
+    ----------
+    estimator : classifier
+        Cloned and fitted on the labels' positions in ``classes_``.
+    class_weight : {"balanced", "balanced_subsample"} or None
+        Weigh samples inversely to their class frequency (``balanced_subsample`` acts as ``balanced``:
+        the wrapped estimator draws no bootstrap samples of its own), times any ``sample_weight``.
+
+    Attributes
+    ----------
+    classes_ : ndarray
+        The labels, sorted.
+    estimator_ : classifier
+        The fitted estimator.
+
+    """
+
+    def __init__(self, estimator: BaseEstimator | None = None, *, class_weight: str | None = None) -> None:
+        self.estimator = estimator
+        self.class_weight = class_weight
+
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> LabelEncodedClassifier:
+        """Fit the estimator on the positions of ``y`` in ``classes_``."""
+        from sklearn.utils.class_weight import compute_sample_weight
+
+        if self.estimator is None:
+            raise InvalidInputError("LabelEncodedClassifier needs an estimator.")
+        self.classes_, codes = np.unique(np.asarray(y), return_inverse=True)
+        if self.class_weight is not None:
+            weights = compute_sample_weight("balanced", codes)
+            sample_weight = weights if sample_weight is None else weights * np.asarray(sample_weight)
+        kw = {} if sample_weight is None else {"sample_weight": sample_weight}
+        self.estimator_ = clone(self.estimator).fit(X, codes, **kw)
+        self.n_features_in_ = int(np.shape(X)[1])
+        return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Labels of ``X``."""
+        check_is_fitted(self)
+        return self.classes_.take(np.asarray(self.estimator_.predict(X)).astype(np.intp))
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities of ``X``, columns in the order of ``classes_``."""
+        check_is_fitted(self)
+        return self.estimator_.predict_proba(X)
+
+
 # -- artefact ------------------------------------------------------------------------------------------------
 
 
@@ -609,6 +663,25 @@ MODEL_TYPES: dict[str, frozenset[str]] = {
             "sklearn.preprocessing._function_transformer.FunctionTransformer",
             "functools.partial",
             "sklearn.utils.validation.check_array",
+        }
+    ),
+    # lightgbm.LGBMClassifier: its Booster is rebuilt from the LightGBM model text it stores
+    "lightgbm": frozenset(
+        {
+            "lightgbm.sklearn.LGBMClassifier",
+            "lightgbm.basic.Booster",
+            "sklearn.preprocessing._label.LabelEncoder",
+            "collections.OrderedDict",
+            "collections.defaultdict",
+        }
+    ),
+    # xgboost.XGBClassifier inside LabelEncodedClassifier (XGBoost wants labels 0..n-1); its Booster is
+    # rebuilt from the XGBoost model bytes it stores
+    "xgboost": frozenset(
+        {
+            "lcstack.model.LabelEncodedClassifier",
+            "xgboost.sklearn.XGBClassifier",
+            "xgboost.core.Booster",
         }
     ),
 }
@@ -673,6 +746,8 @@ def _jsonable(value: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return repr(value)  # e.g. XGBoost's missing=nan: JSON has no NaN
     if value is None or isinstance(value, bool | int | float | str):
         return value
     return repr(value)
@@ -694,6 +769,7 @@ def save_model(
     metadata: Mapping[str, Any],
     storage_options: Mapping[str, Any] | None = None,
     compress: bool = True,
+    trusted: Sequence[str] = (),
 ) -> None:
     """Write a fitted model as an artefact folder (``model.skops`` + ``metadata.json``).
 
@@ -716,11 +792,16 @@ def save_model(
         fsspec options for ``folder`` (credentials, endpoint).
     compress : bool, default True
         Deflate-compress the skops zip (roughly halves a random forest).
+    trusted : sequence of str, optional
+        Fully qualified types outside :data:`MODEL_TYPES` the model may hold (a classifier of your own);
+        :func:`load_model` must be given them too.
 
     Raises
     ------
     InvalidInputError
-        The model is not fitted, the metadata is not JSON-serialisable or its feature names do not match.
+        The model is not fitted, the metadata is not JSON-serialisable or its feature names do not match,
+        or the model holds a type outside :data:`MODEL_TYPES` and ``trusted`` (it could not be loaded
+        back safely; nothing is written).
 
     """
     from lcstack._version import __version__
@@ -752,6 +833,15 @@ def save_model(
 
     compression = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
     blob = sio.dumps(model, compression=compression)
+    refused = _refused_types(blob, trusted)
+    if refused:
+        raise InvalidInputError(
+            f"the model holds types outside lcstack's allow-list (lcstack.model.MODEL_TYPES): {refused}, so "
+            "it could not be loaded back safely; nothing was saved. If you checked these types, list them "
+            "in the config under `model: {trusted_types: [...]}` (they are then trusted when saving and "
+            "loading), or choose an estimator of the families random_forest, extra_trees, "
+            "hist_gradient_boosting, lightgbm, xgboost."
+        )
     meta.update(
         {
             "format": ARTEFACT_FORMAT,
@@ -871,6 +961,13 @@ def _check_trees(model: HierarchicalClassifier, model_path: str) -> None:
                 raise InvalidInputError(f"{model_path}: {err}") from None
 
 
+def _refused_types(blob: bytes, trusted: Sequence[str]) -> list[str]:
+    """List the types a skops file names (schema nodes, skops' untrusted list) outside the allow-list."""
+    extra = set(trusted)
+    named = model_types(blob) | set(sio.get_untrusted_types(data=blob))
+    return sorted(t for t in named if t not in extra and not _is_allowed_type(t))
+
+
 def _checked_types(blob: bytes, model_path: str, trusted: Sequence[str]) -> list[str]:
     """Check that every type the file names is allowed; return the types skops asks to trust."""
     extra = set(trusted)
@@ -887,8 +984,8 @@ def _checked_types(blob: bytes, model_path: str, trusted: Sequence[str]) -> list
     if refused:
         raise InvalidInputError(
             f"{model_path} holds types no lcstack model holds: {refused}. Refusing to load it (it may have "
-            "been tampered with). If you produced this file and checked these types, pass "
-            "load_model(..., trusted=[...])."
+            "been tampered with). If you produced this file and checked these types, list them in the "
+            "config under `model: {trusted_types: [...]}`, or pass load_model(..., trusted=[...])."
         )
     return sorted(untrusted)
 

@@ -9,6 +9,7 @@ never leaves an output that looks finished.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import posixpath
@@ -112,7 +113,9 @@ class Workflow:
         self.progress = progress_enabled(progress, self.settings)
         # Validate every input file before anything is created (registry file, storage folders).
         self._seasons: dict[str, Season] | None = config.read_seasons()
-        self._points = config.read_points()
+        self._points = config.read_points() if config.points is not None else None
+        #: (key, url, metadata) of a model trained elsewhere (:meth:`use_model`), used instead of training
+        self._external_model: tuple[str, str, dict[str, Any]] | None = None
         remote = next((u for u in (config.storage, *config.layout.values()) if "://" in u), config.storage)
         opts = {**self.settings.storage_options(remote), **config.storage_options}
         self.storage = Storage(config.storage, storage_options=opts, layout=config.layout)
@@ -167,6 +170,11 @@ class Workflow:
         """The configured AOI, or the bounding box of the points when none is configured."""
         if self.config.aoi is not None:
             return self.config.aoi
+        if self.config.points is None:
+            raise InvalidInputError(
+                f"{self.config.source or 'the run configuration'}: neither `aoi` nor `points` is given, so "
+                "the area to process is unknown; add `aoi: [lon_min, lat_min, lon_max, lat_max]`."
+            )
         pts = self.config.read_points(validate=False)
         return points_bbox(pts["longitude"], pts["latitude"])
 
@@ -617,6 +625,8 @@ class Workflow:
     def dataset_key(self) -> str:
         """Identity of the training table: points, labels and composites it was extracted from."""
         cfg = self.config
+        if cfg.points is None:
+            cfg.read_points()  # raises: says that `points:` is missing and what it is for
         files = [cfg.points, cfg.lc_labels] + ([cfg.sl_labels] if cfg.sl_labels else [])
         return _digest(
             {
@@ -692,13 +702,21 @@ class Workflow:
         return table.sort_values("line", kind="stable").reset_index(drop=True)
 
     def model_key(self) -> str:
-        """Identity of the model: training table + model options + lcstack version."""
-        # `cv` is left out when unset, so adding the option kept the keys of existing models
-        model = self.config.model.model_dump(exclude={"cv"} if self.config.model.cv is None else None)
+        """Identity of the model: training table + model options + lcstack version (or `use_model`'s)."""
+        if self._external_model is not None:
+            return self._external_model[0]
+        # options added later are left out while at their default, so the keys of existing models stay
+        opts = self.config.model
+        later = ("cv", "class_weight", "rebalance", "search", "select", "importance_repeats", "trusted_types")
+        model = opts.model_dump(
+            exclude={k for k in later if getattr(opts, k) == type(opts).model_fields[k].default}
+        )
         return _digest({"dataset": self.dataset_key(), "model": model, "v": __version__})
 
     def model_url(self) -> str:
         """Where the model artefact of this run lives."""
+        if self._external_model is not None:
+            return self._external_model[1]
         return self.storage.url("models", f"model_{self.model_key()}")
 
     def train(self) -> StepResult:
@@ -732,6 +750,104 @@ class Workflow:
             )
         return StepResult("train", key, url, False, {"metrics": report["metrics"]})
 
+    # ------------------------------------------------------------------------------------ models
+    def use_model(self, ref: str) -> str:
+        """Classify with a model trained elsewhere instead of this config's own (no training, no points).
+
+        Parameters
+        ----------
+        ref : str
+            A model artefact folder (local path or URL), or the key of a model in this config's registry
+            (``lcstack models CONFIG`` lists them; ``model_<key>`` works too).
+
+        Returns
+        -------
+        str
+            The model's URL. Its maps go to ``classification-maps/model_<key>/``, ``key`` being the
+            registry key, or the first 16 digits of the artefact's ``model_sha256`` for a folder.
+
+        Raises
+        ------
+        InvalidInputError
+            ``ref`` is neither a model folder nor a registry key, or the model's classes are not in this
+            config's label files.
+
+        """
+        from .classify import _read_model_metadata
+
+        key, url = self._resolve_model(ref)
+        metadata, _ = _read_model_metadata(url, self.storage.storage_options)
+        key = key or str(metadata.get("model_sha256", ""))[:16] or _digest(url)
+        self._check_external_labels(metadata, url)
+        self._external_model = (key, url, metadata)
+        logger.info("classifying with the model %s (%s)", key, redact(url))
+        return url
+
+    def _resolve_model(self, ref: str) -> tuple[str | None, str]:
+        """(registry key or None, URL) of a model reference: a registry key, a URL or a local folder."""
+        key = ref.removeprefix("model_")
+        rec = self.registry.get("models", key) if "/" not in ref and "://" not in ref else None
+        if rec is not None and rec.get("status") == "complete":
+            urls = self._record_urls("models", rec)
+            if urls and self.storage.exists(urls[0]):
+                return key, urls[0]
+        if "://" in ref:
+            return None, ref
+        if Path(ref).expanduser().is_dir():
+            return None, str(Path(ref).expanduser().resolve())
+        raise InvalidInputError(
+            f"--model {ref!r} is neither a model folder (path or URL) nor the key of a complete model in the "
+            f"registry of {self.config.source or 'this config'}; `lcstack models CONFIG` lists the models."
+        )
+
+    def _check_external_labels(self, metadata: Mapping[str, Any], url: str) -> None:
+        ours = self.config.read_lc_labels()
+        theirs = {str(k): int(v) for k, v in (metadata.get("lc_labels") or {}).items()}
+        differ = sorted(f"{k}={v}" for k, v in theirs.items() if ours.get(k) != v)
+        if differ:
+            raise InvalidInputError(
+                f"the model {redact(url)} predicts level-1 classes that {self.config.lc_labels} does not "
+                f"define with the same codes: {', '.join(differ)}. Use the label files the model was "
+                "trained with."
+            )
+
+    def _check_external_features(self) -> None:
+        """Check every unit's feature cube against the external model before any map is written."""
+        from .errors import ModelMismatchError
+
+        _, url, metadata = self._external_model
+        expected = [str(f) for f in metadata.get("feature_names", metadata.get("features")) or []]
+        for unit in dict.fromkeys(p.unit for p in self.composite_plan()):
+            have = [str(f) for f in self.features(unit)["feature"].values]
+            missing = [f for f in expected if f not in have]
+            if missing:
+                raise ModelMismatchError(
+                    f"the model {redact(url)} needs {len(missing)} feature(s) that the composites of "
+                    f"{unit} lack: {', '.join(missing)}. Build the composites with the seasons, bands, "
+                    "indices and terrain the model was trained on (its metadata.json lists them)."
+                )
+
+    def models(self) -> list[dict[str, Any]]:
+        """List the complete models of this config's registry under this storage, newest first.
+
+        Returns
+        -------
+        list of dict
+            ``key``, ``url``, ``created_at``, ``estimator``, ``features``, ``classes`` (level-1 and
+            level-2 label maps), ``metrics`` (held-out level-1/level-2 overall accuracy, kappa and macro F1,
+            and the cross-validation means when recorded) and ``n_samples``.
+
+        """
+        out = []
+        for rec in self.registry.find("models", status="complete"):
+            urls = [u for u in self._record_urls("models", rec) if self._owned(rec)]
+            meta_url = self.storage.join(urls[0], "metadata.json") if urls else None
+            if meta_url is None or not self.storage.exists(meta_url):
+                continue
+            meta = json.loads(self.storage.read_bytes(meta_url))
+            out.append(_model_summary(rec["key"], urls[0], meta))
+        return sorted(out, key=lambda m: str(m["created_at"]), reverse=True)
+
     # ------------------------------------------------------------------------------------ classify
     def classify(self) -> list[StepResult]:
         """Classify every tile with the run's model; write level-1/level-2 maps as Zarr and COG.
@@ -741,7 +857,9 @@ class Workflow:
         """
         model_key = self.model_key()
         model_url = self.model_url()
-        if not self._is_complete("models", model_key, model_url):
+        if self._external_model is not None:
+            self._check_external_features()
+        elif not self._is_complete("models", model_key, model_url):
             raise StorageError("no complete model for this config; run `lcstack train` first.")
         results: dict[str, StepResult] = {}
         todo = []
@@ -812,7 +930,12 @@ class Workflow:
 
         cube = self.features(tile_id)
         if self.config.smoothing is None:
-            maps = classify_cube(cube, model_url, storage_options=self.storage.storage_options)
+            maps = classify_cube(
+                cube,
+                model_url,
+                storage_options=self.storage.storage_options,
+                trusted_types=self.config.model.trusted_types,
+            )
         else:
             maps = self._smoothed_maps(tile_id, cube, model_url)
         maps = self._owned_only(tile_id, maps)
@@ -843,7 +966,12 @@ class Workflow:
         res = abs(float(self.units[unit_id].geobox.resolution.x))
         halo = smooth_halo(self.config.smoothing, res)
         padded = self._with_halo(unit_id, cube, halo)
-        maps = classify_cube(padded, model_url, storage_options=self.storage.storage_options)
+        maps = classify_cube(
+            padded,
+            model_url,
+            storage_options=self.storage.storage_options,
+            trusted_types=self.config.model.trusted_types,
+        )
         # bayes/gaussian need the level-1 probabilities: smooth_maps(..., proba=(class, y, x), classes=codes)
         maps = smooth_maps(maps, self.config.smoothing, resolution=res)
         if padded is not cube:
@@ -1158,6 +1286,28 @@ def _season_layers(features: Any) -> int:
         + int(features.count)
         + (len(ctx.bands) * len(ctx.stats) if ctx else 0)
     )
+
+
+def _model_summary(key: str, url: str, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Summarise one model's ``metadata.json`` for ``lcstack models``."""
+    metrics = meta.get("metrics") or {}
+    scores: dict[str, Any] = {}
+    for level in ("level1", "level2"):
+        if level in metrics:
+            scores[level] = {k: metrics[level].get(k) for k in ("overall_accuracy", "kappa", "macro_f1")}
+        cv = (metrics.get("cv") or {}).get(level)
+        if cv:
+            scores[f"cv_{level}"] = {k: cv[k]["mean"] for k in ("overall_accuracy", "kappa", "macro_f1")}
+    return {
+        "key": key,
+        "url": url,
+        "created_at": meta.get("created_at"),
+        "estimator": meta.get("estimator"),
+        "features": list(meta.get("feature_names", meta.get("features")) or []),
+        "classes": {"level1": meta.get("lc_labels") or {}, "level2": meta.get("sl_labels") or {}},
+        "metrics": scores,
+        "n_samples": meta.get("n_samples"),
+    }
 
 
 def auto_chunk_size(memory_budget: str | int, *, n_time: int, n_features: int, fraction: float = 0.25) -> int:
