@@ -409,12 +409,12 @@ def _synthetic_forest(seed: int = 20, shape: str = "deep") -> tuple[FastForest, 
     return forest, rows
 
 
-def _measure_steps(widths: tuple[int, ...], rounds: int = 7) -> dict[str, dict[int, float]]:
-    """Per shape, best-of-``rounds`` seconds per partition step on :func:`_synthetic_forest`, interleaved."""
+def _measure_steps(widths: tuple[int, ...], rounds: int = 9) -> dict[str, dict[int, list[float]]]:
+    """Per shape and partition step, the seconds of each of ``rounds`` interleaved runs."""
     import time
 
     cases = {shape: _synthetic_forest(shape=shape) for shape in SHAPES}
-    best = {shape: dict.fromkeys(widths, float("inf")) for shape in SHAPES}
+    seconds: dict[str, dict[int, list[float]]] = {shape: {w: [] for w in widths} for shape in SHAPES}
     # the scalar loop's classes are the reference (this also compiles the kernel)
     reference = {s: f._run(rows, 1, False, feature_major=True, simd=0)[0] for s, (f, rows) in cases.items()}
     for _ in range(rounds):
@@ -422,10 +422,26 @@ def _measure_steps(widths: tuple[int, ...], rounds: int = 7) -> dict[str, dict[i
             for width in widths:
                 start = time.perf_counter()
                 idx = forest._run(rows, 1, False, feature_major=True, simd=width)[0]
-                best[shape][width] = min(best[shape][width], time.perf_counter() - start)
+                seconds[shape][width].append(time.perf_counter() - start)
                 if not np.array_equal(idx, reference[shape]):  # pragma: no cover - never chosen
                     raise RuntimeError(f"the {width}-row partition step disagrees with the scalar loop")
-    return best
+    return seconds
+
+
+def _choose_width(seconds: dict[int, list[float]]) -> tuple[int, dict[int, float]]:
+    """Return the widest step whose median time, relative to each round's fastest, is near the best.
+
+    Per round, not best of each: on a shared machine a run can be slowed by a neighbour at any time, and
+    comparing the steps run back to back within a round cancels the slow stretches that min-of-each
+    leaves to chance (under a load of 8 on 2 cores that picked the scalar loop for deep trees, where the
+    AVX2 step is 1.2-1.4x faster).
+    """
+    widths = list(seconds)
+    n_rounds = min(len(t) for t in seconds.values())
+    fastest = [min(seconds[w][r] for w in widths) for r in range(n_rounds)]
+    relative = {w: float(np.median([seconds[w][r] / fastest[r] for r in range(n_rounds)])) for w in widths}
+    best = min(relative.values())
+    return max(w for w in widths if relative[w] <= best * (1.0 + _CALIBRATION_MARGIN)), relative
 
 
 _CALIBRATION_MARGIN = 0.05
@@ -440,7 +456,7 @@ def calibrated_width(shape: str = "deep") -> int:
     (:mod:`lcstack.forest._cache`) and logged once per process. With only the scalar loop compiled in (no
     AVX2, or ``NUMBA_CPU_NAME=generic``) it is 0 without measuring. The widest step whose time is within
     5 % of the fastest is chosen, so noise on a busy machine does not trade a wide step for a marginally
-    faster narrow one.
+    faster narrow one; the times are compared within each round of runs (:func:`_choose_width`).
 
     Parameters
     ----------
@@ -490,21 +506,19 @@ def _calibrate(key: str, widths: tuple[int, ...]) -> dict[str, int]:
         logger.info("partition step per forest shape: %s (measured on this CPU; %s)", chosen, path)
         return {s: int(chosen[s]) for s in SHAPES}
     seconds = _measure_steps(widths)
-    # The widest step within _CALIBRATION_MARGIN of the fastest: a short measurement on a loaded machine can
-    # favour a narrower step by a few per cent.
-    chosen = {}
+    chosen, relative = {}, {}
     for shape, times in seconds.items():
-        fastest = min(times.values())
-        chosen[shape] = max(w for w in widths if times[w] <= fastest * (1.0 + _CALIBRATION_MARGIN))
+        chosen[shape], relative[shape] = _choose_width(times)
     table[key] = {
         "width": chosen,
-        "seconds": {s: {str(w): round(t, 5) for w, t in times.items()} for s, times in seconds.items()},
+        "relative": {s: {str(w): round(r, 3) for w, r in rel.items()} for s, rel in relative.items()},
+        "seconds": {s: {str(w): round(min(t), 5) for w, t in ts.items()} for s, ts in seconds.items()},
     }
     logger.info(
-        "partition step per forest shape: %s rows, the fastest on this CPU (seconds per width: %s; "
-        "LCSTACK_SIMD forces one)",
+        "partition step per forest shape: %s rows, the fastest on this CPU (median time per width relative "
+        "to each round's fastest: %s; LCSTACK_SIMD forces one)",
         chosen,
-        "; ".join(f"{s}: " + ", ".join(f"{w}: {t:.3f}" for w, t in ts.items()) for s, ts in seconds.items()),
+        "; ".join(f"{s}: " + ", ".join(f"{w}: {r:.2f}" for w, r in rl.items()) for s, rl in relative.items()),
     )
     if path is not None:
         tmp = f"{path}.{os.getpid()}.tmp"
