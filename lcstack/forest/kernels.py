@@ -59,7 +59,8 @@ def _block_range(n_features: int, l2: int | None = None) -> tuple[int, int]:
     (``l2 / (4 * n_features)``, within ``[_BLOCK_MIN, _BLOCK]``), the largest 8 times that (at most
     :data:`_BLOCK_MAX`). Measured with 66 features: on an Intel Xeon (2 MiB L2) 8 192 and 32 768-65 536
     rows were fastest for 100-node and 8 600-node trees; on an AMD Zen 3 (512 KiB L2) 2 048-4 096 and
-    16 384 rows, 1.1-1.45x faster there than 8 192 and 65 536 (RESULTS.md).
+    16 384 rows, 1.1-1.45x faster there than 8 192 and 65 536 while other processes shared the caches, within
+    noise on a quieter machine (RESULTS.md).
     """
     rows = (_l2_bytes() if l2 is None else l2) / (4 * max(n_features, 1))
     low = 1 << max(0, round(math.log2(max(rows, 1.0))))
