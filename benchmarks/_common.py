@@ -33,6 +33,32 @@ def cpu_model() -> str:
     return f"{name} ({', '.join(extra)})" if extra else name
 
 
+#: CPU flags that decide which kernel variant runs (printed by :func:`cpu_family`).
+KERNEL_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vbmi2")
+
+
+def cpu_family() -> str:
+    """Vendor, family / model numbers, model name, the kernel-relevant flags and the L2 size of this CPU."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return "unknown CPU"
+    flags = set(fields.get("flags", "").split())
+    have = [f for f in KERNEL_FLAGS if f in flags]
+    try:
+        l2 = Path("/sys/devices/system/cpu/cpu0/cache/index2/size").read_text().strip()
+    except OSError:
+        l2 = "?"
+    return (
+        f"{fields.get('vendor_id', '?')} family {fields.get('cpu family', '?')} model {fields.get('model', '?')} "
+        f"({fields.get('model name', '?')}); flags: {' '.join(have) or 'none of ' + ' '.join(KERNEL_FLAGS)}; "
+        f"L2 {l2} per core"
+    )
+
+
 def load1() -> float:
     return os.getloadavg()[0]
 

@@ -38,12 +38,12 @@ import pandas as pd
 import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import cpu_family, load1, machine_line, wait_for_quiet, write_section  # noqa: E402
 from _common import landcoverpy_window as _landcoverpy_window  # noqa: E402
-from _common import load1, machine_line, wait_for_quiet, write_section  # noqa: E402
 
 from lcstack.classify import classify, fast_predict_proba_levels, predict_block  # noqa: E402
 from lcstack.demo.spectra import LC_LABELS  # noqa: E402
-from lcstack.forest import _simd, compile_estimator, engine  # noqa: E402
+from lcstack.forest import _simd, compile_estimator, engine, kernels  # noqa: E402
 from lcstack.forest import predict as fpredict  # noqa: E402
 from lcstack.model import HierarchicalClassifier, save_model  # noqa: E402
 
@@ -179,13 +179,17 @@ def run_case(cube, clf, model, features, window, repeat):
             else:
                 os.environ["LCSTACK_SIMD"] = previous
 
-    # the other steps this CPU has, besides the default (the one calibrated fastest here)
-    steps = dict(STEP_NAMES[w] for w in _simd.available_widths() if w != engine.simd_width())
+    # the other steps this CPU has, besides the default (the one calibrated fastest here for this shape)
+    compiled = compile_estimator(model.estimator_level1_)
+    default_step = engine.simd_width(compiled.shape)
+    steps = dict(STEP_NAMES[w] for w in _simd.available_widths() if w != default_step)
     # every path best of `repeat`, interleaved so that no path always runs on a warmer machine
     w_lcp = c_lcp = w_sk = c_sk = w_nb = c_nb = c_proba = float("inf")
     other = {name: float("inf") for name in steps}  # CPU seconds
     rounds = []  # per round, LandCoverPy-style CPU seconds / numba CPU seconds, run back to back
+    loads = []
     for _ in range(repeat):
+        loads.append(load1())
         w, c, ref = timed(run_lcp, 1)
         w_lcp, c_lcp, c_round = min(w_lcp, w), min(c_lcp, c), c
         w, c, out_nb = timed(lambda: run_block("numba"), 1)
@@ -220,6 +224,10 @@ def run_case(cube, clf, model, features, window, repeat):
         "steps": other,
         "proba": c_proba,
         "rounds": rounds,
+        "loads": loads,
+        "shape": compiled.shape,
+        "block": compiled._block,
+        "step": default_step,
         "ref": ref,
     }
 
@@ -230,11 +238,13 @@ def main() -> None:
     parser.add_argument("--demo-size", type=int, default=512, help="side of the demo area")
     parser.add_argument("--window", type=int, default=256, help="window / dask chunk side in pixels")
     parser.add_argument("--n-train", type=int, default=20_000)
-    parser.add_argument("--repeat", type=int, default=5, help="best of N runs for every path")
+    parser.add_argument("--repeat", type=int, default=5, help="best of N interleaved rounds (>= 3)")
     parser.add_argument("--max-load", type=float, default=1.5)
     parser.add_argument("--wait", type=float, default=120, help="seconds to wait for load < --max-load")
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
     args = parser.parse_args()
+    if args.repeat < 3:
+        parser.error("--repeat must be at least 3: every row is the best of >= 3 interleaved rounds")
 
     from lcstack.model import DEFAULT_FOREST_PARAMS
 
@@ -269,8 +279,9 @@ def main() -> None:
         "| data | forest | mean depth | trees walked per pixel | LandCoverPy style Mpixel/s | lcstack sklearn "
         "Mpixel/s | lcstack numba Mpixel/s | numba vs LandCoverPy (CPU time) | per round (min-max) | "
         "numba vs sklearn | numba, AVX-512 step, vs LandCoverPy | numba, AVX2 step, vs LandCoverPy | numba, "
-        "scalar loop, vs LandCoverPy | probabilities / class-only (numba CPU time) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "scalar loop, vs LandCoverPy | probabilities / class-only (numba CPU time) | block rows, step | "
+        "1-min load per round |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     speedups = []
     for r in results:
@@ -278,7 +289,7 @@ def main() -> None:
         speed = r["lcp"][1] / r["numba"][1]
         speedups.append(speed)
         by_step = {name: f"{r['lcp'][1] / c:.1f}x" for name, c in r["steps"].items()}
-        by_step[STEP_NAMES[engine.simd_width()][0]] = "(the default here)"
+        by_step[STEP_NAMES[r["step"]][0]] = "(the default here)"
         avx512, avx2 = by_step.get("avx512", "(no AVX-512)"), by_step.get("avx2", "(no AVX2)")
         scalar = by_step["scalar"]
         table.append(
@@ -286,7 +297,8 @@ def main() -> None:
             f"{r['n_trees']} | {n / r['lcp'][0]:.3f} | {n / r['sklearn'][0]:.3f} | {n / r['numba'][0]:.3f} | "
             f"**{speed:.1f}x** | {min(r['rounds']):.1f}-{max(r['rounds']):.1f}x | "
             f"{r['sklearn'][1] / r['numba'][1]:.1f}x | {avx512} | {avx2} | {scalar} | "
-            f"{r['proba'] / r['numba'][1]:.2f}x |"
+            f"{r['proba'] / r['numba'][1]:.2f}x | {r['block']}, {STEP_NAMES[r['step']][0]} ({r['shape']}) | "
+            f"{'/'.join(f'{x:.1f}' for x in r['loads'])} |"
         )
     t_d1, t_d2 = dask_row
     body = "\n".join(
@@ -295,6 +307,11 @@ def main() -> None:
             f"{args.demo_size} --window {args.window} --repeat {args.repeat}`",
             "",
             machine_line(load_before, load_after),
+            "",
+            f"CPU family: {cpu_family()}. Partition step calibrated per forest shape here: "
+            + ", ".join(f"{s} trees {STEP_NAMES[engine.simd_width(s)][0]}" for s in engine.SHAPES)
+            + f"; blocks from the L2 cache: {kernels._block_range(len(FEATURES))[0]}-"
+            f"{kernels._block_range(len(FEATURES))[1]} rows for 66 features.",
             "",
             f"Same fitted model on both sides of every row: the LandCoverPy-style path predicts with the forest "
             f"fitted on string labels, lcstack with the very same trees (integer class codes). Training: "
@@ -307,15 +324,17 @@ def main() -> None:
             "speed drifts between rounds, the memory-bound numba kernel more than the baseline). *Trees "
             "walked*: the numba engine stops walking a pixel's trees once its vote is settled (see "
             "`lcstack/forest/`). The numba engine uses the partition step calibrated fastest on "
-            f"this CPU (here: {engine.simd_width() or 'the scalar loop, 0'} rows per step); the other step "
+            "this CPU for the forest's shape (*block rows, step*: shallow trees keep the smallest block, "
+            "deep ones grow it); the other step "
             "columns: the same engine with `LCSTACK_SIMD=avx512`, `avx2` or `0` (CPU time, best of the "
-            "same rounds). *Probabilities / class-only*: `fast_predict_proba_levels` (level-1 "
+            "same rounds). *1-min load per round*: the load average at the start of each round (2 cores; "
+            "above 2 other processes shared the cores and the caches, so the figures are pessimistic). *Probabilities / class-only*: `fast_predict_proba_levels` (level-1 "
             "probabilities, margin, level 2 and its probability, every tree walked) over the class-only "
             "engine, CPU time.",
             "",
             *table,
             "",
-            f"* Same-model inference vs the LandCoverPy-style path, target >= 5x: met on "
+            f"* Same-model inference vs the LandCoverPy-style path, target >= 5x, on this CPU ({cpu_family()}): met on "
             f"{sum(s >= 5 for s in speedups)} of {len(speedups)} cases ("
             + ", ".join(f"{s:.1f}x" for s in speedups)
             + ").",

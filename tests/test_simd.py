@@ -169,13 +169,20 @@ def test_lane_orders_put_the_chosen_lanes_first_or_last_in_order() -> None:
     assert list(first[255]) == list(range(8)) == list(last[255])
 
 
-def test_block_rows_grow_with_the_trees() -> None:
-    minimum, maximum = kernels._BLOCK, kernels._BLOCK_MAX
-    assert kernels._block_rows(100 * 50, 50) == minimum  # shallow trees: columns stay in L2
-    assert kernels._block_rows(3443 * 50, 50) == 32768  # 8 rows per node, rounded up to 2**k
-    assert kernels._block_rows(8600 * 100, 100) == maximum
-    assert kernels._block_rows(10**9, 1) == maximum
-    assert kernels._block_rows(0, 0) == minimum
+def test_block_rows_grow_with_the_trees_and_fit_the_l2_cache() -> None:
+    mib, kib = 1 << 20, 1 << 10
+    # 66 features: an Intel Xeon's 2 MiB L2 holds 8 192 rows, an AMD Zen 3's 512 KiB 2 048
+    assert kernels._block_range(66, 2 * mib) == (8192, 65536)
+    assert kernels._block_range(66, 512 * kib) == (2048, 16384)
+    assert kernels._block_range(4, 2 * mib) == (kernels._BLOCK, kernels._BLOCK_MAX)  # few features
+    assert kernels._block_range(5000, 512 * kib) == (kernels._BLOCK_MIN, 8 * kernels._BLOCK_MIN)
+    assert kernels._block_rows(100 * 50, 50, 66, 2 * mib) == 8192  # shallow trees: columns stay in L2
+    assert kernels._block_rows(3443 * 50, 50, 66, 2 * mib) == 32768  # 8 rows per node, rounded up to 2**k
+    assert kernels._block_rows(8600 * 100, 100, 66, 2 * mib) == 65536
+    assert kernels._block_rows(8600 * 100, 100, 66, 512 * kib) == 16384
+    assert kernels._block_rows(10**9, 1, 66, 512 * kib) == 16384
+    assert kernels._block_rows(0, 0, 66, 512 * kib) == 2048
+    assert kernels._l2_bytes() >= 64 * kib  # read from this machine (or the default)
 
 
 @pytest.mark.parametrize("step", ["auto", "avx512", "avx2", "0"])
@@ -189,7 +196,7 @@ def test_deep_forest_on_noisy_rows_uses_large_blocks_and_equals_sklearn(
     y = (np.nan_to_num(X[:, 0]) > 0).astype(int) + rng.integers(0, 3, 6000)  # noisy labels: deep trees
     est = RandomForestClassifier(n_estimators=6, random_state=0).fit(X, y)
     ff = FastForest.from_estimator(est)
-    assert ff._block > kernels._BLOCK  # thousands of nodes per tree
+    assert ff.shape == "deep" and ff._block > kernels._block_range(5)[0]  # thousands of nodes per tree
     probe = rng.normal(size=(2 * ff._block + 999, 5)).astype(np.float32)
     probe[rng.random(probe.shape) < 0.02] = np.nan
     expected = est.predict(probe)
@@ -198,25 +205,60 @@ def test_deep_forest_on_noisy_rows_uses_large_blocks_and_equals_sklearn(
     assert np.array_equal(ff.predict_proba(probe), est.predict_proba(probe))
 
 
-def test_calibration_picks_a_valid_step_measured_once_per_cpu(
+def test_calibration_picks_a_valid_step_per_forest_shape_measured_once_per_cpu(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "steps.json"
     monkeypatch.setattr(engine, "_calibration_path", lambda: str(path))
     monkeypatch.setattr(engine, "_calibrated", {})
     monkeypatch.delenv("LCSTACK_SIMD", raising=False)
-    width = engine.calibrated_width()
-    assert width in _simd.available_widths() and engine.simd_width() == width
+    widths = {shape: engine.calibrated_width(shape) for shape in engine.SHAPES}
+    for shape, width in widths.items():
+        assert width in _simd.available_widths() and engine.simd_width(shape) == width
+    with pytest.raises(InvalidInputError, match="forest shape 'wide' is not one of shallow, deep"):
+        engine.calibrated_width("wide")
     if len(_simd.available_widths()) == 1:
         assert not path.exists()  # nothing to choose: no measurement
         return
     entry = json.loads(path.read_text())[engine._cpu_key()]
-    assert entry["width"] == width and set(entry["seconds"]) == {str(w) for w in _simd.available_widths()}
-    assert min(entry["seconds"].values()) == entry["seconds"][str(width)]
+    assert entry["width"] == widths
+    for shape, relative in entry["relative"].items():
+        assert set(relative) == set(entry["seconds"][shape]) == {str(w) for w in _simd.available_widths()}
+        # the chosen step is within the margin of the fastest
+        margin = 1 + engine._CALIBRATION_MARGIN
+        assert relative[str(widths[shape])] <= min(relative.values()) * margin + 1e-3
     # a new process (an empty in-process table) reads the file instead of measuring again
     monkeypatch.setattr(engine, "_calibrated", {})
     monkeypatch.setattr(engine, "_measure_steps", lambda *a: pytest.fail("measured again"))
-    assert engine.calibrated_width() == width
+    assert {shape: engine.calibrated_width(shape) for shape in engine.SHAPES} == widths
+    # an entry of an older layout (one width for every shape) is measured again, not misread
+    path.write_text(json.dumps({engine._cpu_key(): {"width": 8, "seconds": {}}}))
+    monkeypatch.setattr(engine, "_calibrated", {})
+    monkeypatch.setattr(engine, "_measure_steps", lambda w: {s: {x: [1.0] for x in w} for s in engine.SHAPES})
+    assert engine.calibrated_width("shallow") == max(_simd.available_widths())
+
+
+def test_calibration_compares_the_steps_within_each_round() -> None:
+    # the scalar loop's best single run is the fastest, but the AVX2 step wins 4 of the 5 rounds
+    seconds = {0: [0.9, 1.0, 1.0, 1.0, 1.0], 8: [1.2, 0.8, 0.8, 0.8, 0.8]}
+    width, relative = engine._choose_width(seconds)
+    assert width == 8 and relative == {0: 1.25, 8: 1.0}
+    # within the margin the wider step is kept
+    assert engine._choose_width({0: [1.0, 1.0], 8: [1.03, 1.03]})[0] == 8
+    assert engine._choose_width({0: [1.0, 1.0], 8: [1.2, 1.2]})[0] == 0
+
+
+def test_forests_run_with_the_step_calibrated_for_their_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LCSTACK_SIMD", raising=False)
+    shallow, _ = engine._synthetic_forest(shape="shallow")
+    deep, _ = engine._synthetic_forest(shape="deep")
+    assert (shallow.shape, deep.shape) == ("shallow", "deep")
+    assert shallow._block == kernels._block_range(64)[0] < deep._block
+    key = engine._cpu_key()
+    monkeypatch.setattr(engine, "_calibrated", {key: {"shallow": 0, "deep": max(_simd.available_widths())}})
+    if len(_simd.available_widths()) > 1:
+        assert engine.simd_width(shallow.shape) == 0
+    assert engine.simd_width(deep.shape) == max(_simd.available_widths())
 
 
 def test_calibration_uses_the_scalar_loop_where_numba_targets_a_generic_cpu() -> None:
@@ -235,8 +277,9 @@ def test_calibration_uses_the_scalar_loop_where_numba_targets_a_generic_cpu() ->
     assert done.stdout.split() == ["(0,)", "0", "0"]
 
 
-def test_forcing_each_step_gives_identical_predictions() -> None:
-    forest, rows = engine._synthetic_forest()
+@pytest.mark.parametrize("shape", ["shallow", "deep"])
+def test_forcing_each_step_gives_identical_predictions(shape: str) -> None:
+    forest, rows = engine._synthetic_forest(shape=shape)
     rows = rows[:, :20000]
     rows[:, ::7] = np.nan  # NaN takes its side in every step
     results = [

@@ -18,23 +18,23 @@ exactly, so ``FastForest.predict`` equals ``estimator.predict`` on every row:
   (``_accumulate_prediction`` then ``proba /= len(self.estimators_)``); a single tree takes the raw leaf
   vector. ``predict`` is ``classes_.take(argmax)``, the first maximum winning.
 
-How it walks (``_descend``, ``_predict_range``): pixels come in blocks of 8 192 to 65 536 rows (more for
-deeper trees, :func:`_block_rows`), feature-major (``(n_features, n_pixels)``, the layout of a ``(feature,
-y, x)`` raster block, so classification never transposes them). For each tree, the block's rows are
-partitioned node by node, depth first: a split reads one contiguous feature column for the rows that reach
-it and writes them, branch-free, to its left or right child's range; on CPUs with AVX-512 (AVX2) 16 (8)
-rows at a time (one gather, one compare, two compressed stores: :mod:`lcstack.forest._simd`), where that step
-measures faster than the scalar loop on this CPU (:func:`calibrated_width`). A
-node is visited once per block instead of once per row, and no chain of dependent loads runs through one
-row's path. Nodes are stored in the order the walk visits them (depth-first pre-order, a subtree in one
-run of memory), which on deep trees makes the walk a quarter faster than breadth-first storage. When every
-leaf vector is one-hot (fully grown trees), scikit-learn's float64 sums are exact vote counts, so the
-kernel counts votes in uint16 instead of adding vectors (``_predict_votes_range``).
-For ``predict`` (not ``predict_proba``), a row is dropped from the walk once
-its leading class leads the runner-up by more than the remaining trees could close (each tree can move a
-class against another by at most the spread of its leaf vectors) plus a margin for float64 rounding, so
-its argmax is settled and equals scikit-learn's; the others go on to the last tree. On clean data about
-half the trees are walked per pixel (a unanimous vote must exceed the trees left).
+How it walks (``_descend``, ``_predict_range``): pixels come in blocks of 1 024 to 65 536 rows (sized to the
+CPU's L2 cache, more for deeper trees, :func:`_block_rows`), feature-major (``(n_features, n_pixels)``, the
+layout of a ``(feature, y, x)`` raster block, so classification never transposes them). For each tree, the
+block's rows are partitioned node by node, depth first: a split reads one contiguous feature column for the
+rows that reach it and writes them, branch-free, to its left or right child's range; on CPUs with AVX-512
+(AVX2) 16 (8) rows at a time (one gather, one compare, two compressed stores: :mod:`lcstack.forest._simd`),
+where that step measures faster than the scalar loop on this CPU for the forest's shape
+(:func:`calibrated_width`). A node is visited once per block instead of once per row, and no chain of
+dependent loads runs through one row's path. Nodes are stored in the order the walk visits them (depth-first
+pre-order, a subtree in one run of memory), which on deep trees makes the walk a quarter faster than
+breadth-first storage. When every leaf vector is one-hot (fully grown trees), scikit-learn's float64 sums
+are exact vote counts, so the kernel counts votes in uint16 instead of adding vectors
+(``_predict_votes_range``). For ``predict`` (not ``predict_proba``), a row is dropped from the walk once its
+leading class leads the runner-up by more than the remaining trees could close (each tree can move a class
+against another by at most the spread of its leaf vectors) plus a margin for float64 rounding, so its argmax
+is settled and equals scikit-learn's; the others go on to the last tree. On clean data about half the trees
+are walked per pixel (a unanimous vote must exceed the trees left).
 
 A forest fitted with ``n_jobs > 1`` adds the trees in whatever order its joblib threads finish, so its own
 probabilities can differ from run to run in the last bit; the kernel always gives the ``n_jobs=1`` result.

@@ -16,6 +16,7 @@ from lcstack.forest.checks import _SUPPORTED, _float32_floor, _is_supported, _pr
 from lcstack.forest.kernels import (
     _BLOCK,
     _PARALLEL_LAUNCH_LOCK,
+    _block_range,
     _block_rows,
     _kernels,
     _threading_layer_is_safe,
@@ -89,12 +90,18 @@ class FastForest:
         )
         vote_class = values.argmax(axis=1).astype(np.int32) if one_hot else np.empty(0, dtype=np.int32)
         object.__setattr__(self, "_vote_class", vote_class)
-        object.__setattr__(self, "_block", _block_rows(self.nodes.shape[0], self.n_trees))
+        block = _block_rows(self.nodes.shape[0], self.n_trees, self.n_features_in_)
+        object.__setattr__(self, "_block", block)
 
     @property
     def n_trees(self) -> int:
         """Number of trees."""
         return int(self.roots.shape[0])
+
+    @property
+    def shape(self) -> str:
+        """``"shallow"`` or ``"deep"``: the calibrated partition step it runs with (:func:`forest_shape`)."""
+        return forest_shape(self._block, self.n_features_in_)
 
     @property
     def nbytes(self) -> int:
@@ -229,7 +236,7 @@ class FastForest:
         """Class indices, probabilities (when asked) and the number of (row, tree) walks done.
 
         ``simd``: rows per partition step (one of :func:`lcstack._simd.available_widths`); ``None`` for
-        :func:`simd_width`.
+        :func:`simd_width` of this forest's shape.
         """
         XT = self._feature_major(X, feature_major)
         n = XT.shape[1]
@@ -240,7 +247,7 @@ class FastForest:
         args = (
             XT, self.roots, int(self.depth.max(initial=0)), self.nodes, self.nodes.view(np.float32),
             self.values, self._vote_class, self._lead_before, self._gain_after, self._tol, self.divisor,
-            not want_proba, out_idx, out_proba, self._block, simd_width() if simd is None else simd,
+            not want_proba, out_idx, out_proba, self._block, simd_width(self.shape) if simd is None else simd,
         )  # fmt: skip
         kernels = _kernels()
         if n_threads == 1 or n <= _BLOCK:
@@ -304,7 +311,7 @@ class FastForest:
 # ----------------------------------------------------------------------------------------------------
 
 _CALIBRATION_FILE = "lcstack-partition-step.json"
-_calibrated: dict[str, int] = {}
+_calibrated: dict[str, dict[str, int]] = {}
 _CALIBRATION_LOCK = threading.Lock()
 
 
@@ -341,15 +348,32 @@ def _calibration_path() -> str | None:
     return None  # pragma: no cover - no writable folder: measured in every process
 
 
-def _synthetic_forest(seed: int = 20) -> tuple[FastForest, np.ndarray]:
-    """Build a fixed forest (4 complete trees of depth 14 on 24 features) and 65 536 rows to time it on.
+#: Forest shapes the partition step is chosen for, by the rows per block they get (:func:`_block_rows`):
+#: ``shallow`` (size-limited or clean-data trees of about a hundred nodes, the smallest blocks) and
+#: ``deep`` (fully grown trees on noisy pixels, thousands of nodes, larger blocks). The fastest step differs
+#: between them (the steps chosen per CPU and shape are in benchmarks/RESULTS.md, "Inference").
+SHAPES = ("shallow", "deep")
 
-    Deep trees and the largest blocks: the memory-bound case, where the steps differ most (this forest
-    reproduces the ranking of the steps on the noisy cube of ``benchmarks/bench_inference.py``; shallow
-    trees barely tell them apart; figures in benchmarks/RESULTS.md).
+# shape -> (trees, depth of each complete tree, rows timed): about as many rows per leaf as the
+# benchmark's forests get in their blocks (shallow: ~100 rows per leaf; deep: ~16).
+_SYNTHETIC = {"shallow": (16, 6, 32768), "deep": (4, 12, 65536)}
+
+
+def forest_shape(block: int, n_features: int) -> str:
+    """Return the shape (:data:`SHAPES`) of a forest on ``n_features`` walked in ``block``-row blocks."""
+    return "shallow" if block <= _block_range(n_features)[0] else "deep"
+
+
+def _synthetic_forest(seed: int = 20, shape: str = "deep") -> tuple[FastForest, np.ndarray]:
+    """Build a fixed forest of complete trees on 64 features of the given shape, and rows to time it on.
+
+    ``shallow``: 16 trees of depth 6 (127 nodes), 32 768 rows in the smallest blocks; ``deep``: 4 trees
+    of depth 12 (8 191 nodes), 65 536 rows in the largest (:func:`_block_range`). Random thresholds on
+    Gaussian rows, so the rows split unevenly, as on real pixels.
     """
     rng = np.random.default_rng(seed)
-    n_trees, depth, n_features, n_classes = 4, 14, 24, 6
+    n_trees, depth, n_rows = _SYNTHETIC[shape]
+    n_features, n_classes = 64, 6  # blocks as large as for 66 features
     per_tree = 2 ** (depth + 1) - 1
     nodes = np.empty((n_trees * per_tree, 4), dtype=np.int32)
     values = rng.dirichlet(np.ones(n_classes) * 0.3, size=n_trees * 2**depth)
@@ -379,39 +403,64 @@ def _synthetic_forest(seed: int = 20) -> tuple[FastForest, np.ndarray]:
         divisor=float(n_trees),
         spread=spread,
     )
-    rows = rng.normal(size=(n_features, 65536)).astype(np.float32)
+    assert forest.shape == shape
+    rows = rng.normal(size=(n_features, n_rows)).astype(np.float32)
     return forest, rows
 
 
-def _measure_steps(widths: tuple[int, ...], rounds: int = 7) -> dict[int, float]:
-    """Best-of-``rounds`` seconds per partition step on :func:`_synthetic_forest`, steps interleaved."""
+def _measure_steps(widths: tuple[int, ...], rounds: int = 9) -> dict[str, dict[int, list[float]]]:
+    """Per shape and partition step, the seconds of each of ``rounds`` interleaved runs."""
     import time
 
-    forest, rows = _synthetic_forest()
-    best = dict.fromkeys(widths, float("inf"))
-    reference = forest._run(rows, 1, False, feature_major=True, simd=0)[0]  # also compiles the kernel
+    cases = {shape: _synthetic_forest(shape=shape) for shape in SHAPES}
+    seconds: dict[str, dict[int, list[float]]] = {shape: {w: [] for w in widths} for shape in SHAPES}
+    # the scalar loop's classes are the reference (this also compiles the kernel)
+    reference = {s: f._run(rows, 1, False, feature_major=True, simd=0)[0] for s, (f, rows) in cases.items()}
     for _ in range(rounds):
-        for width in widths:
-            start = time.perf_counter()
-            idx = forest._run(rows, 1, False, feature_major=True, simd=width)[0]
-            best[width] = min(best[width], time.perf_counter() - start)
-            if not np.array_equal(idx, reference):  # pragma: no cover - a broken step is never chosen
-                raise RuntimeError(f"the {width}-row partition step disagrees with the scalar loop")
-    return best
+        for shape, (forest, rows) in cases.items():
+            for width in widths:
+                start = time.perf_counter()
+                idx = forest._run(rows, 1, False, feature_major=True, simd=width)[0]
+                seconds[shape][width].append(time.perf_counter() - start)
+                if not np.array_equal(idx, reference[shape]):  # pragma: no cover - never chosen
+                    raise RuntimeError(f"the {width}-row partition step disagrees with the scalar loop")
+    return seconds
 
 
-_CALIBRATION_MARGIN = 0.10
+def _choose_width(seconds: dict[int, list[float]]) -> tuple[int, dict[int, float]]:
+    """Return the widest step whose median time, relative to each round's fastest, is near the best.
+
+    Per round, not best of each: on a shared machine a run can be slowed by a neighbour at any time, and
+    comparing the steps run back to back within a round cancels the slow stretches that min-of-each
+    leaves to chance (under a load of 8 on 2 cores that picked the scalar loop for deep trees, where the
+    AVX2 step is 1.2-1.4x faster).
+    """
+    widths = list(seconds)
+    n_rounds = min(len(t) for t in seconds.values())
+    fastest = [min(seconds[w][r] for w in widths) for r in range(n_rounds)]
+    relative = {w: float(np.median([seconds[w][r] / fastest[r] for r in range(n_rounds)])) for w in widths}
+    best = min(relative.values())
+    return max(w for w in widths if relative[w] <= best * (1.0 + _CALIBRATION_MARGIN)), relative
 
 
-def calibrated_width() -> int:
-    """Rows per partition step measured fastest on this CPU (``LCSTACK_SIMD=auto``).
+_CALIBRATION_MARGIN = 0.05
+
+
+def calibrated_width(shape: str = "deep") -> int:
+    """Rows per partition step measured fastest on this CPU for forests of ``shape`` (``LCSTACK_SIMD=auto``).
 
     Measured once per CPU model (vendor, family, model, numba's target CPU), lcstack version and numba
-    version on a fixed synthetic forest (:func:`_synthetic_forest`, about a second), kept in
-    ``lcstack-partition-step.json`` beside the kernel cache (:mod:`lcstack.forest._cache`) and logged
-    once per process. With only the scalar loop compiled in (no AVX2, or ``NUMBA_CPU_NAME=generic``) it is
-    0 without measuring. The widest step whose time is within 10 % of the fastest is chosen, so noise on a
-    busy machine does not trade a wide step for a marginally faster narrow one.
+    version on fixed synthetic forests of each shape (:data:`SHAPES`, :func:`_synthetic_forest`, about a
+    second in all), kept in ``lcstack-partition-step.json`` beside the kernel cache
+    (:mod:`lcstack.forest._cache`) and logged once per process. With only the scalar loop compiled in (no
+    AVX2, or ``NUMBA_CPU_NAME=generic``) it is 0 without measuring. The widest step whose time is within
+    5 % of the fastest is chosen, so noise on a busy machine does not trade a wide step for a marginally
+    faster narrow one; the times are compared within each round of runs (:func:`_choose_width`).
+
+    Parameters
+    ----------
+    shape : {"shallow", "deep"}
+        The forest's shape (:func:`forest_shape` of its block size).
 
     Returns
     -------
@@ -419,43 +468,56 @@ def calibrated_width() -> int:
         One of :func:`lcstack._simd.available_widths`.
 
     """
+    if shape not in SHAPES:
+        raise InvalidInputError(f"forest shape {shape!r} is not one of {', '.join(SHAPES)}.")
     widths = _simd.available_widths()
     if len(widths) == 1:
         return widths[0]
     key = _cpu_key()
-    if key in _calibrated:
-        return _calibrated[key]
-    with _CALIBRATION_LOCK:
-        if key not in _calibrated:
-            _calibrated[key] = _calibrate(key, widths)
-    return _calibrated[key]
+    if key not in _calibrated:
+        with _CALIBRATION_LOCK:
+            if key not in _calibrated:
+                _calibrated[key] = _calibrate(key, widths)
+    return _calibrated[key][shape]
 
 
-def _calibrate(key: str, widths: tuple[int, ...]) -> int:
+def _read_table(path: str | None) -> dict[str, Any]:
+    import json
+
+    if path is None or not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            table = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return table if isinstance(table, dict) else {}
+
+
+def _calibrate(key: str, widths: tuple[int, ...]) -> dict[str, int]:
     import json
 
     path = _calibration_path()
-    table: dict[str, Any] = {}
-    if path is not None and os.path.exists(path):
-        try:
-            with open(path, encoding="utf-8") as f:
-                table = json.load(f)
-        except (OSError, ValueError):
-            table = {}
+    table = _read_table(path)
     entry = table.get(key)
-    if isinstance(entry, dict) and entry.get("width") in widths:
-        logger.info("partition step: %d rows (measured fastest on this CPU; %s)", entry["width"], path)
-        return int(entry["width"])
+    chosen = entry.get("width") if isinstance(entry, dict) else None
+    if isinstance(chosen, dict) and all(chosen.get(s) in widths for s in SHAPES):
+        logger.info("partition step per forest shape: %s (measured on this CPU; %s)", chosen, path)
+        return {s: int(chosen[s]) for s in SHAPES}
     seconds = _measure_steps(widths)
-    # The widest step within _CALIBRATION_MARGIN of the fastest: a short measurement on a loaded machine can
-    # favour a narrower step by a few per cent, while on deep forests the wider step wins by far more.
-    fastest = min(seconds.values())
-    width = max(w for w in widths if seconds[w] <= fastest * (1.0 + _CALIBRATION_MARGIN))
-    table[key] = {"width": width, "seconds": {str(w): round(t, 5) for w, t in seconds.items()}}
+    chosen, relative = {}, {}
+    for shape, times in seconds.items():
+        chosen[shape], relative[shape] = _choose_width(times)
+    table[key] = {
+        "width": chosen,
+        "relative": {s: {str(w): round(r, 3) for w, r in rel.items()} for s, rel in relative.items()},
+        "seconds": {s: {str(w): round(min(t), 5) for w, t in ts.items()} for s, ts in seconds.items()},
+    }
     logger.info(
-        "partition step: %d rows, the fastest on this CPU (seconds per width: %s; LCSTACK_SIMD forces one)",
-        width,
-        ", ".join(f"{w}: {t:.3f}" for w, t in seconds.items()),
+        "partition step per forest shape: %s rows, the fastest on this CPU (median time per width relative "
+        "to each round's fastest: %s; LCSTACK_SIMD forces one)",
+        chosen,
+        "; ".join(f"{s}: " + ", ".join(f"{w}: {r:.2f}" for w, r in rl.items()) for s, rl in relative.items()),
     )
     if path is not None:
         tmp = f"{path}.{os.getpid()}.tmp"
@@ -465,15 +527,15 @@ def _calibrate(key: str, widths: tuple[int, ...]) -> int:
             os.replace(tmp, path)
         except OSError:  # pragma: no cover - measured again in the next process
             logger.debug("could not write %s", path)
-    return width
+    return chosen
 
 
-def simd_width() -> int:
-    """Rows per vector step the kernels use: 16 (AVX-512), 8 (AVX2) or 0 (scalar loop).
+def simd_width(shape: str = "deep") -> int:
+    """Rows per vector step the kernels use for forests of ``shape``: 16 (AVX-512), 8 (AVX2) or 0 (scalar).
 
     ``LCSTACK_SIMD`` forces a step (:func:`lcstack.forest._simd.requested_width`); unset or ``auto``, the
-    step measured fastest on this CPU (:func:`calibrated_width`: the widest step is not always the fastest,
-    e.g. on AMD Zen 4).
+    step measured fastest on this CPU for that shape (:func:`calibrated_width`: the widest step is not
+    always the fastest, e.g. on AMD Zen 4, nor the same for shallow and deep trees, e.g. on AMD Zen 3).
     """
     width = _simd.requested_width()
-    return calibrated_width() if width is None else width
+    return calibrated_width(shape) if width is None else width

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import math
+import os
 import threading
 from typing import Any
 
@@ -15,27 +18,64 @@ logger = logging.getLogger(__name__)
 #: Level-2 code of a pixel whose category has no level-2 model (same as :data:`lcstack.model.UNCLASSIFIED`).
 UNCLASSIFIED = 1
 
-#: Rows per work item, at least (see :func:`_block_rows`). A block is walked one tree after the other;
+#: Rows per work item, at most (see :func:`_block_rows`). A block is walked one tree after the other;
 #: blocks are what the parallel kernel spreads over threads.
 _BLOCK = 8192
-#: Rows per work item, at most.
+#: Rows per work item of deep trees, at most.
 _BLOCK_MAX = 65536
+#: Rows per work item, at least.
+_BLOCK_MIN = 1024
+#: Level-2 cache assumed where the CPU's cannot be read (2 MiB: the Intel Xeon of RESULTS.md).
+_L2_DEFAULT = 2 << 20
 #: Segments of at most this many rows leave the partition and finish with a walk per row.
 _SMALL = 4
 
 
-def _block_rows(n_nodes: int, n_trees: int) -> int:
-    """Rows per block for a forest: 8 per node of its mean tree, a power of two in ``[_BLOCK, _BLOCK_MAX]``.
+@functools.cache
+def _l2_bytes() -> int:
+    """Return CPU 0's level-2 (data or unified) cache in bytes, from sysfs (else :data:`_L2_DEFAULT`)."""
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for index in sorted(os.listdir(root)):
+            folder = os.path.join(root, index)
+            with open(os.path.join(folder, "level")) as f:
+                level = f.read().strip()
+            with open(os.path.join(folder, "type")) as f:
+                kind = f.read().strip()
+            if level == "2" and kind in ("Unified", "Data"):
+                with open(os.path.join(folder, "size")) as f:
+                    size = f.read().strip().upper()
+                scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+                return int(size.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        pass
+    return _L2_DEFAULT
+
+
+def _block_range(n_features: int, l2: int | None = None) -> tuple[int, int]:
+    """Rows per block for the shallowest and the deepest trees, from the L2 cache and the feature count.
+
+    The smallest block is the power of two nearest to the rows whose features fill the L2 cache
+    (``l2 / (4 * n_features)``, within ``[_BLOCK_MIN, _BLOCK]``), the largest 8 times that (at most
+    :data:`_BLOCK_MAX`). The block sizes measured per CPU family are in benchmarks/RESULTS.md ("Inference").
+    """
+    rows = (_l2_bytes() if l2 is None else l2) / (4 * max(n_features, 1))
+    low = 1 << max(0, round(math.log2(max(rows, 1.0))))
+    low = min(max(low, _BLOCK_MIN), _BLOCK)
+    return low, min(8 * low, _BLOCK_MAX)
+
+
+def _block_rows(n_nodes: int, n_trees: int, n_features: int = 66, l2: int | None = None) -> int:
+    """Rows per block for a forest: 8 per node of its mean tree, a power of two in :func:`_block_range`.
 
     A block's rows split up as they go down a tree; with about 16 rows per leaf (a tree has about as
-    many leaves as half its nodes) the partition steps stay long enough for the 16-row AVX-512 step and
-    the cost per node (stack, branches) stays small beside the cost per row. Shallow trees keep the
-    minimum, whose columns stay in the CPU's L2 cache. On the benchmark cubes large trees ran faster
-    with the larger blocks and small trees slower (figures: benchmarks/RESULTS.md, "Inference").
+    many leaves as half its nodes) the partition steps stay long enough for the vector steps and the
+    cost per node (stack, branches) stays small beside the cost per row. Shallow trees keep the
+    minimum, whose columns stay in the CPU's L2 cache (figures: benchmarks/RESULTS.md, "Inference").
     """
     mean = n_nodes / max(n_trees, 1)
-    block = _BLOCK
-    while block < 8 * mean and block < _BLOCK_MAX:
+    block, largest = _block_range(n_features, l2)
+    while block < 8 * mean and block < largest:
         block *= 2
     return block
 
