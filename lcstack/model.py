@@ -152,10 +152,11 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
 
     Notes
     -----
-    Training samples must be free of NaN (:func:`lcstack.samples.extract_samples` leaves out nodata
-    pixels); ``fit`` raises :class:`~lcstack.errors.InvalidInputError` otherwise. The classifier does not mask
-    NaN pixels at prediction either: the caller (``lcstack.classify``) predicts only valid pixels and writes
-    nodata (0) elsewhere.
+    NaN marks a missing feature (a season without a clear observation), in training and at prediction:
+    the base classifier must accept NaN (scikit-learn >= 1.4 forests and trees, HistGradientBoosting),
+    which routes it as it learnt to. Inf, or a training sample without any valid feature, raises
+    :class:`~lcstack.errors.InvalidInputError`; ``lcstack.classify`` writes nodata (0) where no season has
+    a valid observation and predicts every other pixel.
 
     """
 
@@ -190,10 +191,10 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         X = validate_data(
             self, X, reset=False, dtype=[np.float64, np.float32], ensure_all_finite=False, accept_sparse=False
         )
-        if not np.isfinite(X).all():
+        if np.isinf(X).any():
             raise InvalidInputError(
-                "X contains NaN or inf; predict only on valid pixels and mark the others as nodata "
-                "(lcstack.classify does)."
+                "X contains inf; missing features must be NaN (routed by the trees as scikit-learn does), "
+                "and a pixel without any valid feature is nodata (lcstack.classify leaves it out)."
             )
         return X
 
@@ -209,7 +210,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like or DataFrame of shape (n_samples, n_features)
-            Training features, NaN-free.
+            Training features; NaN where missing, every sample with one valid feature.
         y : array-like of shape (n_samples,)
             Category codes.
         y_sub : array-like of shape (n_samples,), optional
@@ -280,13 +281,13 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
 
     @staticmethod
     def _check_finite_fit(X: np.ndarray) -> None:
-        finite = np.isfinite(X).all(axis=1)
-        if not finite.all():
-            bad = np.flatnonzero(~finite)
+        # NaN is a missing feature (forests learn where it goes); inf, or a sample with nothing, is an error
+        bad = np.flatnonzero(np.isinf(X).any(axis=1) | np.isnan(X).all(axis=1))
+        if bad.size:
             raise InvalidInputError(
-                f"X contains NaN or inf in {bad.size} of {X.shape[0]} samples (first rows: "
-                f"{bad[:5].tolist()}). Training samples must be NaN-free: leave out nodata pixels before "
-                "fitting (lcstack.samples.extract_samples does)."
+                f"X contains inf, or no valid feature at all, in {bad.size} of {X.shape[0]} samples (first "
+                f"rows: {bad[:5].tolist()}). Missing features must be NaN, and a sample needs at least one "
+                "valid feature: leave out nodata pixels before fitting (lcstack.samples.extract_samples does)."
             )
 
     @staticmethod
@@ -305,7 +306,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like or DataFrame of shape (n_samples, n_features)
-            Features of valid (NaN-free) pixels, in the training order.
+            Features (NaN where missing), in the training order.
 
         Returns
         -------
@@ -325,7 +326,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like or DataFrame of shape (n_samples, n_features)
-            Features of valid (NaN-free) pixels, in the training order.
+            Features (NaN where missing), in the training order.
         predict : callable, optional
             ``predict(estimator, X)`` for each level's estimator, e.g. the compiled engine's
             :func:`lcstack.forest.fast_predict`; ``None`` calls the estimator's ``predict``.
@@ -352,7 +353,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like or DataFrame of shape (n_samples, n_features)
-            Features of valid (NaN-free) pixels, in the training order.
+            Features (NaN where missing), in the training order.
         predict_proba : callable, optional
             ``predict_proba(estimator, X)`` for each level's estimator; ``None`` calls the estimator's.
 
@@ -378,7 +379,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like or DataFrame of shape (n_samples, n_features)
-            Features of valid (NaN-free) pixels.
+            Features (NaN where missing).
 
         Returns
         -------
@@ -396,7 +397,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like or DataFrame of shape (n_samples, n_features)
-            Features of valid (NaN-free) pixels.
+            Features (NaN where missing).
 
         Returns
         -------
@@ -414,7 +415,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like or DataFrame of shape (n_samples, n_features)
-            Features of valid (NaN-free) pixels.
+            Features (NaN where missing).
 
         Returns
         -------
@@ -427,7 +428,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
 
     def __sklearn_tags__(self):  # noqa: D105
         tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = False
+        tags.input_tags.allow_nan = True
         tags.input_tags.sparse = False
         return tags
 

@@ -805,6 +805,7 @@ class Workflow:
             key = _digest(ident)
             base = self.storage.url("classification-maps", f"model_{model_key}", tile_id)
             names = {"zarr": "maps.zarr", "level1": "level1.tif", "level2": "level2.tif"}
+            names["valid_seasons"] = "valid_seasons.tif"
             jobs.append((tile_id, key, base, {k: self.storage._join(base, v) for k, v in names.items()}))
         return jobs
 
@@ -855,6 +856,8 @@ class Workflow:
         cogs = [(stored["level1"], urls["level1"], labels[0])]
         if "level2" in stored:
             cogs.append((stored["level2"], urls["level2"], labels[1]))
+        if "valid_seasons" in stored:  # seasons with a valid observation: where a class rests on fewer
+            cogs.append((stored["valid_seasons"], urls["valid_seasons"], None))
         # On a cluster the two COGs (block reads, overviews, deflate: GDAL releases the GIL) are built
         # side by side.
         self._run_jobs(
