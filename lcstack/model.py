@@ -428,7 +428,11 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
 
     def __sklearn_tags__(self):  # noqa: D105
         tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = True
+        # NaN is a missing feature when the base classifier routes it (forests, HistGradientBoosting)
+        from sklearn.utils import get_tags
+
+        bases = [default_estimator() if self.estimator is None else self.estimator, self.subcategory_estimator]
+        tags.input_tags.allow_nan = all(get_tags(b).input_tags.allow_nan for b in bases if b is not None)
         tags.input_tags.sparse = False
         return tags
 
