@@ -33,6 +33,8 @@ from lcstack.errors import InputFileNotFoundError, InvalidInputError, ModelMisma
 __all__ = [
     "ModelRef",
     "predict_block",
+    "feature_seasons",
+    "valid_seasons_block",
     "classify",
     "write_maps_zarr",
     "model_cache_info",
@@ -97,10 +99,10 @@ def _feature_major_input(model: Any, X: Any, assume_finite: bool) -> tuple[int, 
             f"X has shape {X.shape}; with feature_major=True the model expects ({model.n_features_in_}, "
             "n_samples) features."
         )
-    if not assume_finite and not np.isfinite(X).all():
+    if not assume_finite and np.isinf(X).any():
         raise InvalidInputError(
-            "X contains NaN or inf; predict only on valid pixels and mark the others as nodata "
-            "(lcstack.classify does)."
+            "X contains inf; missing features must be NaN, and pixels without any valid feature are "
+            "nodata (lcstack.classify leaves them out)."
         )
     return X.shape[1], lambda rows: X if rows is None else X[:, rows]
 
@@ -118,16 +120,15 @@ def fast_predict_levels(
     model : HierarchicalClassifier
         Fitted.
     X : array-like or DataFrame of shape (n_samples, n_features)
-        Features of valid (NaN-free) pixels, validated as ``predict_levels`` does; with
+        Features (NaN where missing), validated as ``predict_levels`` does; with
         ``feature_major=True`` an array of shape ``(n_features, n_samples)``.
     n_threads : int, optional
         See :meth:`lcstack.forest.FastForest.predict`.
     feature_major : bool, optional
         See :meth:`lcstack.forest.FastForest.predict`.
     assume_finite : bool, optional
-        With ``feature_major=True``, skip the check for NaN and inf (a pass over all of ``X``): for
-        callers that already hold only valid pixels, such as the columns of
-        :func:`lcstack.forest.valid_columns`.
+        With ``feature_major=True``, skip the check for inf (a pass over all of ``X``): for callers
+        that already left out such pixels, such as :func:`predict_block`.
 
     Returns
     -------
@@ -201,7 +202,63 @@ def _predict_rows(model: Any, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return level1, np.full(level1.shape, UNCLASSIFIED, dtype=np.uint8)
 
 
-def predict_block(X: np.ndarray, model: Any, *, engine: Engine = "auto") -> np.ndarray:
+def feature_seasons(names: Sequence[str]) -> np.ndarray:
+    """Season index of every feature (``<season>_<band>``), -1 for the others (terrain).
+
+    Parameters
+    ----------
+    names : sequence of str
+        Feature names in cube order (:func:`lcstack.features.feature_names`).
+
+    Returns
+    -------
+    ndarray of int64, shape (n_features,)
+        Features of one season share an index (in order of first appearance).
+
+    """
+    index: dict[str, int] = {}
+    out = np.full(len(names), -1, dtype=np.int64)
+    for i, name in enumerate(names):
+        if "_" in str(name):
+            out[i] = index.setdefault(str(name).split("_", 1)[0], len(index))
+    return out
+
+
+def valid_seasons_block(X: np.ndarray, seasons: np.ndarray | None = None) -> np.ndarray:
+    """Count the seasons with a valid observation per pixel of a ``(feature, y, x)`` block.
+
+    A season is observed at a pixel when one of its features is not NaN. Without ``seasons`` (or without
+    any seasonal feature) the whole feature vector counts as one season.
+
+    Returns
+    -------
+    ndarray of uint8, shape (ny, nx)
+
+    """
+    X = np.asarray(X)
+    groups = np.zeros(X.shape[0], dtype=np.int64) if seasons is None else np.asarray(seasons)
+    if not (groups >= 0).any():
+        groups = np.zeros(X.shape[0], dtype=np.int64)
+    count = np.zeros(X.shape[1:], dtype=np.uint8)
+    for g in np.unique(groups[groups >= 0]):
+        count += (~np.isnan(X[groups == g])).any(axis=0)
+    return count
+
+
+def _check_block(X: np.ndarray, model: Any) -> None:
+    if X.ndim != 3:
+        raise InvalidInputError(f"predict_block expects a (feature, y, x) block, got shape {X.shape}.")
+    n_expected = getattr(model, "n_features_in_", None)
+    if n_expected is not None and int(n_expected) != X.shape[0]:
+        raise ModelMismatchError(
+            f"The block has {X.shape[0]} features but the model was trained on {n_expected}. "
+            "Classify the feature cube the model was trained on."
+        )
+
+
+def predict_block(
+    X: np.ndarray, model: Any, *, engine: Engine = "auto", seasons: np.ndarray | None = None
+) -> np.ndarray:
     """Predict level-1 and level-2 class codes for one ``(feature, y, x)`` block.
 
     Parameters
@@ -214,40 +271,43 @@ def predict_block(X: np.ndarray, model: Any, *, engine: Engine = "auto") -> np.n
     engine : {"auto", "sklearn", "numba"}
         ``"numba"`` predicts random forests, extra trees and decision trees (level 1 and level 2 of a
         :class:`~lcstack.model.HierarchicalClassifier`) with the compiled kernel of
-        :mod:`lcstack.forest` (identical predictions, faster than scikit-learn: benchmarks/RESULTS.md)
-        and any other estimator with its own ``predict``; ``"sklearn"`` always calls the model's
+        :mod:`lcstack.forest` (identical predictions, NaN routed as scikit-learn does, faster than
+        scikit-learn: benchmarks/RESULTS.md) and any other estimator with its own ``predict``;
+        ``"sklearn"`` always calls the model's
         ``predict_levels``/``predict``; ``"auto"`` (default) is ``"numba"`` when numba can be imported,
         else ``"sklearn"``.
+    seasons : ndarray of int, optional
+        Season index per feature (:func:`feature_seasons`), -1 for features of no season.
 
     Returns
     -------
     numpy.ndarray
-        uint8, shape ``(2, ny, nx)``: level-1 codes then level-2 codes. Pixels with any NaN or infinite
-        feature are 0 (nodata) in both levels and are never passed to the model.
+        uint8, shape ``(2, ny, nx)``: level-1 codes then level-2 codes. A pixel is 0 (nodata) in both levels
+        where no season has a valid observation (:func:`valid_seasons_block`) or a feature is infinite;
+        every other pixel is predicted from the features it has (NaN for the missing ones).
 
     """
     X = np.asarray(X)
-    if X.ndim != 3:
-        raise InvalidInputError(f"predict_block expects a (feature, y, x) block, got shape {X.shape}.")
+    _check_block(X, model)
+    keep = (valid_seasons_block(X, seasons) > 0) & ~np.isinf(X).any(axis=0)
+    return _predict_kept(X, model, engine, keep)
+
+
+def _predict_kept(X: np.ndarray, model: Any, engine: Engine, keep: np.ndarray) -> np.ndarray:
+    """Codes ``(2, ny, nx)`` of the pixels in ``keep`` (NaN features included), 0 elsewhere."""
     n_features, ny, nx = X.shape
-    n_expected = getattr(model, "n_features_in_", None)
-    if n_expected is not None and int(n_expected) != n_features:
-        raise ModelMismatchError(
-            f"The block has {n_features} features but the model was trained on {n_expected}. "
-            "Classify the feature cube the model was trained on."
-        )
     out = np.zeros((2, ny * nx), dtype=np.uint8)
     if _use_numba(engine):
         from lcstack.forest import valid_columns
 
-        # One fused pass: the valid pixels as feature-major float32 columns, the kernel's layout.
-        columns, valid = valid_columns(X)
+        # One fused pass: the kept pixels as feature-major float32 columns, the kernel's layout.
+        columns, valid = valid_columns(X, keep)
         n_valid = valid.size
         if n_valid:
             level1, level2 = _predict_columns(model, columns)
     else:
         flat = X.reshape(n_features, ny * nx)
-        valid = np.isfinite(flat).all(axis=0)
+        valid = keep.reshape(-1)
         n_valid = int(valid.sum())
         if n_valid:
             # One gather straight into C-contiguous (n_pixels, n_features) float32 rows.
@@ -399,10 +459,17 @@ def get_model(ref: ModelRef) -> tuple[Any, dict[str, Any]]:
         return loaded
 
 
-def _predict_chunk(block: np.ndarray, model: Any, engine: Engine = "auto") -> np.ndarray:
+def _predict_chunk(
+    block: np.ndarray, model: Any, engine: Engine = "auto", seasons: np.ndarray | None = None
+) -> np.ndarray:
+    """Level 1, level 2 and the number of valid seasons, ``(3, ny, nx)`` uint8."""
     if isinstance(model, ModelRef):
         model = get_model(model)[0]
-    return predict_block(block, model, engine=engine)
+    block = np.asarray(block)
+    _check_block(block, model)
+    count = valid_seasons_block(block, seasons)
+    codes = _predict_kept(block, model, engine, (count > 0) & ~np.isinf(block).any(axis=0))
+    return np.concatenate([codes, count[None]], axis=0)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -558,9 +625,9 @@ def classify(
     Returns
     -------
     xarray.Dataset
-        ``level1`` and ``level2`` (uint8, dims ``(y, x)``, same y/x chunks as ``features``, 0 = nodata,
-        level 2 1 = unclassified), with the cube's ``x``, ``y`` and ``spatial_ref`` coordinates. Nothing is
-        computed. Both variables come from the same prediction tasks, so compute or write them together.
+        ``level1``, ``level2`` (uint8, dims ``(y, x)``, same y/x chunks as ``features``, 0 = nodata,
+        level 2 1 = unclassified) and ``valid_seasons`` (uint8, seasons with a valid observation), with
+        the cube's ``x``, ``y`` and ``spatial_ref`` coordinates. Nothing is computed. All variables come from the same prediction tasks, so compute or write them together.
 
     Raises
     ------
@@ -621,12 +688,15 @@ def classify(
     else:
         features = features.chunk({"feature": -1})
     data = features.data
+    names = [str(f) for f in features["feature"].values] if "feature" in features.coords else None
+    seasons = feature_seasons(names) if names is not None else None
     out = da.map_blocks(
         _predict_chunk,
         data,
         model_arg,
         engine,
-        chunks=((2,), *data.chunks[1:]),
+        seasons,
+        chunks=((3,), *data.chunks[1:]),
         dtype=np.uint8,
         meta=np.empty((0, 0, 0), dtype=np.uint8),
         name=f"lcstack-classify-{dask.base.tokenize(data, model_arg)}",
@@ -635,6 +705,8 @@ def classify(
     coords = {k: v for k, v in features.coords.items() if "feature" not in v.dims}
     level1 = xr.DataArray(out[0], dims=("y", "x"), coords=coords, name="level1")
     level2 = xr.DataArray(out[1], dims=("y", "x"), coords=coords, name="level2")
+    valid_seasons = xr.DataArray(out[2], dims=("y", "x"), coords=coords, name="valid_seasons")
+    valid_seasons.attrs.update(long_name="number of seasons with a valid observation", units="1")
     level1.attrs.update(flag_attrs(lc_labels, long_name="land cover category (level 1)"))
     level2.attrs.update(
         flag_attrs(
@@ -645,7 +717,8 @@ def classify(
     )
     if "spatial_ref" in coords:
         level1.attrs["grid_mapping"] = level2.attrs["grid_mapping"] = "spatial_ref"
-    return xr.Dataset({"level1": level1, "level2": level2})
+        valid_seasons.attrs["grid_mapping"] = "spatial_ref"
+    return xr.Dataset({"level1": level1, "level2": level2, "valid_seasons": valid_seasons})
 
 
 def write_maps_zarr(

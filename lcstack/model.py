@@ -31,7 +31,7 @@ import numpy as np
 import skops.io as sio
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.ensemble import RandomForestClassifier
-from sklearn.utils import _safe_indexing
+from sklearn.utils import _safe_indexing, get_tags
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import (
@@ -153,10 +153,11 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
 
     Notes
     -----
-    Training samples must be free of NaN (:func:`lcstack.samples.extract_samples` leaves out nodata
-    pixels); ``fit`` raises :class:`~lcstack.errors.InvalidInputError` otherwise. The classifier does not mask
-    NaN pixels at prediction either: the caller (``lcstack.classify``) predicts only valid pixels and writes
-    nodata (0) elsewhere.
+    NaN marks a missing feature (a season without a clear observation), in training and at prediction:
+    the base classifier must accept NaN (scikit-learn >= 1.4 forests and trees, HistGradientBoosting),
+    which routes it as it learnt to. Inf, or a training sample without any valid feature, raises
+    :class:`~lcstack.errors.InvalidInputError`; ``lcstack.classify`` writes nodata (0) where no season has
+    a valid observation and predicts every other pixel.
 
     """
 
@@ -191,10 +192,10 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         X = validate_data(
             self, X, reset=False, dtype=[np.float64, np.float32], ensure_all_finite=False, accept_sparse=False
         )
-        if not np.isfinite(X).all():
+        if np.isinf(X).any():
             raise InvalidInputError(
-                "X contains NaN or inf; predict only on valid pixels and mark the others as nodata "
-                "(lcstack.classify does)."
+                "X contains inf; missing features must be NaN (routed by the trees as scikit-learn does), "
+                "and a pixel without any valid feature is nodata (lcstack.classify leaves it out)."
             )
         return X
 
@@ -210,7 +211,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like or DataFrame of shape (n_samples, n_features)
-            Training features, NaN-free.
+            Training features; NaN where missing, every sample with one valid feature.
         y : array-like of shape (n_samples,)
             Category codes.
         y_sub : array-like of shape (n_samples,), optional
@@ -232,6 +233,13 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
             self, X, y, dtype=[np.float64, np.float32], ensure_all_finite=False, accept_sparse=False
         )
         self._check_finite_fit(X)
+        if np.isnan(X).any() and not self.__sklearn_tags__().input_tags.allow_nan:
+            names = sorted({type(b).__name__ for b in self._bases() if not get_tags(b).input_tags.allow_nan})
+            raise InvalidInputError(
+                f"X has missing features (NaN: a season without a clear observation) but {', '.join(names)} "
+                "cannot take NaN; choose an estimator that routes missing values (random forest, extra trees, "
+                "HistGradientBoosting, LightGBM, XGBoost) or fill the missing features before fitting."
+            )
         check_classification_targets(y)
         n = X.shape[0]
         fit_kw: dict[str, Any] = {}
@@ -281,13 +289,13 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
 
     @staticmethod
     def _check_finite_fit(X: np.ndarray) -> None:
-        finite = np.isfinite(X).all(axis=1)
-        if not finite.all():
-            bad = np.flatnonzero(~finite)
+        # NaN is a missing feature (forests learn where it goes); inf, or a sample with nothing, is an error
+        bad = np.flatnonzero(np.isinf(X).any(axis=1) | np.isnan(X).all(axis=1))
+        if bad.size:
             raise InvalidInputError(
-                f"X contains NaN or inf in {bad.size} of {X.shape[0]} samples (first rows: "
-                f"{bad[:5].tolist()}). Training samples must be NaN-free: leave out nodata pixels before "
-                "fitting (lcstack.samples.extract_samples does)."
+                f"X contains inf, or no valid feature at all, in {bad.size} of {X.shape[0]} samples (first "
+                f"rows: {bad[:5].tolist()}). Missing features must be NaN, and a sample needs at least one "
+                "valid feature: leave out nodata pixels before fitting (lcstack.samples.extract_samples does)."
             )
 
     @staticmethod
@@ -306,7 +314,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like or DataFrame of shape (n_samples, n_features)
-            Features of valid (NaN-free) pixels, in the training order.
+            Features (NaN where missing), in the training order.
 
         Returns
         -------
@@ -326,7 +334,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like or DataFrame of shape (n_samples, n_features)
-            Features of valid (NaN-free) pixels, in the training order.
+            Features (NaN where missing), in the training order.
         predict : callable, optional
             ``predict(estimator, X)`` for each level's estimator, e.g. the compiled engine's
             :func:`lcstack.forest.fast_predict`; ``None`` calls the estimator's ``predict``.
@@ -353,7 +361,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like or DataFrame of shape (n_samples, n_features)
-            Features of valid (NaN-free) pixels, in the training order.
+            Features (NaN where missing), in the training order.
         predict_proba : callable, optional
             ``predict_proba(estimator, X)`` for each level's estimator; ``None`` calls the estimator's.
 
@@ -379,7 +387,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like or DataFrame of shape (n_samples, n_features)
-            Features of valid (NaN-free) pixels.
+            Features (NaN where missing).
 
         Returns
         -------
@@ -397,7 +405,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like or DataFrame of shape (n_samples, n_features)
-            Features of valid (NaN-free) pixels.
+            Features (NaN where missing).
 
         Returns
         -------
@@ -415,7 +423,7 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like or DataFrame of shape (n_samples, n_features)
-            Features of valid (NaN-free) pixels.
+            Features (NaN where missing).
 
         Returns
         -------
@@ -426,9 +434,20 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         return self.estimator_level1_.decision_function(self._validate_X(X))
 
+    def _bases(self) -> list[BaseEstimator]:
+        return [
+            b
+            for b in (
+                default_estimator() if self.estimator is None else self.estimator,
+                self.subcategory_estimator,
+            )
+            if b is not None
+        ]
+
     def __sklearn_tags__(self):  # noqa: D105
         tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = False
+        # NaN is a missing feature when the base classifier routes it (forests, HistGradientBoosting)
+        tags.input_tags.allow_nan = all(get_tags(b).input_tags.allow_nan for b in self._bases())
         tags.input_tags.sparse = False
         return tags
 

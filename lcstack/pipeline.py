@@ -944,6 +944,8 @@ class Workflow:
         cogs = [(stored["level1"], urls["level1"], labels[0])]
         if "level2" in stored:
             cogs.append((stored["level2"], urls["level2"], labels[1]))
+        if "valid_seasons" in stored:  # seasons with a valid observation: where a class rests on fewer
+            cogs.append((stored["valid_seasons"], urls["valid_seasons"], None))
         # On a cluster the two COGs (block reads, overviews, deflate: GDAL releases the GIL) are built
         # side by side.
         self._run_jobs(

@@ -44,7 +44,12 @@ __all__ = [
 ]
 
 #: The files of a unit's maps under its folder.
-MAP_FILES = {"zarr": "maps.zarr", "level1": "level1.tif", "level2": "level2.tif"}
+MAP_FILES = {
+    "zarr": "maps.zarr",
+    "level1": "level1.tif",
+    "level2": "level2.tif",
+    "valid_seasons": "valid_seasons.tif",
+}
 
 
 @dataclass(frozen=True)

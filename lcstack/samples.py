@@ -49,7 +49,7 @@ class SampleTable:
     skipped_outside : list of int
         Line numbers of points outside the cube.
     skipped_nodata : list of int
-        Line numbers of points on a pixel where a feature is NaN.
+        Line numbers of points on a pixel that no season observed (every seasonal feature NaN).
 
     """
 
@@ -173,7 +173,7 @@ def extract_samples(
     Warns
     -----
     SkippedPointsWarning
-        When points fall outside the cube or on nodata (a NaN feature).
+        When points fall outside the cube or on nodata (no season with a valid observation).
 
     Raises
     ------
@@ -222,7 +222,11 @@ def extract_samples(
             }
         )
         values = np.asarray(picked.transpose("point", "feature").compute().values, dtype=np.float32)
-    valid = np.isfinite(values).all(axis=1)
+    # a point on a pixel that some season observed keeps its NaN features (the trees learn where they go)
+    from lcstack.classify import feature_seasons, valid_seasons_block
+
+    seen = valid_seasons_block(values.T[:, :, None], feature_seasons(feature_names))[:, 0] > 0
+    valid = seen & ~np.isinf(values).any(axis=1)
     keep = idx[valid]
     outside_lines = lines[~inside].tolist()
     nodata_lines = lines[idx[~valid]].tolist()

@@ -94,9 +94,9 @@ def model_dir(fitted, tmp_path_factory) -> str:
 
 
 def _expected(model, values: np.ndarray) -> np.ndarray:
-    """Pixel-by-pixel reference: predict_levels on the valid pixels of the in-memory cube, 0 elsewhere."""
+    """Pixel-by-pixel reference: predict_levels on the pixels with a valid feature (no inf), 0 elsewhere."""
     flat = values.reshape(values.shape[0], -1).T
-    valid = np.isfinite(flat).all(axis=1)
+    valid = ~np.isnan(flat).all(axis=1) & ~np.isinf(flat).any(axis=1)
     out = np.zeros((2, flat.shape[0]), dtype=np.uint8)
     l1, l2 = model.predict_levels(flat[valid])
     out[0, valid], out[1, valid] = l1, l2
@@ -130,13 +130,13 @@ def _count_reads(block):
 # --- core
 
 
-def test_predict_block_masks_nan_and_matches_model(fitted):
+def test_predict_block_masks_nodata_and_matches_model(fitted):
     values = _cube_values()
     out = predict_block(values, fitted)
     assert out.dtype == np.uint8 and out.shape == (2, NY, NX)
     np.testing.assert_array_equal(out, _expected(fitted, values))
     assert (out[:, 5:9, 7:12] == 0).all()
-    assert out[0, 40, 60] == 0 and out[1, 41, 61] == 0
+    assert out[0, 40, 60] > 0 and out[1, 41, 61] == 0  # one NaN feature: classified; inf: nodata
     assert set(np.unique(out[0])) == {0, 1, 2, 3}
     assert set(np.unique(out[1])) <= {0, 1, 2, 3, 4}
     assert (out[1][out[0] == 3] == 1).all()  # cropland has no level-2 model
@@ -148,7 +148,7 @@ def test_predict_block_falls_back_to_predict():
     rf = DecisionTreeClassifier(max_depth=4, random_state=0).fit(X, y1)
     out = predict_block(values, rf)
     flat = values.reshape(len(FEATURES), -1).T
-    valid = np.isfinite(flat).all(axis=1).reshape(NY, NX)
+    valid = (~np.isnan(flat).all(axis=1) & ~np.isinf(flat).any(axis=1)).reshape(NY, NX)
     np.testing.assert_array_equal(out[0][valid], rf.predict(flat[valid.ravel()]))
     assert (out[1][valid] == 1).all() and (out[:, ~valid] == 0).all()
 
@@ -468,3 +468,41 @@ def test_model_token_rests_on_metadata_when_the_folder_cannot_be_listed():
     assert lcc._read_model_metadata(url, None)[1] == token1
     fs.pipe_file("/models/m/metadata.json", json.dumps({"feature_names": FEATURES[:2]}).encode())
     assert lcc._read_model_metadata(url, None)[1] != token1  # every save rewrites metadata.json
+
+
+# --- no holes (issue 17.1)
+
+
+def _cloudy_season_cube(seed: int = 3) -> np.ndarray:
+    """The test cube with one season missing on a patch, the other on another, both on a third."""
+    values = _cube_values(seed=seed)
+    values[3, 40, 60] = values[0, 41, 61] = 0.5
+    spring, summer = [0, 1, 2], [3]
+    values[spring, 20:30, 10:40] = np.nan
+    values[summer, 25:50, 30:60] = np.nan
+    values[spring + summer, 50:55, 70:90] = np.nan  # no season: nodata although terrain is valid
+    return values
+
+
+def test_no_pixel_is_nodata_where_a_season_was_observed() -> None:
+    """A pixel is 0 only where no season has a valid observation; the fast engine equals sklearn."""
+    values = _cloudy_season_cube()
+    flat = values.reshape(len(FEATURES), -1).T
+    level1, level2 = (t.ravel() for t in _truth(NY, NX))
+    rows = np.random.default_rng(2).choice(np.flatnonzero(~np.isnan(flat[:, :4]).all(axis=1)), 800)
+    assert np.isnan(flat[rows]).any(axis=1).sum() > 20  # trained on samples with NaN too
+    model = HierarchicalClassifier(RandomForestClassifier(n_estimators=15, random_state=0))
+    model.fit(flat[rows], level1[rows], np.where(level2[rows] >= 2, level2[rows], np.nan))
+    maps = {
+        engine: classify(_cube(values), model, feature_names=FEATURES, engine=engine).compute()
+        for engine in ("numba", "sklearn")
+    }
+    seen = (~np.isnan(values[[0, 1, 2]]).all(axis=0)).astype(int) + (~np.isnan(values[3])).astype(int)
+    out = maps["numba"]
+    np.testing.assert_array_equal(out["valid_seasons"].values, seen.astype(np.uint8))
+    assert (out["level1"].values[seen > 0] > 0).all() and (out["level1"].values[seen == 0] == 0).all()
+    assert (out["level1"].values[20:50, 10:60] > 0).mean() > 0.5  # the cloudy patches are classified
+    for name in ("level1", "level2", "valid_seasons"):
+        np.testing.assert_array_equal(out[name].values, maps["sklearn"][name].values)
+    kept = flat[seen.ravel() > 0]
+    np.testing.assert_array_equal(out["level1"].values[seen > 0], model.predict(kept))

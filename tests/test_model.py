@@ -136,11 +136,18 @@ def test_dataframe_feature_names_and_float32():
     np.testing.assert_array_equal(clf.predict_levels(df)[1], from_array)
 
 
-def test_fit_rejects_nan():
-    X, y, y_sub = _hierarchy_data(50)
+def test_fit_takes_missing_features_only_where_the_estimator_routes_them():
+    X, y, y_sub = _hierarchy_data(80)
     X[7, 2] = np.nan
-    with pytest.raises(InvalidInputError, match="NaN-free"):
-        HierarchicalClassifier().fit(X, y, y_sub)
+    clf = _small().fit(X, y, y_sub)  # a forest learns where NaN goes
+    assert clf.predict_levels(X)[0].shape == (80,)
+    from sklearn.linear_model import LogisticRegression
+
+    with pytest.raises(InvalidInputError, match="LogisticRegression cannot take NaN"):
+        HierarchicalClassifier(LogisticRegression()).fit(X, y, y_sub)
+    X[9] = np.nan  # a sample without any valid feature is an error for every estimator
+    with pytest.raises(InvalidInputError, match="no valid feature"):
+        _small().fit(X, y, y_sub)
 
 
 def _fitted(df=True):

@@ -23,7 +23,7 @@ def _cube(nan_pixel=None):
     ny, nx = GEOBOX.shape.y, GEOBOX.shape.x
     data = np.arange(3 * ny * nx, dtype=np.float32).reshape(3, ny, nx)
     if nan_pixel is not None:
-        data[1, nan_pixel[0], nan_pixel[1]] = np.nan
+        data[:2, nan_pixel[0], nan_pixel[1]] = np.nan  # no season observed this pixel
     coords = {"feature": ["spring_red", "spring_nir", "elevation"], **xr_coords(GEOBOX)}
     da = xr.DataArray(data, dims=("feature", "y", "x"), coords=coords, name="features")
     return da.chunk({"feature": -1, "y": 8, "x": 8}), data
@@ -92,6 +92,16 @@ def test_skips_outside_and_nodata_with_lines():
     np.testing.assert_array_equal(
         out.table["elevation"].to_numpy(), [data[2, 1, 1], data[2, 10, 10], data[2, 2, 2]]
     )
+
+
+def test_a_pixel_some_season_observed_keeps_its_missing_features():
+    cube, data = _cube()
+    data = data.copy()
+    data[1, 3, 3] = np.nan  # spring_nir missing, spring_red observed
+    cube = cube.copy(data=data).chunk({"feature": -1, "y": 8, "x": 8})
+    out = extract_samples(cube, _points([(3, 3)], ["crop"], [None], lines=[2]), lc_labels=LC, sl_labels=SL)
+    assert out.skipped_nodata == []
+    assert np.isnan(out.table["spring_nir"].iloc[0]) and out.table["spring_red"].iloc[0] == data[0, 3, 3]
 
 
 def test_edge_points_just_outside_are_not_snapped():

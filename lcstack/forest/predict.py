@@ -39,13 +39,15 @@ def _same_marker(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
     )
 
 
-def valid_columns(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Gather the pixels of a ``(feature, y, x)`` block whose features are all finite.
+def valid_columns(X: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Gather the pixels of a ``(feature, y, x)`` block whose features are all finite (or ``mask``).
 
     Parameters
     ----------
     X : ndarray of shape (n_features, ny, nx)
         Any real dtype and memory layout; a window of a larger array is read in place.
+    mask : ndarray of bool, shape (ny, nx), optional
+        The pixels to gather instead, NaN features included (the kernel routes NaN as scikit-learn).
 
     Returns
     -------
@@ -75,7 +77,10 @@ def valid_columns(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     span = (n_features - 1) * (sf // item) + (ny - 1) * (sy // item) + nx
     buf = np.lib.stride_tricks.as_strided(X, shape=(span,), strides=(item,), writeable=False)
     kernels = _kernels()
-    valid = kernels["valid_mask"](buf, n_features, ny, nx, sf // item, sy // item)
+    if mask is None:
+        valid = kernels["valid_mask"](buf, n_features, ny, nx, sf // item, sy // item)
+    else:
+        valid = np.ascontiguousarray(mask, dtype=np.bool_).reshape(ny, nx)
     if X.dtype == np.float32 and X.flags.c_contiguous and valid.all():
         return X.reshape(n_features, ny * nx), np.arange(ny * nx, dtype=np.int64)
     return kernels["gather_runs"](buf, n_features, ny, nx, sf // item, sy // item, valid)
