@@ -30,8 +30,12 @@ def main() -> None:  # noqa: D103
     for seed in args.seeds:
         area = os.path.join(args.out, f"seed{seed}")
         if not os.path.exists(os.path.join(area, "config.yaml")):
-            subprocess.run([cli, "demo-data", area, "--size", str(args.size), "--seed", str(seed), "-q"], check=True)
-        subprocess.run([cli, "run", os.path.join(area, "config.yaml"), "--scheduler", "threads", "-q"], check=True)
+            subprocess.run(
+                [cli, "demo-data", area, "--size", str(args.size), "--seed", str(seed), "-q"], check=True
+            )
+        subprocess.run(
+            [cli, "run", os.path.join(area, "config.yaml"), "--scheduler", "threads", "-q"], check=True
+        )
         maps = sorted(glob.glob(os.path.join(area, "lcstack-data/classification-maps/*/*/level1.tif")))
         m = rioxarray.open_rasterio(maps[-1]).squeeze().to_numpy()
         t = rioxarray.open_rasterio(os.path.join(area, "truth.tif")).squeeze().to_numpy()

@@ -627,7 +627,8 @@ def classify(
     xarray.Dataset
         ``level1``, ``level2`` (uint8, dims ``(y, x)``, same y/x chunks as ``features``, 0 = nodata,
         level 2 1 = unclassified) and ``valid_seasons`` (uint8, seasons with a valid observation), with
-        the cube's ``x``, ``y`` and ``spatial_ref`` coordinates. Nothing is computed. All variables come from the same prediction tasks, so compute or write them together.
+        the cube's ``x``, ``y`` and ``spatial_ref`` coordinates. Nothing is computed. All variables come
+        from the same prediction tasks, so compute or write them together.
 
     Raises
     ------

@@ -237,8 +237,8 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
             names = sorted({type(b).__name__ for b in self._bases() if not get_tags(b).input_tags.allow_nan})
             raise InvalidInputError(
                 f"X has missing features (NaN: a season without a clear observation) but {', '.join(names)} "
-                "cannot take NaN; choose an estimator that routes missing values (random forest, extra trees, "
-                "HistGradientBoosting, LightGBM, XGBoost) or fill the missing features before fitting."
+                "cannot take NaN; choose an estimator that routes missing values (random forest, extra "
+                "trees, HistGradientBoosting, LightGBM, XGBoost) or fill the missing features before fitting."
             )
         check_classification_targets(y)
         n = X.shape[0]
@@ -294,8 +294,9 @@ class HierarchicalClassifier(ClassifierMixin, BaseEstimator):
         if bad.size:
             raise InvalidInputError(
                 f"X contains inf, or no valid feature at all, in {bad.size} of {X.shape[0]} samples (first "
-                f"rows: {bad[:5].tolist()}). Missing features must be NaN, and a sample needs at least one "
-                "valid feature: leave out nodata pixels before fitting (lcstack.samples.extract_samples does)."
+                f"rows: {bad[:5].tolist()}). Missing features must be NaN, and a sample needs at least "
+                "one valid feature: leave out nodata pixels before fitting "
+                "(lcstack.samples.extract_samples does)."
             )
 
     @staticmethod
