@@ -132,7 +132,13 @@ def cross_validate(
     X = table[feature_columns(table)].to_numpy(np.float32)
     y = table["category"].to_numpy(np.int64)
     y_sub = table["subcategory"].to_numpy(np.int64)
-    splits = spatial_folds(table, folds=cv.folds, block_size=cv.block_size, random_state=random_state)
+    splits = spatial_folds(
+        table,
+        folds=cv.folds,
+        block_size=cv.block_size,
+        random_state=random_state,
+        groups=table.get("polygon"),
+    )
     runs = [
         split_metrics(model, X, y, y_sub, tr, te, lc_labels=lc_labels, sl_labels=sl_labels)
         for tr, te in splits
@@ -194,7 +200,11 @@ def train_model(
     model = HierarchicalClassifier(make_estimator(options), random_state=options.random_state)
 
     train_idx, test_idx = location_split(
-        table, test_size=options.test_size, random_state=options.random_state, block_size=options.block_size
+        table,
+        test_size=options.test_size,
+        random_state=options.random_state,
+        block_size=options.block_size,
+        groups=table.get("polygon"),
     )
     metrics = split_metrics(model, X, y, y_sub, train_idx, test_idx, lc_labels=lc_labels, sl_labels=sl_labels)
     metrics["n_train"], metrics["n_test"] = int(len(train_idx)), int(len(test_idx))
