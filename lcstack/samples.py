@@ -18,7 +18,14 @@ from pyproj import Transformer
 
 from lcstack.errors import InputFileNotFoundError, InvalidInputError, SkippedPointsWarning
 
-__all__ = ["SampleTable", "extract_samples", "write_samples", "read_samples", "SAMPLE_COLUMNS"]
+__all__ = [
+    "SampleTable",
+    "cap_polygon_samples",
+    "extract_samples",
+    "write_samples",
+    "read_samples",
+    "SAMPLE_COLUMNS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -395,6 +402,21 @@ def _polygon_samples(
     if not parts:
         return tuple(np.empty(0, t) for t in (np.int64,) * 3 + (np.float64,) * 2 + (np.int64,))
     return tuple(np.concatenate(c) for c in zip(*parts, strict=True))
+
+
+def cap_polygon_samples(table: pd.DataFrame, per_polygon: int) -> pd.DataFrame:
+    """Keep at most ``per_polygon`` rows of each polygon in a merged table (seeded by the polygon id).
+
+    A polygon over several tiles is capped per tile by :func:`extract_samples`; this caps its whole.
+    """
+    polygon = table["polygon"].to_numpy()
+    keep = polygon < 0
+    for pid in np.unique(polygon[~keep]):
+        rows = np.flatnonzero(polygon == pid)
+        if rows.size > per_polygon:
+            rows = np.random.default_rng([int(pid)]).choice(rows, per_polygon, replace=False)
+        keep[rows] = True
+    return table[keep].reset_index(drop=True)
 
 
 def write_samples(
