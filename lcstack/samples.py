@@ -328,7 +328,7 @@ def _polygons(points: pd.DataFrame) -> np.ndarray:
     """Return the shapely polygon of every row (``None`` for a point) from an optional ``geometry`` column."""
     if "geometry" not in points.columns:
         return np.full(len(points), None, dtype=object)
-    geoms = np.asarray(points["geometry"].to_numpy(), dtype=object)
+    geoms = np.array(points["geometry"].to_numpy(), dtype=object)
     geoms[pd.isna(points["geometry"]).to_numpy()] = None
     return geoms
 
