@@ -241,3 +241,43 @@ def test_spatial_folds_keep_each_polygon_in_one_fold():
         assert (_sides(df, test) == 1).all()
     folds = spatial_folds(df, folds=4, block_size=15.0, random_state=0)
     assert any((_sides(df, te) > 1).any() for _, te in folds)
+
+
+def test_workflow_trains_on_polygons(demo_run, tmp_path):
+    """Polygons around the demo points: sampled into pixels of the demo's tile, capped, trained on."""
+    import dask
+    from conftest import demo_skips
+
+    from lcstack.config import load_config
+    from lcstack.pipeline import Workflow
+
+    area, cfg, _ = demo_run
+    pts = read_points(cfg.points).head(120)
+    to_utm = Transformer.from_crs("EPSG:4326", area.geobox.crs.to_wkt(), always_xy=True)
+    x, y = to_utm.transform(pts["longitude"].to_numpy(), pts["latitude"].to_numpy())
+    features = [
+        _feature(
+            json.loads(
+                shapely.to_geojson(_lonlat_of(shapely.box(xi - 15, yi - 15, xi + 15, yi + 15), to_utm))
+            ),
+            category=row.category,
+            subcategory=row.subcategory,
+        )
+        for xi, yi, row in zip(x, y, pts.itertuples(), strict=True)
+    ]
+    path = _geojson(tmp_path / "polygons.geojson", features)
+    config = load_config(cfg.source, points=str(path), storage=cfg.storage, points_per_polygon=4)
+    with dask.config.set(scheduler="threads"), Workflow(config, progress=False) as wf, demo_skips():
+        table, _ = wf.samples()
+        step = wf.train()
+    sizes = table.groupby("polygon").size()
+    assert (table["polygon"] >= 1).all() and sizes.max() == 4 and len(sizes) >= 100
+    assert step.key != Workflow(cfg, progress=False).model_key()  # another dataset, another model
+    train, test = location_split(table, test_size=0.25, groups=table["polygon"])
+    assert not set(table["polygon"].iloc[train]) & set(table["polygon"].iloc[test])
+
+
+def _lonlat_of(geom, to_utm):
+    return shapely.transform(
+        geom, lambda xy: np.column_stack(to_utm.transform(xy[:, 0], xy[:, 1], direction="INVERSE"))
+    )
