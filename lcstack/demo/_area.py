@@ -955,8 +955,9 @@ def _sample_points(land: Any, geobox: GeoBox, seed: int, n_points: int | None, *
         q, r = divmod(n_points, len(leaves))
         per_leaf = [q + (1 if i < r else 0) for i in range(len(leaves))]
     if hard:  # rare classes: at most 1 % of the points each (and at least 2)
-        rare = max(2, int(0.009 * sum(per_leaf)))
-        per_leaf = [rare if leaves[i].category in spectra.HARD["rare"] else q for i, q in enumerate(per_leaf)]
+        is_rare = [leaf.category in spectra.HARD["rare"] for leaf in leaves]
+        rare = max(2, int(0.01 * sum(q for q, r in zip(per_leaf, is_rare, strict=True) if not r)))
+        per_leaf = [rare if r else q for q, r in zip(per_leaf, is_rare, strict=True)]
     quota = list(per_leaf)
     if keep is not None:
         per_leaf = [5 * q for q in per_leaf]

@@ -161,17 +161,17 @@ def leaf_codes() -> tuple[np.ndarray, np.ndarray]:
 
 # -- the hard demo (make_demo_area(..., difficulty="hard")) --------------------------------------------------
 
-#: Knobs of the hard demo: class pairs blended towards each other (``confusion``: fraction of the partner's
-#: phenology mixed in), per-unit fraction noise (``delta``) and brightness spread, pixel texture, the season
-#: index that is often cloudy and by how much its scenes' cloud cover grows, the rare categories (at most 1 %
-#: of the points each) and the fraction of points given a wrong label in ``dataset.csv``.
+#: Knobs of the hard demo: classes moved towards a confusable partner (``confusion``; ``blend``: fraction
+#: of the partner's phenology mixed in), per-unit fraction noise (``delta``) and brightness spread, pixel
+#: texture, the season index that is often cloudy and by how much its scenes' cloud cover grows, the rare
+#: categories (at most 1 % of the points each) and the fraction of points given a wrong label.
 HARD: dict = {
     "confusion": {("shrubland", None): ("grassland", None),
                   ("cropland", "irrigated"): ("cropland", "rainfed"),
                   ("forest", "conifers"): ("forest", "broadleaf"),
                   ("wetland", None): ("grassland", None),
                   ("builtUp", None): ("bareSoil", None)},
-    "blend": 0.4,
+    "blend": 0.5,
     "delta": 0.10,
     "brightness": 0.10,
     "texture": 0.08,
@@ -183,13 +183,11 @@ HARD: dict = {
 
 
 def hard_fraction_table() -> np.ndarray:
-    """Endmember fractions of the hard demo: each class of a confusable pair moved towards its partner."""
+    """Endmember fractions of the hard demo: each class of ``HARD["confusion"]`` moved towards its partner."""
     table = leaf_fraction_table()
     out = table.copy()
     index = {(leaf.category, leaf.subcategory): i for i, leaf in enumerate(LEAVES)}
     blend = float(HARD["blend"])
     for a, b in HARD["confusion"].items():
-        ia, ib = index[a], index[b]
-        out[ia] = (1 - blend) * table[ia] + blend * table[ib]
-        out[ib] = (1 - blend / 2) * table[ib] + blend / 2 * table[ia]
+        out[index[a]] = (1 - blend) * table[index[a]] + blend * table[index[b]]
     return out / out.sum(axis=-1, keepdims=True)
