@@ -70,7 +70,8 @@ def run_one(area: Any, name: str, overrides: dict[str, Any]) -> dict[str, Any] |
     try:
         cfg = load_config(path)
     except InvalidInputError as err:
-        return f"not accepted by this checkout: {str(err).splitlines()[0][:160]}"
+        reason = " ".join(str(err).replace(str(path), path.name).split())
+        return f"not accepted by this checkout: {reason[:200]}"
     t0 = time.perf_counter()
     with warnings.catch_warnings(), dask.config.set(scheduler="threads"):
         warnings.simplefilter("ignore", SkippedPointsWarning)
