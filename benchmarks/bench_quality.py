@@ -53,6 +53,14 @@ def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _reason(err: Exception) -> str:
+    """The first problem of a config error, without the file name and the hints after it."""
+    lines = str(err).splitlines()
+    problem = next((line.strip()[2:] for line in lines if line.strip().startswith("- ")), lines[0])
+    problem = problem.split(": ", 1)[1] if problem.startswith("/") and ": " in problem else problem
+    return problem.split(". ")[0].rstrip(".")
+
+
 def run_one(area: Any, name: str, overrides: dict[str, Any]) -> dict[str, Any] | str:
     """Run the workflow with ``overrides``; the scores, or the reason it was skipped."""
     import dask
@@ -70,8 +78,7 @@ def run_one(area: Any, name: str, overrides: dict[str, Any]) -> dict[str, Any] |
     try:
         cfg = load_config(path)
     except InvalidInputError as err:
-        reason = " ".join(str(err).replace(str(path), path.name).split())
-        return f"not accepted by this checkout: {reason[:200]}"
+        return f"not accepted by this checkout yet ({_reason(err)})"
     t0 = time.perf_counter()
     with warnings.catch_warnings(), dask.config.set(scheduler="threads"):
         warnings.simplefilter("ignore", SkippedPointsWarning)
@@ -103,14 +110,15 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown configuration(s) {unknown}; known: {list(CONFIGS)}")
     load_before = load1()
-    rows, skipped = [], []
+    rows: list[tuple[str, str, dict[str, Any]]] = []
+    skipped: dict[str, list[str]] = {}
     for difficulty in args.difficulty.split(","):
         area = make_demo_area(args.data / f"{difficulty}_{args.size}", size=args.size, difficulty=difficulty)
         for name in names:
             result = run_one(area, name, CONFIGS[name])
             if isinstance(result, str):
                 print(f"skip {name} on the {difficulty} demo: {result}", flush=True)
-                skipped.append(f"`{name}` ({difficulty}): {result}")
+                skipped.setdefault(result, []).append(name) if name not in skipped.get(result, []) else None
                 continue
             print(f"{difficulty:6s} {name:24s} OA {result['overall_accuracy']:.3f} "
                   f"macro F1 {result['macro_f1']:.3f} ({result['seconds']:.0f} s)", flush=True)  # fmt: skip
@@ -130,7 +138,8 @@ def main() -> None:
             "",
             *table,
             "",
-            *([f"Skipped: {'; '.join(skipped)}.", ""] if skipped else []),
+            *[f"Skipped: {', '.join(f'`{n}`' for n in names)}: {why}." for why, names in skipped.items()],
+            "",
             machine_line(load_before, load1()),
         ]
     )
