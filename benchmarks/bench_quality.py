@@ -118,7 +118,9 @@ def main() -> None:
             result = run_one(area, name, CONFIGS[name])
             if isinstance(result, str):
                 print(f"skip {name} on the {difficulty} demo: {result}", flush=True)
-                skipped.setdefault(result, []).append(name) if name not in skipped.get(result, []) else None
+                same = skipped.setdefault(result, [])
+                if name not in same:
+                    same.append(name)
                 continue
             print(f"{difficulty:6s} {name:24s} OA {result['overall_accuracy']:.3f} "
                   f"macro F1 {result['macro_f1']:.3f} ({result['seconds']:.0f} s)", flush=True)  # fmt: skip
