@@ -121,6 +121,9 @@ def demo_data(
     tiles: Annotated[
         int, typer.Option(help="Sentinel-2 tiles (1..4); 2 or more lie in two UTM zones around 0 deg E.")
     ] = 1,
+    difficulty: Annotated[
+        str, typer.Option(help="'normal', or 'hard' (confusable classes, label noise, rare classes, clouds).")
+    ] = "normal",
     quiet: QuietOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -138,6 +141,7 @@ def demo_data(
         with_dem=dem,
         progress=_bars(quiet),
         tiles=tiles,
+        **({"difficulty": difficulty} if difficulty != "normal" else {}),  # type: ignore[arg-type]
     )
     typer.echo(f"demo area written to {area.root} (tiles {', '.join(area.tiles)})\nconfig: {area.config}")
 

@@ -264,6 +264,8 @@ class RunConfig(_Strict):
     seasons: Path
     #: The labelled points; needed to train (:meth:`read_points` says so when it is missing).
     points: Path | None = None
+    #: at most this many pixels per training polygon (``points`` as GeoJSON/GeoPackage/Parquet); all if unset
+    points_per_polygon: int | None = Field(None, ge=1)
     lc_labels: Path
     sl_labels: Path | None = None
     aoi: tuple[float, float, float, float] | AoiBox | Path | None = None

@@ -17,7 +17,7 @@ from sklearn.model_selection import GroupKFold, GroupShuffleSplit
 
 from lcstack.errors import InvalidInputError, LcstackWarning
 
-__all__ = ["location_split", "spatial_blocks", "spatial_folds", "evaluate", "plot_confusion"]
+__all__ = ["join_groups", "location_split", "spatial_blocks", "spatial_folds", "evaluate", "plot_confusion"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +53,33 @@ def _block_ids(xs: np.ndarray, ys: np.ndarray, block_size: float) -> np.ndarray:
     return groups.ravel()
 
 
+def join_groups(groups: np.ndarray, together: Any) -> np.ndarray:
+    """Merge the groups that share a ``together`` id (e.g. the pixels of one polygon); ``-1`` joins nothing.
+
+    Two samples end up in one group when they share a group or a ``together`` id, directly or through
+    other samples (connected components), so a polygon spanning two spatial blocks joins both.
+
+    Returns
+    -------
+    ndarray of int
+        Group ids ``0 .. n - 1``, one per sample.
+
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    ids = np.asarray(together, dtype=np.int64).ravel()
+    if ids.shape != groups.shape:
+        raise InvalidInputError(f"groups: {ids.size} group ids for {groups.size} samples.")
+    if not (ids >= 0).any():
+        return groups
+    n = int(groups.max()) + 1
+    linked = ids >= 0
+    other, m = np.unique(ids[linked], return_inverse=True)[1].ravel() + n, np.unique(ids[linked]).size
+    graph = coo_matrix((np.ones(other.size), (groups[linked], other)), shape=(n + m, n + m))
+    return connected_components(graph, directed=False)[1][groups]
+
+
 def location_split(
     df: pd.DataFrame,
     *,
@@ -62,6 +89,7 @@ def location_split(
     x: str = "longitude",
     y: str = "latitude",
     label: str | None = "category",
+    groups: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Split samples into train and test sets so that one location never lands in both.
 
@@ -87,6 +115,9 @@ def location_split(
     label : str or None, default "category"
         Class column that must be fully represented in the training set; ``None`` or a missing column
         skips the check.
+    groups : array-like of int, optional
+        One id per sample; samples sharing an id >= 0 (the pixels of one polygon, the ``polygon`` column
+        of a sample table) are kept on the same side (:func:`join_groups`).
 
     Returns
     -------
@@ -101,7 +132,10 @@ def location_split(
     """
     if not 0 < test_size < 1:
         raise InvalidInputError(f"location_split: test_size must be between 0 and 1, got {test_size!r}.")
+    together = groups
     groups = _location_groups(df, x, y, block_size)
+    if together is not None:
+        groups = join_groups(groups, together)
     n_groups = int(groups.max()) + 1 if groups.size else 0
     if n_groups < 2:
         raise InvalidInputError(
@@ -173,6 +207,7 @@ def spatial_folds(
     random_state: int = 0,
     x: str = "longitude",
     y: str = "latitude",
+    groups: Any = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """K-fold splits by spatial blocks: all samples of one block are in the same test fold.
 
@@ -191,6 +226,8 @@ def spatial_folds(
         Seed of the shuffle of blocks over folds.
     x, y : str
         Longitude and latitude column names.
+    groups : array-like of int, optional
+        Samples sharing an id >= 0 (one polygon's pixels) are in the same fold (:func:`join_groups`).
 
     Returns
     -------
@@ -205,7 +242,10 @@ def spatial_folds(
     """
     if folds < 2:
         raise InvalidInputError(f"spatial_folds: folds must be >= 2, got {folds!r}.")
+    together = groups
     groups = spatial_blocks(df, block_size, x=x, y=y)
+    if together is not None:
+        groups = join_groups(groups, together)
     n_blocks = int(groups.max()) + 1 if groups.size else 0
     if n_blocks < folds:
         raise InvalidInputError(

@@ -175,7 +175,13 @@ def _by_rfecv(
     from .evaluate import spatial_folds
     from .model import LabelEncodedClassifier
 
-    folds = spatial_folds(table, folds=cfg.folds, block_size=cfg.block_size, random_state=random_state)
+    folds = spatial_folds(
+        table,
+        folds=cfg.folds,
+        block_size=cfg.block_size,
+        random_state=random_state,
+        groups=table.get("polygon"),
+    )
     wrapped = isinstance(base, LabelEncodedClassifier)
     rfe = RFECV(
         base,

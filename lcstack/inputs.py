@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from .errors import InputFileNotFoundError, InputWarning, InvalidInputError, SkippedPointsWarning
@@ -37,6 +38,7 @@ from .errors import InputFileNotFoundError, InputWarning, InvalidInputError, Ski
 __all__ = [
     "Season",
     "read_points",
+    "read_vector_points",
     "read_seasons",
     "read_lc_labels",
     "read_sl_labels",
@@ -122,7 +124,10 @@ def _sniff_separator(path: Path, header: str) -> str:
 
 
 def read_points(path: os.PathLike | str) -> pd.DataFrame:
-    """Read a ``dataset.csv`` of labelled points.
+    """Read labelled points: a ``dataset.csv``, or a GeoJSON / GeoPackage / (Geo)Parquet file.
+
+    A vector file (``.geojson``, ``.json``, ``.gpkg``, ``.shp``, ``.fgb``, ``.parquet``) is read by
+    :func:`read_vector_points`: Point, Polygon and MultiPolygon features with the same properties.
 
     Parameters
     ----------
@@ -143,6 +148,8 @@ def read_points(path: os.PathLike | str) -> pd.DataFrame:
 
     """
     p = _require_file(path, "Points")
+    if p.suffix.lower() in _VECTOR_SUFFIXES:
+        return read_vector_points(p)
     text = _read_text(p)
     lines = text.splitlines()
     if not lines or not lines[0].strip():
@@ -204,6 +211,174 @@ def read_points(path: os.PathLike | str) -> pd.DataFrame:
     df = _drop_duplicates(df, p)
     logger.debug("read %d points from %s (separator %r)", len(df), p, sep)
     return df
+
+
+_VECTOR_SUFFIXES = (".geojson", ".json", ".gpkg", ".shp", ".fgb", ".parquet", ".geoparquet")
+_POINTLIKE = ("Point",)
+_AREAL = ("Polygon", "MultiPolygon")
+
+
+def _vector_table(p: Path) -> tuple[pd.DataFrame, np.ndarray | None, Any]:
+    """Attribute table, geometries (shapely, or None for a plain Parquet table) and CRS of a vector file."""
+    import shapely
+
+    if p.suffix.lower() in (".parquet", ".geoparquet"):
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(p)
+        except Exception as err:  # noqa: BLE001 - pyarrow raises several types for a bad file
+            raise InvalidInputError(f"{p}: cannot read it as Parquet ({err}).") from None
+        geo = json.loads((table.schema.metadata or {}).get(b"geo", b"null"))
+        df = table.to_pandas()
+        if not geo:
+            return df, None, None
+        column = geo.get("primary_column", "geometry")
+        crs = geo.get("columns", {}).get(column, {}).get("crs", "OGC:CRS84")
+        wkb = df.pop(column).to_numpy()
+        return df, shapely.from_wkb(wkb), crs or "OGC:CRS84"
+    import pyogrio
+
+    try:
+        meta, _, wkb, fields = pyogrio.raw.read(p)
+    except Exception as err:  # noqa: BLE001 - GDAL errors come in several types
+        raise InvalidInputError(f"{p}: cannot read it as a vector file ({err}).") from None
+    df = pd.DataFrame({name: values for name, values in zip(meta["fields"], fields, strict=True)})
+    return df, shapely.from_wkb(wkb), meta.get("crs") or "EPSG:4326"
+
+
+def _feature(i: int, df: pd.DataFrame) -> str:
+    ident = next((df[c].iloc[i] for c in ("id", "fid", "name") if c in df.columns), None)
+    return f"feature {i + 1}" + (f" (id {ident!r})" if ident is not None and not _empty(ident) else "")
+
+
+def _empty(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float):
+        return math.isnan(value)
+    return isinstance(value, str) and value.strip().lower() in ("", "nan", "none", "null")
+
+
+def _label_values(p: Path, df: pd.DataFrame, column: str | None, problems: list[str]) -> list[Any]:
+    values: list[Any] = []
+    for i, value in enumerate(df[column].tolist() if column else [None] * len(df)):
+        if _empty(value):
+            values.append(None)
+        elif isinstance(value, str):
+            values.append(value.strip())
+        else:
+            problems.append(
+                f"{_feature(i, df)}: property {column} is {value!r} ({type(value).__name__}); write the "
+                "class name as in the label file"
+            )
+            values.append(None)
+    return values
+
+
+def read_vector_points(path: os.PathLike | str) -> pd.DataFrame:
+    """Read labelled points and polygons from a GeoJSON, GeoPackage, Shapefile, FlatGeobuf or Parquet file.
+
+    The properties follow the rules of ``dataset.csv``: ``category``, optionally ``subcategory`` (names
+    case-insensitive). Point features give one sample each; Polygon and MultiPolygon features are sampled
+    into their pixels when the samples are extracted (:func:`lcstack.samples.extract_samples`). A GeoParquet
+    file carries its geometry; a plain Parquet table needs ``latitude`` and ``longitude`` columns. Geometries
+    in another CRS are transformed to WGS 84.
+
+    Returns
+    -------
+    pandas.DataFrame
+        As :func:`read_points`; ``line`` is the feature's 1-based position in the file, ``latitude`` and
+        ``longitude`` a point (inside the polygon for polygons), and a ``geometry`` column (shapely, WGS 84)
+        holds the polygons (``None`` for points) when there are any.
+
+    Raises
+    ------
+    InvalidInputError
+        Naming the file and the feature: an unsupported or empty geometry, a missing or non-text
+        ``category``, a non-text ``subcategory``.
+
+    """
+    import shapely
+    from shapely.geometry.base import GEOMETRY_TYPES
+
+    p = _require_file(path, "Points")
+    df, geoms, crs = _vector_table(p)
+    lower = {str(c).lower(): c for c in df.columns}
+    if geoms is None:  # a plain Parquet table: the CSV rules on its columns
+        missing = [c for c in _POINT_COLUMNS if c not in lower]
+        if missing:
+            raise InvalidInputError(
+                f"{p}: missing column(s) {', '.join(missing)} (found: {', '.join(map(str, df.columns))}). "
+                "A Parquet points table needs latitude, longitude, category (and optionally subcategory) "
+                "columns, or a GeoParquet geometry column."
+            )
+        geoms = shapely.points(
+            pd.to_numeric(df[lower["longitude"]], errors="coerce"),
+            pd.to_numeric(df[lower["latitude"]], errors="coerce"),
+        )
+        crs = "EPSG:4326"
+    if "category" not in lower:
+        raise InvalidInputError(
+            f"{p}: no 'category' property (found: {', '.join(map(str, df.columns)) or 'none'}). Every "
+            "feature needs a category (and optionally a subcategory) as in dataset.csv."
+        )
+    problems: list[str] = []
+    types = shapely.get_type_id(geoms)
+    names = [GEOMETRY_TYPES[t] if t >= 0 else None for t in types]
+    for i, (g, kind) in enumerate(zip(geoms, names, strict=True)):
+        if kind not in _POINTLIKE + _AREAL:
+            problems.append(
+                f"{_feature(i, df)}: geometry {kind or 'missing'} is not supported; use Point, Polygon "
+                "or MultiPolygon features"
+            )
+        elif shapely.is_empty(g) or (
+            kind in _POINTLIKE and not np.isfinite(shapely.get_coordinates(g)).all()
+        ):
+            problems.append(f"{_feature(i, df)}: the {kind} geometry is empty or has no valid coordinates")
+    categories = _label_values(p, df, lower["category"], problems)
+    problems += [
+        f"{_feature(i, df)}: property category is empty" for i, c in enumerate(categories) if c is None
+    ]
+    subs = _label_values(p, df, lower.get("subcategory"), problems)
+    if problems:
+        raise _problems(p, problems, "Fix these features and run again.")
+    geoms = _to_wgs84(geoms, crs)
+    areal = np.isin(np.asarray(names, dtype=object), _AREAL)
+    anchor = np.where(areal, shapely.point_on_surface(geoms), geoms)
+    out = pd.DataFrame(
+        {
+            "latitude": shapely.get_y(anchor).astype(np.float64),
+            "longitude": shapely.get_x(anchor).astype(np.float64),
+            "category": categories,
+            "subcategory": pd.Series(subs, dtype=object),
+            "line": np.arange(1, len(df) + 1),
+        }
+    )
+    bad = ~((out["latitude"].abs() <= 90) & (out["longitude"].abs() <= 180))
+    if bad.any():
+        raise _problems(
+            p, [f"{_feature(i, df)}: lies outside ±90°/±180° once in WGS 84" for i in np.flatnonzero(bad)],
+            "Check the file's CRS.",
+        )  # fmt: skip
+    if areal.any():
+        out["geometry"] = pd.Series(np.where(areal, geoms, None), dtype=object)
+    else:
+        out = _drop_duplicates(out, p)
+    logger.debug("read %d features (%d polygons) from %s", len(out), int(areal.sum()), p)
+    return out
+
+
+def _to_wgs84(geoms: np.ndarray, crs: Any) -> np.ndarray:
+    import shapely
+    from pyproj import CRS, Transformer
+
+    source = CRS.from_user_input(crs)
+    target = CRS.from_epsg(4326)
+    if source.equals(target, ignore_axis_order=True):
+        return geoms
+    tr = Transformer.from_crs(source, target, always_xy=True)
+    return shapely.transform(geoms, lambda xy: np.column_stack(tr.transform(xy[:, 0], xy[:, 1])))
 
 
 def _drop_duplicates(df: pd.DataFrame, path: Path) -> pd.DataFrame:

@@ -38,7 +38,7 @@ from .errors import (
 from .grid import aoi_geobox, aoi_geometry, points_bbox
 from .inputs import Season
 from .load import AssetProblem, asset_error, check_assets
-from .plan import PlannedOutput, Unit, points_of_units, s2_units, user_units
+from .plan import PlannedOutput, Unit, points_of_units, s2_units, unit_owns, user_units
 from .plan import digest as _digest
 from .plan import grid_token as _grid_token
 from .progress import progress_enabled, progress_iter
@@ -176,7 +176,13 @@ class Workflow:
                 "the area to process is unknown; add `aoi: [lon_min, lat_min, lon_max, lat_max]`."
             )
         pts = self.config.read_points(validate=False)
-        return points_bbox(pts["longitude"], pts["latitude"])
+        lon, lat = pts["longitude"].to_numpy(), pts["latitude"].to_numpy()
+        if "geometry" in pts.columns:  # polygons: their corners too
+            import shapely
+
+            xy = shapely.get_coordinates(pts["geometry"].dropna().to_numpy())
+            lon, lat = np.concatenate([lon, xy[:, 0]]), np.concatenate([lat, xy[:, 1]])
+        return points_bbox(lon, lat)
 
     @property
     def user_grid(self) -> tuple[str, float] | None:
@@ -628,12 +634,13 @@ class Workflow:
         if cfg.points is None:
             cfg.read_points()  # raises: says that `points:` is missing and what it is for
         files = [cfg.points, cfg.lc_labels] + ([cfg.sl_labels] if cfg.sl_labels else [])
-        return _digest(
-            {
-                "files": [hashlib.sha256(p.read_bytes()).hexdigest() for p in files],
-                "composites": self._composite_keys(),
-            }
-        )
+        key: dict[str, Any] = {
+            "files": [hashlib.sha256(p.read_bytes()).hexdigest() for p in files],
+            "composites": self._composite_keys(),
+        }
+        if cfg.points_per_polygon is not None:  # left out when unset: the keys of existing datasets hold
+            key["points_per_polygon"] = cfg.points_per_polygon
+        return _digest(key)
 
     def samples(self) -> tuple[pd.DataFrame, StepResult]:
         """Extract (or reuse) the training table."""
@@ -654,7 +661,7 @@ class Workflow:
 
     def _extract_table(self) -> pd.DataFrame:
         """Extract the training table from every tile, checking the points left out and empty classes."""
-        from .samples import extract_samples
+        from .samples import cap_polygon_samples, extract_samples
 
         points = self.config.read_points()
         lc = self.config.read_lc_labels()
@@ -664,21 +671,28 @@ class Workflow:
         lon, lat = points["longitude"].to_numpy(), points["latitude"].to_numpy()
         planned = {p.unit for p in self.composite_plan()}
         units = {u: unit for u, unit in self.units.items() if u in planned}
-        for tile_id, inside in points_of_units(lon, lat, units, self._s2_footprints).items():
+        geoms = points["geometry"].to_numpy() if "geometry" in points.columns else None
+        per_polygon = self.config.points_per_polygon
+        for tile_id, inside in points_of_units(lon, lat, units, self._s2_footprints, geoms).items():
             placed |= inside
             if not inside.any():
                 continue
             cube = self.features(tile_id)
+            kw = {"points_per_polygon": per_polygon, "owns": unit_owns(units[tile_id], self._s2_footprints)}
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", SkippedPointsWarning)
                 try:
-                    st = extract_samples(cube, points[inside], lc_labels=lc, sl_labels=sl)
+                    st = extract_samples(cube, points[inside], lc_labels=lc, sl_labels=sl, **kw)
                 except InvalidInputError:
                     # a category emptied within this tile may have samples elsewhere; checked below
-                    st = extract_samples(cube, points[inside], lc_labels=lc, sl_labels=sl, check_empty=False)
+                    st = extract_samples(
+                        cube, points[inside], lc_labels=lc, sl_labels=sl, check_empty=False, **kw
+                    )
             tables.append(st.table)
             skipped_nodata += list(st.skipped_nodata)
         table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+        if per_polygon is not None and not table.empty:
+            table = cap_polygon_samples(table, per_polygon)
         outside = points.loc[~placed, "line"].tolist()
         if outside or skipped_nodata:
             warnings.warn(

@@ -36,6 +36,7 @@ __all__ = [
     "s2_units",
     "user_units",
     "points_of_units",
+    "unit_owns",
     "composite_selection",
     "plan_composites",
     "plan_maps",
@@ -82,13 +83,18 @@ def user_units(aoi: object, crs: str, *, resolution: float, tile_size: int) -> d
 
 
 def points_of_units(
-    lon: np.ndarray, lat: np.ndarray, units: Mapping[str, Unit], footprints: Mapping[str, GeoBox] | None
+    lon: np.ndarray,
+    lat: np.ndarray,
+    units: Mapping[str, Unit],
+    footprints: Mapping[str, GeoBox] | None,
+    geometries: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Which points each unit samples: the unit's pixels, and (Sentinel-2 grid) only points its tile owns.
 
     With ``footprints`` (every tile being processed -> its grid) a point is sampled from the one tile that
     owns it (:func:`lcstack.s2grid.owner_of_points`, the rule the maps' ownership masks use), so no point is
-    sampled twice where tiles overlap.
+    sampled twice where tiles overlap. A row with a polygon in ``geometries`` (shapely, WGS 84; ``None``
+    for a point) goes to every unit it overlaps; :func:`unit_owns` then keeps each of its pixels in one.
     """
     from pyproj import Transformer
 
@@ -106,8 +112,29 @@ def points_of_units(
         inside = (col >= 0) & (col < nx) & (row >= 0) & (row < ny)
         if owner is not None and unit.tile is not None:
             inside &= owner == unit.tile
+        if geometries is not None:
+            areal = geometries != None  # noqa: E711 - object array of shapely geometries
+            inside = np.where(areal, _overlaps(geometries, areal, unit.geobox), inside)
         out[uid] = inside
     return out
+
+
+def _overlaps(geometries: np.ndarray, areal: np.ndarray, geobox: GeoBox) -> np.ndarray:
+    import shapely
+
+    extent = geobox.extent.to_crs("EPSG:4326").geom
+    hit = np.zeros(len(geometries), dtype=bool)
+    hit[areal] = shapely.intersects(np.asarray(geometries[areal], dtype=object), extent)
+    return hit
+
+
+def unit_owns(unit: Unit, footprints: Mapping[str, GeoBox] | None) -> Any:
+    """``owns(lon, lat)`` for :func:`lcstack.samples.extract_samples`: the pixels ``unit``'s tile owns."""
+    if not footprints or unit.tile is None:
+        return None
+    from .s2grid import owner_of_points
+
+    return lambda lon, lat: owner_of_points(lon, lat, footprints) == unit.tile
 
 
 # ------------------------------------------------------------------------------------ planned outputs

@@ -6,7 +6,7 @@ import io
 import logging
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +18,14 @@ from pyproj import Transformer
 
 from lcstack.errors import InputFileNotFoundError, InvalidInputError, SkippedPointsWarning
 
-__all__ = ["SampleTable", "extract_samples", "write_samples", "read_samples", "SAMPLE_COLUMNS"]
+__all__ = [
+    "SampleTable",
+    "cap_polygon_samples",
+    "extract_samples",
+    "write_samples",
+    "read_samples",
+    "SAMPLE_COLUMNS",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +38,7 @@ SAMPLE_COLUMNS = (
     "latitude",
     "longitude",
     "line",
+    "polygon",
 )
 _FIRST = 5  # line numbers quoted in messages
 
@@ -44,8 +52,9 @@ class SampleTable:
     table : DataFrame
         One row per kept point: one float32 column per feature (cube order), then ``category`` and
         ``subcategory`` codes (int; subcategory 1 where a point has none), ``category_name``,
-        ``subcategory_name`` (missing where none), ``latitude``, ``longitude`` and ``line`` (line in the
-        points file).
+        ``subcategory_name`` (missing where none), ``latitude``, ``longitude``, ``line`` (line in the
+        points file, or feature number) and ``polygon`` (the feature number of the polygon a pixel was
+        sampled from, -1 for a point; splits keep one polygon's pixels together).
     skipped_outside : list of int
         Line numbers of points outside the cube.
     skipped_nodata : list of int
@@ -143,11 +152,16 @@ def extract_samples(
     lc_labels: Mapping[str, int],
     sl_labels: Mapping[str, int] | None = None,
     check_empty: bool = True,
+    points_per_polygon: int | None = None,
+    owns: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> SampleTable:
-    """Read the feature values under labelled points.
+    """Read the feature values under labelled points and inside labelled polygons.
 
-    Each point takes the pixel that contains it (the nearest pixel centre). Only the pixels under the points
-    are computed; a dask-backed cube is gathered chunk by chunk.
+    Each point takes the pixel that contains it (the nearest pixel centre). A polygon (a row with a shapely
+    ``geometry``, :func:`lcstack.inputs.read_vector_points`) takes every pixel of the cube whose centre it
+    contains (the pixel under its inner point if none), or a seeded random subset of
+    ``points_per_polygon`` of them. Only the pixels sampled are computed; a dask-backed cube is gathered
+    chunk by chunk.
 
     Parameters
     ----------
@@ -164,6 +178,12 @@ def extract_samples(
     check_empty : bool, default True
         Raise when a category of the points keeps no sample. Pass ``False`` when extracting tile by tile and
         checking the merged table instead.
+    points_per_polygon : int, optional
+        At most this many pixels per polygon (drawn with a seed of the polygon's feature number, so the
+        same pixels for the same cube); all when ``None``.
+    owns : callable, optional
+        ``owns(lon, lat) -> bool array``: which polygon pixels this cube samples (the tile that owns them
+        where tiles overlap), applied before ``points_per_polygon``.
 
     Returns
     -------
@@ -173,7 +193,7 @@ def extract_samples(
     Warns
     -----
     SkippedPointsWarning
-        When points fall outside the cube or on nodata (no season with a valid observation).
+        When points or polygons fall outside the cube or on nodata (no season with a valid observation).
 
     Raises
     ------
@@ -187,19 +207,7 @@ def extract_samples(
     cat_codes, cat_names = _lookup(
         points["category"], lines, lc_labels, "category", "lc_labels.json", optional=False
     )
-    if "subcategory" in points.columns:
-        sub_values = points["subcategory"]
-        has_sub = ~sub_values.map(_is_missing).to_numpy(dtype=bool)
-        if sl_labels is None and has_sub.any():
-            raise InvalidInputError(
-                f"extract_samples: points have subcategories (e.g. line {lines[has_sub][0]}) but no "
-                "sl_labels were given; pass sl_labels (sl_labels.json) or drop the subcategory column."
-            )
-        sub_codes, sub_names = _lookup(
-            sub_values, lines, sl_labels or {}, "subcategory", "sl_labels.json", optional=True
-        )
-    else:
-        sub_codes, sub_names = np.ones(len(points), dtype=np.int64), [None] * len(points)
+    sub_codes, sub_names = _subcategories(points, lines, sl_labels)
 
     lat = pd.to_numeric(points["latitude"], errors="coerce").to_numpy(dtype=np.float64)
     lon = pd.to_numeric(points["longitude"], errors="coerce").to_numpy(dtype=np.float64)
@@ -210,35 +218,35 @@ def extract_samples(
             "must be WGS84 degrees (latitude within ±90, longitude within ±180)."
         )
 
-    row, col, inside = _pixel_of_points(features, geobox, lat, lon)
-    idx = np.flatnonzero(inside)
+    inside, src, rows, cols, plat, plon, group = _sampled_pixels(
+        features, points, lines, lon, lat, points_per_polygon, owns
+    )
+
     values = np.empty((0, len(feature_names)), dtype=np.float32)
-    if idx.size:
+    if src.size:
         y_dim, x_dim = geobox.dimensions
         picked = features.isel(
-            {
-                y_dim: xr.DataArray(row[idx].astype(np.int64), dims="point"),
-                x_dim: xr.DataArray(col[idx].astype(np.int64), dims="point"),
-            }
+            {y_dim: xr.DataArray(rows, dims="point"), x_dim: xr.DataArray(cols, dims="point")}
         )
         values = np.asarray(picked.transpose("point", "feature").compute().values, dtype=np.float32)
-    # a point on a pixel that some season observed keeps its NaN features (the trees learn where they go)
+    # a pixel that some season observed keeps its NaN features (the trees learn where they go)
     from lcstack.classify import feature_seasons, valid_seasons_block
 
     seen = valid_seasons_block(values.T[:, :, None], feature_seasons(feature_names))[:, 0] > 0
     valid = seen & ~np.isinf(values).any(axis=1)
-    keep = idx[valid]
+    keep = src[valid]
     outside_lines = lines[~inside].tolist()
-    nodata_lines = lines[idx[~valid]].tolist()
+    nodata_lines = sorted(set(lines[src[~valid]].tolist()) - set(lines[keep].tolist()))
 
     table = pd.DataFrame(values[valid], columns=feature_names)
     table["category"] = cat_codes[keep].astype(np.int32)
     table["subcategory"] = sub_codes[keep].astype(np.int32)
     table["category_name"] = _names([cat_names[i] for i in keep])
     table["subcategory_name"] = _names([sub_names[i] for i in keep])
-    table["latitude"] = lat[keep]
-    table["longitude"] = lon[keep]
+    table["latitude"] = plat[valid]
+    table["longitude"] = plon[valid]
     table["line"] = lines[keep]
+    table["polygon"] = group[valid]
 
     _warn_skipped(outside_lines, nodata_lines, len(points))
     kept_codes = set(cat_codes[keep].tolist())
@@ -247,6 +255,48 @@ def extract_samples(
         _raise_lost(lost, cat_codes, inside, lines, lc_labels)
     logger.info("extracted %d samples, %d features", len(table), len(feature_names))
     return SampleTable(table=table, skipped_outside=outside_lines, skipped_nodata=nodata_lines)
+
+
+def _subcategories(
+    points: pd.DataFrame, lines: np.ndarray, sl_labels: Mapping[str, int] | None
+) -> tuple[np.ndarray, list[Any]]:
+    """Return the subcategory code (1 where none) and name of every point."""
+    if "subcategory" not in points.columns:
+        return np.ones(len(points), dtype=np.int64), [None] * len(points)
+    sub_values = points["subcategory"]
+    has_sub = ~sub_values.map(_is_missing).to_numpy(dtype=bool)
+    if sl_labels is None and has_sub.any():
+        raise InvalidInputError(
+            f"extract_samples: points have subcategories (e.g. line {lines[has_sub][0]}) but no "
+            "sl_labels were given; pass sl_labels (sl_labels.json) or drop the subcategory column."
+        )
+    return _lookup(sub_values, lines, sl_labels or {}, "subcategory", "sl_labels.json", optional=True)
+
+
+def _sampled_pixels(
+    features: xr.DataArray,
+    points: pd.DataFrame,
+    lines: np.ndarray,
+    lon: np.ndarray,
+    lat: np.ndarray,
+    points_per_polygon: int | None,
+    owns: Callable[[np.ndarray, np.ndarray], np.ndarray] | None,
+) -> tuple[np.ndarray, ...]:
+    """Return which rows are inside, and per sampled pixel: source row, row/col, lat, lon, polygon id."""
+    geoms = _polygons(points)
+    row, col, inside = _point_pixels(features, lon, lat)
+    inside &= geoms == None  # noqa: E711 - object array of shapely geometries
+    src = np.flatnonzero(inside)
+    rows, cols = row[src].astype(np.int64), col[src].astype(np.int64)
+    plat, plon, group = lat[src], lon[src], np.full(src.size, -1, dtype=np.int64)
+    if (geoms != None).any():  # noqa: E711
+        extra = _polygon_samples(features, geoms, lines, lon, lat, points_per_polygon, owns)
+        src, rows, cols = (np.concatenate([a, b]) for a, b in zip((src, rows, cols), extra[:3], strict=True))
+        plat, plon, group = (
+            np.concatenate([a, b]) for a, b in zip((plat, plon, group), extra[3:], strict=True)
+        )
+        inside[extra[0]] = True
+    return inside, src, rows, cols, plat, plon, group
 
 
 def _check_cube_and_points(features: Any, points: pd.DataFrame) -> tuple[Any, list[str]]:
@@ -275,23 +325,6 @@ def _check_cube_and_points(features: Any, points: pd.DataFrame) -> tuple[Any, li
     return geobox, feature_names
 
 
-def _pixel_of_points(
-    features: xr.DataArray, geobox: Any, lat: np.ndarray, lon: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return the row and column (floored) of the pixel holding each point, and whether it is inside."""
-    to_cube = Transformer.from_crs("EPSG:4326", features.odc.crs.proj, always_xy=True)
-    xs, ys = to_cube.transform(lon, lat)
-    inv = ~geobox.affine
-    xs, ys = np.asarray(xs), np.asarray(ys)
-    col_f = inv.a * xs + inv.b * ys + inv.c
-    row_f = inv.d * xs + inv.e * ys + inv.f
-    col = np.floor(col_f)
-    row = np.floor(row_f)
-    ny, nx = geobox.shape.y, geobox.shape.x
-    inside = np.isfinite(col) & np.isfinite(row) & (col >= 0) & (col < nx) & (row >= 0) & (row < ny)
-    return row, col, inside
-
-
 def _warn_skipped(outside_lines: list[int], nodata_lines: list[int], n_points: int) -> None:
     """Warn (for the caller of :func:`extract_samples`) about points left out."""
     if not (outside_lines or nodata_lines):
@@ -302,7 +335,8 @@ def _warn_skipped(outside_lines: list[int], nodata_lines: list[int], n_points: i
     if nodata_lines:
         parts.append(f"{len(nodata_lines)} on nodata pixels (lines {_first(nodata_lines)})")
     warnings.warn(
-        f"{len(outside_lines) + len(nodata_lines)} of {n_points} points left out: " + "; ".join(parts),
+        f"{len(outside_lines) + len(nodata_lines)} of {n_points} points/polygons left out: "
+        + "; ".join(parts),
         SkippedPointsWarning,
         stacklevel=3,
     )
@@ -333,6 +367,101 @@ def _raise_lost(
         + ". Add points inside the area with valid data, or drop the category "
         "from the points file."
     )
+
+
+def _polygons(points: pd.DataFrame) -> np.ndarray:
+    """Return the shapely polygon of every row (``None`` for a point) from an optional ``geometry`` column."""
+    if "geometry" not in points.columns:
+        return np.full(len(points), None, dtype=object)
+    geoms = np.array(points["geometry"].to_numpy(), dtype=object)
+    geoms[pd.isna(points["geometry"]).to_numpy()] = None
+    return geoms
+
+
+def _point_pixels(features: xr.DataArray, lon: np.ndarray, lat: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Row, column (float) of the pixel containing each point, and whether it is inside the cube."""
+    geobox = features.odc.geobox
+    to_cube = Transformer.from_crs("EPSG:4326", features.odc.crs.proj, always_xy=True)
+    xs, ys = (np.asarray(a) for a in to_cube.transform(lon, lat))
+    inv = ~geobox.affine
+    col = np.floor(inv.a * xs + inv.b * ys + inv.c)
+    row = np.floor(inv.d * xs + inv.e * ys + inv.f)
+    ny, nx = geobox.shape.y, geobox.shape.x
+    inside = np.isfinite(col) & np.isfinite(row) & (col >= 0) & (col < nx) & (row >= 0) & (row < ny)
+    return row, col, inside
+
+
+def _pixels_in(geom: Any, geobox: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of the pixels of ``geobox`` whose centre lies in ``geom`` (in the cube's CRS)."""
+    from affine import Affine
+    from rasterio.features import geometry_mask
+
+    x0, y0, x1, y1 = geom.bounds
+    inv = ~geobox.affine
+    cs, rs = inv * (np.array([x0, x1, x0, x1]), np.array([y0, y0, y1, y1]))
+    ny, nx = geobox.shape.y, geobox.shape.x
+    c0, c1 = max(int(np.floor(cs.min())), 0), min(int(np.ceil(cs.max())), nx)
+    r0, r1 = max(int(np.floor(rs.min())), 0), min(int(np.ceil(rs.max())), ny)
+    if c1 <= c0 or r1 <= r0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    window = geobox.affine * Affine.translation(c0, r0)
+    mask = geometry_mask([geom], out_shape=(r1 - r0, c1 - c0), transform=window, invert=True)
+    rr, cc = np.nonzero(mask)
+    return rr.astype(np.int64) + r0, cc.astype(np.int64) + c0
+
+
+def _polygon_samples(
+    features: xr.DataArray,
+    geoms: np.ndarray,
+    lines: np.ndarray,
+    lon: np.ndarray,
+    lat: np.ndarray,
+    per_polygon: int | None,
+    owns: Callable[[np.ndarray, np.ndarray], np.ndarray] | None,
+) -> tuple[np.ndarray, ...]:
+    """Source row, pixel row/column, pixel-centre lat/lon and polygon id of every polygon pixel sampled."""
+    import shapely
+
+    geobox = features.odc.geobox
+    crs = features.odc.crs.proj
+    to_cube = Transformer.from_crs("EPSG:4326", crs, always_xy=True)
+    to_wgs = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
+    anchor_row, anchor_col, anchor_in = _point_pixels(features, lon, lat)
+    parts: list[tuple[np.ndarray, ...]] = []
+    for i in np.flatnonzero(geoms != None):  # noqa: E711
+        geom = shapely.transform(geoms[i], lambda xy: np.column_stack(to_cube.transform(xy[:, 0], xy[:, 1])))
+        rr, cc = _pixels_in(geom, geobox)
+        if rr.size == 0 and anchor_in[i]:  # smaller than a pixel: the pixel under its inner point
+            rr, cc = anchor_row[i : i + 1].astype(np.int64), anchor_col[i : i + 1].astype(np.int64)
+        x, y = geobox.affine * (cc + 0.5, rr + 0.5)
+        plon, plat = (np.asarray(a, dtype=np.float64) for a in to_wgs.transform(x, y))
+        if owns is not None and rr.size:
+            mine = np.asarray(owns(plon, plat), dtype=bool)
+            rr, cc, plon, plat = rr[mine], cc[mine], plon[mine], plat[mine]
+        if per_polygon is not None and rr.size > per_polygon:
+            pick = np.sort(np.random.default_rng([int(lines[i])]).choice(rr.size, per_polygon, replace=False))
+            rr, cc, plon, plat = rr[pick], cc[pick], plon[pick], plat[pick]
+        parts.append(
+            (np.full(rr.size, i, np.int64), rr, cc, plat, plon, np.full(rr.size, lines[i], np.int64))
+        )
+    if not parts:
+        return tuple(np.empty(0, t) for t in (np.int64,) * 3 + (np.float64,) * 2 + (np.int64,))
+    return tuple(np.concatenate(c) for c in zip(*parts, strict=True))
+
+
+def cap_polygon_samples(table: pd.DataFrame, per_polygon: int) -> pd.DataFrame:
+    """Keep at most ``per_polygon`` rows of each polygon in a merged table (seeded by the polygon id).
+
+    A polygon over several tiles is capped per tile by :func:`extract_samples`; this caps its whole.
+    """
+    polygon = table["polygon"].to_numpy()
+    keep = polygon < 0
+    for pid in np.unique(polygon[~keep]):
+        rows = np.flatnonzero(polygon == pid)
+        if rows.size > per_polygon:
+            rows = np.random.default_rng([int(pid)]).choice(rows, per_polygon, replace=False)
+        keep[rows] = True
+    return table[keep].reset_index(drop=True)
 
 
 def write_samples(

@@ -288,7 +288,13 @@ def cross_validate(
     from .evaluate import spatial_blocks, spatial_folds
 
     X, y, y_sub = _arrays(table, features or feature_columns(table))
-    splits = spatial_folds(table, folds=cv.folds, block_size=cv.block_size, random_state=random_state)
+    splits = spatial_folds(
+        table,
+        folds=cv.folds,
+        block_size=cv.block_size,
+        random_state=random_state,
+        groups=table.get("polygon"),
+    )
     kw = {
         "lc_labels": lc_labels,
         "sl_labels": sl_labels,
@@ -348,7 +354,11 @@ def search_params(
     table = table.reset_index(drop=True)
     X, y, y_sub = _arrays(table, features)
     folds = spatial_folds(
-        table, folds=cfg.folds, block_size=cfg.block_size, random_state=options.random_state
+        table,
+        folds=cfg.folds,
+        block_size=cfg.block_size,
+        random_state=options.random_state,
+        groups=table.get("polygon"),
     )
     candidates = []
     for params in ParameterGrid(cfg.param_grid):
@@ -528,7 +538,11 @@ def train_model(
     options = options or ModelConfig()
     make_estimator(options)  # bad options fail before any fitting
     train_idx, test_idx = location_split(
-        table, test_size=options.test_size, random_state=options.random_state, block_size=options.block_size
+        table,
+        test_size=options.test_size,
+        random_state=options.random_state,
+        block_size=options.block_size,
+        groups=table.get("polygon"),
     )
     kw = {"lc_labels": lc_labels, "sl_labels": sl_labels}
     features, options, tuned = _tune(table, train_idx, options, **kw)

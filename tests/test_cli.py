@@ -98,3 +98,9 @@ def test_demo_data_rejects_bad_size(tmp_path: Path) -> None:
     result = runner.invoke(app, ["demo-data", str(tmp_path / "a"), "--size", "100"])
     assert result.exit_code == 2 and "256" in result.output
     assert not (tmp_path / "a").exists()
+
+
+def test_demo_data_hard_is_one_tile(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["demo-data", str(tmp_path / "a"), "--difficulty", "hard", "--tiles", "2"])
+    assert result.exit_code != 0 and "difficulty='hard'" in result.output and "one tile" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)

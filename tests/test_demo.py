@@ -600,3 +600,52 @@ def test_invalid_tiles(tmp_path: Path, tiles: object) -> None:
     with pytest.raises(InvalidInputError, match="tiles="):
         make_demo_area(tmp_path / "x", size=SIZE, tiles=tiles)  # type: ignore[arg-type]
     assert not (tmp_path / "x").exists()
+
+
+# -- the hard demo ---------------------------------------------------------------------------------------
+
+
+def _iqr(values: np.ndarray) -> float:
+    q1, q3 = np.percentile(values, [25, 75])
+    return float(q3 - q1)
+
+
+def test_hard_demo(area: DemoArea, tmp_path: Path) -> None:
+    """Same landscape and truth; noisy labels, rare classes, a cloudier autumn, less separable spectra."""
+    hard = make_demo_area(tmp_path / "hard", size=SIZE, seed=0, difficulty="hard")
+    truth = rasterio.open(hard.truth).read(1)
+    np.testing.assert_array_equal(truth, rasterio.open(area.truth).read(1))  # truth stays clean
+    points = pd.read_csv(hard.points, sep=";", dtype={"subcategory": str})
+    leaf = points.subcategory.fillna(points.category)
+    counts = leaf.value_counts()
+    assert len(counts) == 11 and counts[["water", "wetland"]].max() <= 0.01 * len(points)
+    lc = json.loads(hard.lc_labels.read_text())
+    sl = json.loads(hard.sl_labels.read_text())
+    row, col = pixel_of(hard, points.longitude.to_numpy(), points.latitude.to_numpy())
+    truth_sl = rasterio.open(hard.truth_sl).read(1)
+    wrong = (truth[row, col] != points.category.map(lc).to_numpy()) | (
+        truth_sl[row, col] != points.subcategory.map(sl).fillna(1).astype(int).to_numpy()
+    )
+    assert 0.08 <= wrong.mean() <= 0.11  # 10 % wrong labels (flips among common classes)
+
+    def autumn_cloud(a: DemoArea) -> float:
+        items = [i for i in s2_items(a) if i.datetime.month >= 9]
+        return float(np.median([i.properties["eo:cloud_cover"] for i in items]))
+
+    assert autumn_cloud(hard) > autumn_cloud(area) + 20
+    # confusable pairs: shrubland and grassland harder to tell apart (gap between class medians over the
+    # spread within the class, all bands of a summer scene)
+    summer = [i for i in s2_items(area) if i.datetime.month in (6, 7, 8)]
+    item = min(summer, key=lambda i: i.properties["eo:cloud_cover"])
+    hard_item = next(i for i in s2_items(hard) if i.datetime == item.datetime)
+    separation = []
+    for it in (item, hard_item):
+        bands = [reflectance(it, b)[truth > 0] for b in ("green", "red", "nir")]
+        of = truth[truth > 0]
+        shrub, grass = of == lc["shrubland"], of == lc["grassland"]
+        separation.append(
+            np.mean([abs(np.median(v[shrub]) - np.median(v[grass])) / _iqr(v[shrub]) for v in bands])
+        )
+    assert separation[1] < 0.6 * separation[0]
+    with pytest.raises(InvalidInputError, match="difficulty='harder'"):
+        make_demo_area(tmp_path / "x", size=SIZE, difficulty="harder")  # type: ignore[arg-type]

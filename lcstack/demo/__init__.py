@@ -12,6 +12,7 @@ from typing import Literal
 
 from lcstack.demo._area import DemoArea, check_arguments, make_area
 from lcstack.demo._tiles import make_tiles_area
+from lcstack.errors import InvalidInputError
 
 __all__ = ["DemoArea", "make_demo_area"]
 
@@ -26,6 +27,7 @@ def make_demo_area(
     n_points: int | None = None,
     progress: bool = False,
     tiles: int = 1,
+    difficulty: Literal["normal", "hard"] = "normal",
 ) -> DemoArea:
     """Write a synthetic, deterministic Sentinel-2 area (STAC catalog, truth, points, config) to a folder.
 
@@ -53,6 +55,11 @@ def make_demo_area(
         windows of ``size`` × ``size`` px of the real tiles 30SYJ, 31SBD, 30SYH, 31SBC around 0° E, in two UTM
         zones (see :mod:`lcstack.demo._tiles`); ``dataset.csv`` covers all of them, and the truth rasters are
         ``truth/<tile>.tif`` and ``truth/<tile>_sl.tif``.
+    difficulty
+        ``"normal"``, or ``"hard"`` for measuring map quality (one tile): spectrally confusable class pairs
+        (:data:`lcstack.demo.spectra.HARD`), more within-class variability, mixed pixels at patch borders,
+        10 % wrong labels in ``dataset.csv`` (the truth rasters stay clean), rare classes (water, wetland:
+        at most 1 % of the points each) and an often cloudy autumn.
 
     Returns
     -------
@@ -67,6 +74,15 @@ def make_demo_area(
 
     """
     check_arguments(size, seed, flavour, n_points, tiles)
+    if difficulty not in ("normal", "hard") or (difficulty == "hard" and tiles > 1):
+        raise InvalidInputError(
+            f"difficulty={difficulty!r} is invalid: pass 'normal' or 'hard' (the hard demo has one tile)."
+        )
+    if difficulty == "hard":
+        return make_area(
+            out_dir, size=int(size), seed=int(seed), flavour=flavour, with_dem=with_dem, n_points=n_points,
+            progress=progress, difficulty="hard",
+        )  # fmt: skip
     if tiles > 1:
         return make_tiles_area(out_dir, size=int(size), seed=int(seed), flavour=flavour, with_dem=with_dem,
                                n_points=n_points, progress=progress, tiles=int(tiles))  # fmt: skip

@@ -247,13 +247,15 @@ class _Landscape:
     """Unit map (int32 per 10 m pixel, padded grid), unit classes and unit spectra."""
 
     def __init__(self, size: int, seed: int, terrain: _Terrain, progress: tqdm | None = None,
-                 origin: tuple[float, float] = (X0, Y0)) -> None:  # fmt: skip
+                 origin: tuple[float, float] = (X0, Y0), hard: bool = False) -> None:  # fmt: skip
         """Lay out parcels, overlays (towns, lakes, rivers) and the warped unit map of the landscape.
 
         Long because the steps draw in a fixed order from seeded random streams that fix the demo's
         bytes; they read top to bottom as one recipe.
         """
         self.size = size
+        #: the hard demo (spectra.HARD): confusable classes, more variability, mixed border pixels
+        self.hard = hard
         self.n = int(math.ceil(size / 6) * 6)  # padded so that the 60 m grid is whole
         self.seed = seed
         n = self.n
@@ -333,7 +335,7 @@ class _Landscape:
         for b, (r0, r1) in enumerate(_blocks(n)):
             self.unit_map[r0:r1] = self._unit_block(r0, r1)
             tex = _rng(seed, _S_TEXTURE, b).standard_normal((r1 - r0, n), dtype=np.float32)
-            self.texture[r0:r1] = 1.0 + 0.035 * np.clip(tex, -3, 3)
+            self.texture[r0:r1] = 1.0 + (spectra.HARD["texture"] if hard else 0.035) * np.clip(tex, -3, 3)
             if progress is not None:
                 progress.set_postfix_str(f"landscape rows {r1}/{n}")
 
@@ -380,11 +382,13 @@ class _Landscape:
         """Per-unit, per-season surface reflectance and SCL class: class phenology + per-unit perturbation."""
         rng = _rng(self.seed, _S_UNITS)
         n_units = len(self.unit_leaf)
-        base = spectra.leaf_fraction_table()[self.unit_leaf]  # (unit, season, endmember)
-        delta = rng.normal(0.0, 0.05, base.shape) * (base > 0)
+        table = spectra.hard_fraction_table() if self.hard else spectra.leaf_fraction_table()
+        base = table[self.unit_leaf]  # (unit, season, endmember)
+        delta = rng.normal(0.0, spectra.HARD["delta"] if self.hard else 0.05, base.shape) * (base > 0)
         frac = np.clip(base + delta, 0.0, None)
         frac /= frac.sum(axis=-1, keepdims=True)
-        brightness = 1.0 + 0.04 * np.clip(rng.standard_normal(n_units), -2.5, 2.5)
+        spread = spectra.HARD["brightness"] if self.hard else 0.04
+        brightness = 1.0 + spread * np.clip(rng.standard_normal(n_units), -2.5, 2.5)
         refl = np.einsum("use,eb->usb", frac, spectra.ENDMEMBER_MATRIX) * brightness[:, None, None]
         self.unit_reflectance = refl.astype(np.float32)  # (unit, season, band)
         red = refl[..., spectra.SPECTRAL_BANDS.index("red")]
@@ -428,7 +432,8 @@ class _Scene:
         return f"S2{self.platform[-1].upper()}_{self.tile.tile}_{self.time:%Y%m%d}_0"
 
 
-def _schedule(seed: int, flavour: str, tile: _Tile | None = None, tile_index: int = 0) -> list[_Scene]:
+def _schedule(seed: int, flavour: str, tile: _Tile | None = None, tile_index: int = 0,
+              hard: bool = False) -> list[_Scene]:  # fmt: skip
     """Four usable scenes and one nearly overcast scene per season, on a 5-day S2A/S2B revisit.
 
     Tile ``tile_index`` > 0 is seen ``tile_index`` days later in the revisit cycle (another relative orbit),
@@ -451,6 +456,8 @@ def _schedule(seed: int, flavour: str, tile: _Tile | None = None, tile_index: in
                 rng.uniform(0.15, 0.35),
             ]
         )
+        if hard and s == spectra.HARD["cloudy_season"]:  # a season that is often cloudy
+            targets = np.clip(targets + spectra.HARD["cloud_extra"], 0.0, 0.8)
         usable = 0
         for j, k in enumerate(chosen):
             time = first_pass + dt.timedelta(days=5 * int(k), seconds=float(rng.uniform(-40, 40)))
@@ -653,6 +660,8 @@ class _SceneRenderer:
         path_b = np.float32(spectra.PATH_REFLECTANCE[b]) if self.flavour == "l1c" else None
         for k, (r0, r1) in enumerate(_blocks(land.n)):
             surface = column[land.unit_map[r0:r1]]
+            if land.hard:  # mixed pixels at patch borders: each pixel sees a little of its neighbours
+                surface = ndimage.uniform_filter(surface, size=3, mode="nearest")
             surface *= land.texture[r0:r1]
             rng = _rng(self.seed, _S_SCENE, scene.index, b, k)
             # clouds live on the 20 m grid: apply them there (or broadcast over 2x2 blocks for 10 m bands)
@@ -936,7 +945,7 @@ def _collection(collection_id: str, title: str, description: str, bbox: list[flo
 
 
 def _sample_points(land: Any, geobox: GeoBox, seed: int, n_points: int | None, *, tile_index: int = 0,
-                   keep: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None
+                   keep: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None, hard: bool = False
                    ) -> list[str]:  # fmt: skip
     """Stratified random points (one stratum per leaf class) at least 2 pixels inside a patch.
 
@@ -954,6 +963,10 @@ def _sample_points(land: Any, geobox: GeoBox, seed: int, n_points: int | None, *
     else:
         q, r = divmod(n_points, len(leaves))
         per_leaf = [q + (1 if i < r else 0) for i in range(len(leaves))]
+    if hard:  # rare classes: at most 1 % of the points each (and at least 2)
+        is_rare = [leaf.category in spectra.HARD["rare"] for leaf in leaves]
+        rare = max(2, int(0.01 * sum(q for q, r in zip(per_leaf, is_rare, strict=True) if not r)))
+        per_leaf = [rare if r else q for q, r in zip(per_leaf, is_rare, strict=True)]
     quota = list(per_leaf)
     if keep is not None:
         per_leaf = [5 * q for q in per_leaf]
@@ -1004,11 +1017,28 @@ def _sample_points(land: Any, geobox: GeoBox, seed: int, n_points: int | None, *
             rank[sel] = np.arange(len(sel))
         kept &= rank < np.asarray(quota)[lab]
         lon, lat, lab = np.asarray(lon)[kept], np.asarray(lat)[kept], lab[kept]
+    if hard:  # label noise in dataset.csv only (the truth rasters stay clean)
+        lab = _label_noise(lab, _rng(seed, _S_POINTS, 99), spectra.HARD["label_noise"])
     lines = ["latitude;longitude;category;subcategory"]
     for la, lo, k in zip(lat, lon, lab, strict=True):
         leaf_k = leaves[k]
         lines.append(f"{la:.7f};{lo:.7f};{leaf_k.category};{leaf_k.subcategory or ''}")
     return lines
+
+
+def _label_noise(lab: np.ndarray, rng: np.random.Generator, fraction: float) -> np.ndarray:
+    """Give ``fraction`` of the points (drawn at random) the label of another common leaf class.
+
+    The rare classes keep their few points and take none, so they stay rare.
+    """
+    rare = spectra.HARD["rare"]
+    common = np.array([i for i, leaf in enumerate(spectra.LEAVES) if leaf.category not in rare])
+    candidates = np.flatnonzero(np.isin(lab, common))
+    flip = rng.permutation(candidates)[: int(round(fraction * len(lab)))]
+    out = lab.copy()
+    pos = np.searchsorted(common, lab[flip])
+    out[flip] = common[(pos + rng.integers(1, len(common), flip.size)) % len(common)]
+    return out
 
 
 def _aoi(*geoboxes: GeoBox) -> list[float]:
@@ -1127,21 +1157,23 @@ def make_area(
     with_dem: bool,
     n_points: int | None,
     progress: bool,
+    difficulty: str = "normal",
 ) -> DemoArea:
     """Write the one-tile demo area (arguments checked: :func:`lcstack.demo.make_demo_area`)."""
+    hard = difficulty == "hard"
     root = Path(out_dir).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
     stac_dir = _prepare_folder(root)
     collection = "sentinel-2-l1c" if flavour == "l1c" else "sentinel-2-l2a"
     geobox = GeoBox((size, size), Affine(RESOLUTION, 0.0, X0, 0.0, -RESOLUTION, Y0), CRS)
-    scenes = _schedule(seed, flavour)
+    scenes = _schedule(seed, flavour, hard=True) if hard else _schedule(seed, flavour)
     logger.info(
         "demo area: %d x %d px, seed %d, %s, %d scenes -> %s", size, size, seed, flavour, len(scenes), root
     )
 
     with tqdm(total=len(scenes) + 3, desc="demo area", unit="step", disable=not progress) as bar:
         terrain = _Terrain(seed)
-        land = _Landscape(size, seed, terrain, bar if progress else None)
+        land = _Landscape(size, seed, terrain, bar if progress else None, hard=hard)
         bar.update()
 
         level1, level2 = spectra.leaf_codes()
@@ -1151,7 +1183,7 @@ def make_area(
         _write_cog(truth_sl, level2[leaf], geobox.affine, CRS, nodata=0, resampling="mode")
         del leaf
         points = root / "dataset.csv"
-        _write_text(points, "\n".join(_sample_points(land, geobox, seed, n_points)) + "\n")
+        _write_text(points, "\n".join(_sample_points(land, geobox, seed, n_points, hard=hard)) + "\n")
         bar.update()
 
         _, footprint_bbox = _footprint(geobox)

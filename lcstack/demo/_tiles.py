@@ -98,6 +98,7 @@ class _TileLand:
         self.n = int(math.ceil(self.size / _STEP) * _STEP)
         self.unit_leaf, self.unit_scl = ref.unit_leaf, ref.unit_scl
         self.unit_reflectance = ref.unit_reflectance
+        self.hard = ref.hard  # the hard demo has one tile: always False here
         n, t, rt = self.n, gbox.affine, ref_box.affine
         same = gbox.crs == ref_box.crs
         to_ref = Transformer.from_crs(str(gbox.crs), str(ref_box.crs), always_xy=True)

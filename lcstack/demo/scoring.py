@@ -25,6 +25,26 @@ def agreement(map_da: xr.DataArray, truth: xr.DataArray) -> float:
     return float(np.mean(m[valid] == t[valid]))
 
 
+def quality(map_da: xr.DataArray, truth: xr.DataArray) -> dict[str, float]:
+    """Overall accuracy and macro F1 of a class map against a reference, over all its valid pixels.
+
+    Aligned as :func:`agreement`; F1 is averaged over the classes present in the reference (a class
+    the map never predicts counts with F1 0).
+    """
+    from sklearn.metrics import f1_score
+
+    m = map_da.reindex_like(truth, method="nearest", tolerance=1e-6).fillna(0).to_numpy()
+    t = truth.to_numpy()
+    valid = (m > 0) & (t > 0)
+    if not valid.any():
+        return {"overall_accuracy": float("nan"), "macro_f1": float("nan")}
+    ref, pred = t[valid].astype(np.int64), m[valid].astype(np.int64)
+    return {
+        "overall_accuracy": float(np.mean(ref == pred)),
+        "macro_f1": float(f1_score(ref, pred, labels=np.unique(ref), average="macro", zero_division=0)),
+    }
+
+
 def score_maps(area: Any, workflow: Any) -> dict[str, Any]:
     """Level-1 and level-2 agreement of a workflow's maps with the demo area's truth rasters."""
     truth1 = rioxarray.open_rasterio(area.truth).squeeze("band", drop=True)

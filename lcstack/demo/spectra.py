@@ -157,3 +157,37 @@ def leaf_codes() -> tuple[np.ndarray, np.ndarray]:
         [SL_LABELS[leaf.subcategory] if leaf.subcategory else 1 for leaf in LEAVES], dtype=np.uint8
     )
     return level1, level2
+
+
+# -- the hard demo (make_demo_area(..., difficulty="hard")) --------------------------------------------------
+
+#: Knobs of the hard demo: classes moved towards a confusable partner (``confusion``; ``blend``: fraction
+#: of the partner's phenology mixed in), per-unit fraction noise (``delta``) and brightness spread, pixel
+#: texture, the season index that is often cloudy and by how much its scenes' cloud cover grows, the rare
+#: categories (at most 1 % of the points each) and the fraction of points given a wrong label.
+HARD: dict = {
+    "confusion": {("shrubland", None): ("grassland", None),
+                  ("cropland", "irrigated"): ("cropland", "rainfed"),
+                  ("forest", "conifers"): ("forest", "broadleaf"),
+                  ("wetland", None): ("grassland", None),
+                  ("builtUp", None): ("bareSoil", None)},
+    "blend": 0.5,
+    "delta": 0.10,
+    "brightness": 0.10,
+    "texture": 0.08,
+    "cloudy_season": 2,
+    "cloud_extra": 0.35,
+    "rare": ("water", "wetland"),
+    "label_noise": 0.10,
+}  # fmt: skip
+
+
+def hard_fraction_table() -> np.ndarray:
+    """Endmember fractions of the hard demo: each class of ``HARD["confusion"]`` moved towards its partner."""
+    table = leaf_fraction_table()
+    out = table.copy()
+    index = {(leaf.category, leaf.subcategory): i for i, leaf in enumerate(LEAVES)}
+    blend = float(HARD["blend"])
+    for a, b in HARD["confusion"].items():
+        out[index[a]] = (1 - blend) * table[index[a]] + blend * table[index[b]]
+    return out / out.sum(axis=-1, keepdims=True)
