@@ -94,6 +94,27 @@ class LandcoverAccessor:
 
         return classify(_features_of(self._ds), model, **kwargs)
 
+    def plot(self, level: str = "level1", **kwargs: Any) -> Any:
+        """Draw the class map ``level`` with names, colours and a legend (:func:`lcstack.plot.plot_map`)."""
+        from .plot import plot_map
+
+        if level not in self._ds:
+            raise InvalidInputError(f"no map {level!r} in this Dataset; it has {list(self._ds.data_vars)}.")
+        return plot_map(self._ds[level], **kwargs)
+
+    def plot_rgb(self, **kwargs: Any) -> Any:
+        """Draw a composite in true colour with a percentile stretch (:func:`lcstack.plot.plot_rgb`).
+
+        A Dataset with a ``composite`` variable draws its first season; otherwise its band variables.
+        """
+        from .plot import plot_rgb
+
+        ds = self._ds
+        if "composite" in ds:
+            comp = ds["composite"]
+            return plot_rgb(comp.isel(season=0) if "season" in comp.dims else comp, **kwargs)
+        return plot_rgb(ds, **kwargs)
+
 
 @xr.register_dataarray_accessor("landcover")
 class LandcoverArrayAccessor:
@@ -109,3 +130,21 @@ class LandcoverArrayAccessor:
         if "feature" not in self._da.dims:
             raise InvalidInputError("classify() needs a DataArray with a `feature` dimension.")
         return classify(self._da, model, **kwargs)
+
+    def plot(self, **kwargs: Any) -> Any:
+        """Draw this class map with class names, colours and a legend (:func:`lcstack.plot.plot_map`)."""
+        from .plot import plot_map
+
+        return plot_map(self._da, **kwargs)
+
+    def plot_probability(self, **kwargs: Any) -> Any:
+        """Draw ``(class, y, x)`` probabilities, a panel per class (:func:`lcstack.plot.plot_probability`)."""
+        from .plot import plot_probability
+
+        return plot_probability(self._da, **kwargs)
+
+    def plot_uncertainty(self, **kwargs: Any) -> Any:
+        """Draw a 2-D uncertainty layer with a colour bar (:func:`lcstack.plot.plot_uncertainty`)."""
+        from .plot import plot_uncertainty
+
+        return plot_uncertainty(self._da, **kwargs)

@@ -1,13 +1,11 @@
-"""Train/test splits that respect sample locations, accuracy reports and confusion-matrix plots."""
+"""Train/test splits that respect sample locations and accuracy reports (figures: :mod:`lcstack.plot`)."""
 
 from __future__ import annotations
 
-import io
 import logging
-import os
 import warnings
 from collections.abc import Mapping
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,6 +14,7 @@ from sklearn.metrics import cohen_kappa_score, confusion_matrix, precision_recal
 from sklearn.model_selection import GroupKFold, GroupShuffleSplit
 
 from lcstack.errors import InvalidInputError, LcstackWarning
+from lcstack.plot import plot_confusion  # the one implementation, re-exported here
 
 __all__ = ["join_groups", "location_split", "spatial_blocks", "spatial_folds", "evaluate", "plot_confusion"]
 
@@ -330,86 +329,3 @@ def evaluate(y_true: Any, y_pred: Any, *, labels: Mapping[str, int]) -> dict[str
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
         "per_class": per_class,
     }
-
-
-def plot_confusion(
-    report: Mapping[str, Any],
-    path_or_file: str | os.PathLike[str] | IO[bytes],
-    *,
-    title: str | None = None,
-    storage_options: Mapping[str, Any] | None = None,
-    share: Any = None,
-    share_label: str = "share of reference class",
-    xlabel: str = "Predicted",
-) -> None:
-    """Draw the confusion matrix of an :func:`evaluate` report as a PNG.
-
-    Cells are coloured by the row-normalised share (recall per reference class) and annotated with counts.
-
-    Parameters
-    ----------
-    report : dict
-        Output of :func:`evaluate`.
-    path_or_file : str, PathLike or binary file
-        Local path, fsspec URL or writable binary file object.
-    title : str, optional
-        Figure title; by default overall accuracy and kappa.
-    storage_options : dict, optional
-        fsspec options when ``path_or_file`` is a URL.
-    share : array-like, optional
-        Cell colours in [0, 1] (same shape as the matrix) instead of the row-normalised counts, e.g.
-        estimated area proportions normalised per reference class (:mod:`lcstack.assess`).
-    share_label : str
-        Colour bar label.
-    xlabel : str
-        Label of the columns' axis.
-
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    cm = np.asarray(report["confusion_matrix"], dtype=float)
-    names = list(report["labels"])
-    row_sums = cm.sum(axis=1, keepdims=True)
-    if share is None:
-        share = np.divide(cm, row_sums, out=np.zeros_like(cm), where=row_sums > 0)
-    share = np.asarray(share, dtype=float)
-    if share.shape != cm.shape:
-        raise InvalidInputError(f"plot_confusion: share has shape {share.shape}, the matrix {cm.shape}.")
-
-    n = len(names)
-    size = max(4.0, 0.6 * n + 2.5)
-    fig = Figure(figsize=(size, size), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(image, ax=ax, shrink=0.8, label=share_label)
-    ax.set_xticks(range(n), names, rotation=45, ha="right")
-    ax.set_yticks(range(n), names)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("Reference")
-    for i in range(n):
-        for j in range(n):
-            ax.text(
-                j,
-                i,
-                f"{int(cm[i, j])}",
-                ha="center",
-                va="center",
-                fontsize=8,
-                color="white" if share[i, j] > 0.5 else "black",
-            )
-    if title is None:
-        kappa = report.get("kappa")
-        title = f"OA {report['overall_accuracy']:.3f}" + (f", kappa {kappa:.3f}" if kappa is not None else "")
-    ax.set_title(title)
-
-    if hasattr(path_or_file, "write"):
-        fig.savefig(path_or_file, format="png", dpi=120)
-        return
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    from lcstack.store import Storage
-
-    url = os.fspath(path_or_file)
-    Storage.for_url(url, storage_options).write_bytes(url, buffer.getvalue())

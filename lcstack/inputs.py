@@ -40,6 +40,7 @@ __all__ = [
     "read_points",
     "read_vector_points",
     "read_seasons",
+    "read_label_colors",
     "read_lc_labels",
     "read_sl_labels",
     "validate_points_labels",
@@ -607,6 +608,7 @@ def _read_labels(path: os.PathLike | str, *, minimum: int, what: str, reserved: 
     out: dict[str, int] = {}
     for name, code in data.items():
         at = f"{p}{_at_line(text, name)}, key {name!r}"
+        code = _label_entry(code, at)[0]
         if isinstance(code, str) and code.strip().isdigit():
             raise InvalidInputError(
                 f"{at}: code {code!r} is a string; codes are JSON numbers, so write it without quotes: "
@@ -628,6 +630,53 @@ def _read_labels(path: os.PathLike | str, *, minimum: int, what: str, reserved: 
             )
         seen[code] = name
         out[name] = code
+    return out
+
+
+_HEX_COLOR = re.compile(r"#(?:[0-9a-fA-F]{3}|[0-9a-fA-F]{6}|[0-9a-fA-F]{8})")
+
+
+def _label_entry(entry: Any, at: str) -> tuple[Any, str | None]:
+    """Split a label entry, ``2`` or ``{"code": 2, "color": "#1b7837"}``, into its code and colour."""
+    if not isinstance(entry, dict):
+        return entry, None
+    unknown = sorted(set(entry) - {"code", "color"})
+    if "code" not in entry or unknown:
+        what = f"unknown member(s) {unknown}" if unknown else "no `code`"
+        raise InvalidInputError(
+            f'{at}: {what}; a label is a code or {{"code": 2, "color": "#1b7837"}} (color optional).'
+        )
+    color = entry.get("color")
+    if color is not None and not (isinstance(color, str) and _HEX_COLOR.fullmatch(color)):
+        raise InvalidInputError(
+            f'{at}: color {color!r} is not a hex colour; write it as "#rrggbb" (e.g. "#1b7837").'
+        )
+    return entry["code"], color
+
+
+def read_label_colors(path: os.PathLike | str) -> dict[str, str]:
+    """Read the optional colours of a labels file (``{"forest": {"code": 2, "color": "#1b7837"}}``).
+
+    Parameters
+    ----------
+    path : str or PathLike
+        ``lc_labels.json`` or ``sl_labels.json``; entries that are plain codes have no colour.
+
+    Returns
+    -------
+    dict
+        Label name -> ``"#rrggbb"`` for the labels that give a colour (validated like the codes).
+
+    """
+    p = _require_file(path, "Labels")
+    data, text = _read_json(p)
+    if not isinstance(data, dict):
+        raise InvalidInputError(f'{p}: expected a JSON object of label names to codes, e.g. {{"forest": 2}}.')
+    out = {}
+    for name, entry in data.items():
+        color = _label_entry(entry, f"{p}{_at_line(text, name)}, key {name!r}")[1]
+        if color is not None:
+            out[name] = color
     return out
 
 

@@ -1,4 +1,4 @@
-"""Execute notebooks/quickstart.ipynb end to end on a small demo area."""
+"""Execute the notebook gallery (notebooks/*.ipynb) end to end on small demo areas."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb"
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOK = NOTEBOOKS / "quickstart.ipynb"
+GALLERY = ("large_area", "map_quality", "custom_cube", "dask")
 
 
 def _tagged(nb, tag):
@@ -30,8 +32,9 @@ def _has_png(cell) -> bool:
     return any("image/png" in o.get("data", {}) for o in cell.get("outputs", []))
 
 
-def test_notebook_is_stored_without_outputs():
-    nb = nbformat.read(NOTEBOOK, as_version=4)
+@pytest.mark.parametrize("name", ["quickstart", *GALLERY])
+def test_notebook_is_stored_without_outputs(name):
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     nbformat.validate(nb)
     for cell in nb.cells:
         if cell.cell_type == "code":
@@ -88,3 +91,70 @@ def test_quickstart_notebook_runs(kernel_env):
     # every figure cell rendered: RGB composite, confusion matrix, level-1 map
     assert sum(_has_png(c) for c in nb.cells if c.cell_type == "code") >= 3
     print(f"quickstart notebook executed in {elapsed:.1f} s")
+
+
+# ------------------------------------------------------------------------------------------ the gallery
+@pytest.fixture(scope="module")
+def gallery_env(demo_run, tmp_path_factory):
+    """One prepared area for every gallery notebook: the suite's demo area (already run), a 3-tile area, and
+    the offline Dask Gateway."""
+    from gateway_server import GatewayServer
+
+    from lcstack.demo import make_demo_area
+
+    area, _, _ = demo_run
+    tiles = make_demo_area(tmp_path_factory.mktemp("nb-tiles") / "area", size=256, tiles=3)
+    with GatewayServer(tmp_path_factory.mktemp("nb-gateway"), password="lcstack-nb-secret") as gateway:
+        yield {
+            "LCSTACK_NB_AREA": str(area.root),
+            "LCSTACK_NB_AREA_TILES": str(tiles.root),
+            "LCSTACK_NB_GATEWAY": f"gateway://{gateway.hostport}",
+            "LCSTACK_GATEWAY_USERNAME": "notebook",
+            "LCSTACK_GATEWAY_PASSWORD": "lcstack-nb-secret",
+        }
+
+
+def _figures(nb) -> list[bytes]:
+    import base64
+
+    return [
+        base64.b64decode(o["data"]["image/png"])
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if "image/png" in o.get("data", {})
+    ]
+
+
+def _warnings(nb) -> list[str]:
+    return [
+        o.get("text", "")
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if o.get("output_type") == "stream" and o.get("name") == "stderr"
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", GALLERY)
+def test_gallery_notebook_runs(name, kernel_env, gallery_env, monkeypatch, tmp_path):
+    for key, value in gallery_env.items():
+        monkeypatch.setenv(key, value)
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    client = nbclient.NotebookClient(
+        nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(kernel_env)}}
+    )
+    t0 = time.perf_counter()
+    client.execute()  # raises CellExecutionError (with the cell's traceback) on any error
+    elapsed = time.perf_counter() - t0
+    assert _warnings(nb) == [], "the notebook printed warnings or errors"
+    figures = _figures(nb)
+    assert figures, "the notebook drew no figure"
+    out = tmp_path / "figures"
+    out.mkdir()
+    for i, png in enumerate(figures):
+        path = out / f"{name}_{i}.png"
+        path.write_bytes(png)
+        assert path.stat().st_size > 0 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    print(f"{name} notebook executed in {elapsed:.1f} s, {len(figures)} figure(s)")
