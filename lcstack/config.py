@@ -199,7 +199,7 @@ class GridConfig(_Strict):
 
 
 class ContextConfig(_Strict):
-    """Spatial context: statistics of chosen bands' (indices') medians in a ``window`` x ``window`` neighbourhood."""
+    """Spatial context: statistics of chosen bands' (indices') medians in a ``window`` x ``window`` area."""
 
     window: int = Field(5, ge=3, le=31)
     bands: tuple[str, ...] = ("ndvi",)
