@@ -31,11 +31,15 @@ from _common import load1, machine_line, write_section  # noqa: E402
 CONFIGS: dict[str, dict[str, Any]] = {
     "default": {},
     "percentiles": {"features": {"percentiles": [10, 90], "std": True, "count": True}},
-    "context": {"features": {"context": {"size": 5, "bands": ["nir", "ndvi"]}}},
+    "context": {"features": {"context": {"window": 5, "bands": ["nir", "ndvi"]}}},
     "percentiles+context": {
-        "features": {"percentiles": [10, 90], "std": True, "count": True, "context": {"size": 5}}
+        "features": {"percentiles": [10, 90], "std": True, "count": True, "context": {"window": 5}}
     },
     "class_weight": {"model": {"class_weight": "balanced"}},
+    "percentiles+class_weight": {
+        "features": {"percentiles": [10, 90], "std": True, "count": True},
+        "model": {"class_weight": "balanced"},
+    },
     "extra_trees": {"model": {"estimator": "extra_trees"}},
     "hist_gradient_boosting": {"model": {"estimator": "hist_gradient_boosting"}},
     "lightgbm": {"model": {"estimator": "lightgbm"}},
