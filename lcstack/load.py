@@ -81,12 +81,16 @@ def _local_path(href: str) -> str | None:
     return None if "://" in href else href
 
 
-def check_assets(items: Sequence[pystac.Item], assets_of: Any) -> list[AssetProblem]:
+def check_assets(
+    items: Sequence[pystac.Item], assets_of: Any, fingerprints: Mapping[str, str] | None = None
+) -> list[AssetProblem]:
     """Check, before any graph is built, the assets that will be read; return what is wrong.
 
     Cheap checks only: an href is present; a local file exists, is not empty and its header opens with
-    rasterio (no pixel is read). Remote assets are not opened here: a failure reading them is reported
-    by :func:`find_unreadable_asset` from inside the task.
+    rasterio (no pixel is read); a remote object the store or server answered "not found" for when it
+    was fingerprinted (``fingerprints``: :func:`lcstack.discover.asset_fingerprints`, one HEAD/stat each,
+    already made for the content keys) is missing. Other remote failures (a truncated object, a refused
+    request) are reported by :func:`find_unreadable_asset` from inside the task.
 
     Parameters
     ----------
@@ -94,6 +98,9 @@ def check_assets(items: Sequence[pystac.Item], assets_of: Any) -> list[AssetProb
         STAC items.
     assets_of
         ``assets_of(item)`` gives the asset keys of ``item`` that will be read.
+    fingerprints
+        ``{href: token}`` of the assets; a remote href whose token is ``missing:FileNotFoundError`` is
+        reported as missing.
 
     Returns
     -------
@@ -113,6 +120,9 @@ def check_assets(items: Sequence[pystac.Item], assets_of: Any) -> list[AssetProb
                 continue
             path = _local_path(href)
             if path is None:
+                if (fingerprints or {}).get(href) == "missing:FileNotFoundError":
+                    why = "the object does not exist (the server answered not found)"
+                    problems.append(AssetProblem(item.id, key, href, why))
                 continue
             why = None
             if not os.path.isfile(path):

@@ -569,7 +569,8 @@ class Workflow:
 
     def _readable_items(self, season: str, items: list[Any], skipped: list[dict[str, str]]) -> list[Any]:
         """``items`` after checking the assets to be read (see ``check_assets``), before any graph."""
-        problems = check_assets(items, (lambda _: ["data"]) if season == "terrain" else self._scene_assets)
+        assets_of = (lambda _: ["data"]) if season == "terrain" else self._scene_assets
+        problems = check_assets(items, assets_of, self._fingerprints)
         if not problems:
             return items
         return self._skip_scenes(season, items, problems, skipped, None)

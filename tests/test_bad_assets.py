@@ -120,3 +120,72 @@ def test_read_error_in_a_worker_process_comes_back_as_asset_error(demo_area: Any
         with Client(cluster), Workflow(cfg, progress=False) as wf, pytest.raises(AssetError) as err:
             wf.run(["discover", "composite"])
     assert (err.value.item, err.value.asset, err.value.href) == (ITEM, "red", str(path))
+
+
+@pytest.fixture
+def http_root(tmp_path: Path) -> Any:
+    """A real HTTP server on 127.0.0.1 serving ``tmp_path / "www"``; yields (folder, base URL)."""
+    import functools
+    import http.server
+    import threading
+
+    www = tmp_path / "www"
+    www.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(www))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield www, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _to_http(root: Path, item: str, www: Path, base: str, asset: str = "nir", present: bool = False) -> str:
+    """Point ``asset`` of ``item`` at ``base``; the file is served there only when ``present``."""
+    path = _scene(root, item) / f"{item}.json"
+    doc = json.loads(path.read_text())
+    name = Path(doc["assets"][asset]["href"]).name
+    if present:
+        (www / item).mkdir()
+        shutil.copy(_scene(root, item) / name, www / item / name)
+    doc["assets"][asset]["href"] = f"{base}/{item}/{name}"
+    path.write_text(json.dumps(doc))
+    return f"{base}/{item}/{name}"
+
+
+def test_missing_remote_asset_fails_before_the_graph_naming_item_asset_and_url(
+    demo_area: Any, tmp_path: Path, http_root: Any
+) -> None:
+    www, base = http_root
+    root = _area(demo_area, tmp_path)
+    served = _to_http(root, OTHER, www, base, present=True)  # a remote asset that is there reads fine
+    url = _to_http(root, ITEM, www, base)  # one that is not: the fingerprint's HEAD says 404
+    result = CliRunner().invoke(
+        app, ["composite", str(root / "config.yaml"), "--quiet", "--scheduler", "threads"]
+    )
+    assert result.exit_code == 2, result.output
+    (error,) = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    for text in (ITEM, "'nir'", url, "does not exist", "on_error: skip-scene"):
+        assert text in error, (text, error)
+    assert served not in error
+    assert not list((root / "lcstack-data" / "composites").rglob("*.zarr")), "nothing half-written"
+    # with skip-scene the missing remote scene is left out before any read, and recorded
+    text = (root / "config.yaml").read_text().replace("on_error: fail", "on_error: skip-scene")
+    (root / "config.yaml").write_text(text)
+    from lcstack.config import load_config
+    from lcstack.pipeline import Workflow
+
+    with warnings.catch_warnings(), dask.config.set(scheduler="threads"):
+        warnings.simplefilter("ignore", LcstackWarning)
+        with Workflow(load_config(root / "config.yaml"), progress=False) as wf:
+            (result,) = wf.run(["discover", "composite"])
+            record = wf.registry.get("composites", result.key)
+    assert [(s["item"], s["href"]) for s in record["skipped"]] == [(ITEM, url)]
+    assert "does not exist" in record["skipped"][0]["why"]
