@@ -356,8 +356,9 @@ def mosaic_workflow(
 
     On the Sentinel-2 grid each pixel comes from the tile that owns it (``lcstack.s2grid``; the maps hold
     owned pixels only), else tiles are taken in tile-id order as the priority order. Outputs go next
-    to the maps: ``classification-maps/model_<key>/vrt/level<N>/EPSG_<code>.vrt`` and
-    ``classification-maps/model_<key>/mosaic_level<N>_<crs>.tif``.
+    to the maps, in a folder named by the maps they join (``<h>``: a hash of their URLs):
+    ``classification-maps/model_<key>/mosaic_<h>/vrt/level<N>/EPSG_<code>.vrt`` and
+    ``classification-maps/model_<key>/mosaic_<h>/mosaic_level<N>_<crs>.tif``.
 
     Returns
     -------
@@ -375,7 +376,11 @@ def mosaic_workflow(
         raise InvalidInputError(
             f"no complete {key} maps for this config (model {wf.model_key()}); run `lcstack run` first."
         )
-    base = wf.storage.url("classification-maps", f"model_{wf.model_key()}")
+    from .plan import digest
+
+    # a folder per set of maps: the same model's mosaic of another area never overwrites this one
+    area = digest(sorted(o.maps[key] for o in outputs), 8)
+    base = wf.storage.url("classification-maps", f"model_{wf.model_key()}", f"mosaic_{area}")
     units = wf.units
     sources = [MosaicSource(o.maps[key], tile=getattr(units.get(o.tile), "tile", None)) for o in outputs]
     vrts = zone_vrts(wf.storage, sources, Storage._join(base, "vrt", key))

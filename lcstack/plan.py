@@ -295,6 +295,8 @@ def plan_maps(
     pixels its tile owns, so its key also names the tiles of the run. Smoothed maps
     (``smoothing``: the :class:`lcstack.config.SmoothingConfig` as a dict) are other outputs than the
     classifier's own: their key covers the smoothing and they live in a ``smoothed_<hash>`` folder.
+    A map's folder is ``<unit>_<first 8 digits of its key>``, as a composite's file is
+    ``<season>_<key>.zarr``: the same model over another area never writes into these maps' folder.
     """
     s2_tiles = sorted({p.s2_tile for p in composites if p.s2_tile})
     out = []
@@ -304,7 +306,9 @@ def plan_maps(
         ident = {"model": model_key, "composites": comp} | ({"owned_among": s2_tiles} if s2_tiles else {})
         key = digest(ident | {"smoothing": dict(smoothing)}) if smoothing else digest(ident)
         sub = [f"smoothed_{digest(dict(smoothing), 8)}"] if smoothing else []
-        base = storage.url("classification-maps", f"model_{model_key}", *sub, unit_id)
+        # the folder names the map's key too: one model over another area (or year) with a unit of the
+        # same id makes other maps, which must never overwrite these
+        base = storage.url("classification-maps", f"model_{model_key}", *sub, f"{unit_id}_{key[:8]}")
         files = {k: storage.join(base, v) for k, v in MAP_FILES.items()}
         out.append(PlannedOutput("maps", key, base, unit_id, None, tuple(comp), mine[0].s2_tile, files))
     return out

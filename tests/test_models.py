@@ -232,8 +232,17 @@ def test_classify_another_area_with_a_registry_model(demo_run, other_area):
 
     # the other area's config: no points, the first area's storage (so its registry knows the model)
     other = _variant(other_area, "other.yaml", points=None, storage=str(area.root / "lcstack-data"))
+    with Workflow(cfg, progress=False) as wf:  # the first area's maps, made by the same model
+        own = {
+            u: Path(u).read_bytes()
+            for r in wf.registry.find("maps", model=key)
+            for u in [wf.map_urls(r)["level1"]]
+        }
     result = _cli("classify", str(other), "--model", key)
     assert result.exit_code == 0, result.output
+    assert own and all(Path(u).read_bytes() == data for u, data in own.items()), (
+        "the other area overwrote them"
+    )
     with Workflow(load_config(other), progress=False) as wf:
         wf.use_model(key)
         recs = wf.registry.find("maps", model=key)

@@ -98,8 +98,13 @@ def test_maps_are_keyed_by_model_composites_and_tiles(tmp_path: Path) -> None:
         ("maps", "30SVF", ("k1", "k2")),
         ("maps", "30SWF", ("k3",)),
     ]
-    base = storage.url("classification-maps", "model_m1", "30SVF")
+    base = storage.url("classification-maps", "model_m1", f"30SVF_{maps[0].key[:8]}")
     assert maps[0].url == base and maps[0].files["level2"] == storage.join(base, "level2.tif")
     assert plan_maps(comp, "m2", storage)[0].key != maps[0].key, "another model, another key"
     alone = plan_maps(comp[:2], "m1", storage)[0]
     assert alone.key != maps[0].key, "on the Sentinel-2 grid the key names the tiles sharing the area"
+    # the same model over another area (or year) with a tile of the same id: other maps, another folder,
+    # so classifying it never overwrites the maps already stored
+    other = [PlannedOutput("composites", "k9", "u9", "30SVF", "spring", s2_tile="30SVF")]
+    elsewhere = plan_maps(other, "m1", storage)[0]
+    assert elsewhere.unit == maps[0].unit and elsewhere.url != maps[0].url
