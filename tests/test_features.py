@@ -74,9 +74,11 @@ def test_cube_over_stored_composites_reads_in_its_own_tasks(tmp_path):
     urls = {}
     for i, season in enumerate(["spring", "summer"]):
         urls[season] = str(tmp_path / f"{season}.zarr")
-        _season(season, bands, i, {"band": -1, "y": 8, "x": 5}).to_zarr(urls[season], consolidated=True)
+        _season(season, bands, i, {"band": -1, "y": 8, "x": 5}).to_zarr(
+            urls[season], consolidated=True, zarr_format=2
+        )
     terrain = str(tmp_path / "terrain.zarr")
-    _terrain({"band": 1, "y": 8, "x": 5}).to_zarr(terrain, consolidated=True)
+    _terrain({"band": 1, "y": 8, "x": 5}).to_zarr(terrain, consolidated=True, zarr_format=2)
     expected = stack_features(
         {s: xr.open_zarr(u, chunks={}) for s, u in urls.items()}, xr.open_zarr(terrain, chunks={})
     )

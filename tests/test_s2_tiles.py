@@ -127,7 +127,7 @@ def _items(root: Path) -> list[Any]:
     import pystac
 
     cat = pystac.Catalog.from_file(str(root / "stac" / "catalog.json"))
-    return [i for i in cat.get_all_items() if i.collection_id == "sentinel-2-l2a"]
+    return [i for i in cat.get_items(recursive=True) if i.collection_id == "sentinel-2-l2a"]
 
 
 def test_no_map_pixel_is_owned_twice_and_the_mosaic_covers_every_pixel(tiles3: Path) -> None:
