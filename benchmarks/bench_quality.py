@@ -43,6 +43,15 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "extra_trees": {"model": {"estimator": "extra_trees"}},
     "hist_gradient_boosting": {"model": {"estimator": "hist_gradient_boosting"}},
     "lightgbm": {"model": {"estimator": "lightgbm"}},
+    "extra_trees+class_weight": {"model": {"estimator": "extra_trees", "class_weight": "balanced"}},
+    "extra_trees+context": {
+        "features": {"context": {"window": 5, "bands": ["nir", "ndvi"]}},
+        "model": {"estimator": "extra_trees"},
+    },
+    "extra_trees+context+class_weight": {
+        "features": {"context": {"window": 5, "bands": ["nir", "ndvi"]}},
+        "model": {"estimator": "extra_trees", "class_weight": "balanced"},
+    },
 }
 
 
