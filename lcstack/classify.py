@@ -348,7 +348,9 @@ def percent(proba: np.ndarray) -> np.ndarray:
     :data:`PROBA_NODATA` throughout.
     """
     p = np.asarray(proba, dtype=np.float64)
-    total = p.sum(axis=1, keepdims=True)
+    total = np.zeros((p.shape[0], 1))
+    for c in range(p.shape[1]):  # in column order, as the compiled kernel sums (same float64 total)
+        total[:, 0] += p[:, c]
     ok = np.isfinite(total[:, 0]) & (total[:, 0] > 0)
     scaled = np.where(ok[:, None], p / np.where(ok[:, None], total, 1.0), 0.0) * 100.0
     base = np.floor(scaled)
@@ -399,35 +401,100 @@ def _estimator_proba(model: Any, data: np.ndarray, feature_major: bool, use_numb
     return LevelProbabilities(classes, proba, classes.take(best), margin, level2, none, none, none)
 
 
-def _proba_layers(levels: Any, classes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Codes ``(2, n)``, level-1 percents ``(k, n)`` in the order of ``classes``, uncertainty ``(6, n)``."""
-    from lcstack.model import normalised_entropy
+_layers_kernel: Any = None
 
+
+def _get_layers_kernel() -> Any:
+    """Return the compiled layer kernel: :func:`percent` and :func:`_whole_percent` in one pass per pixel."""
+    global _layers_kernel
+    if _layers_kernel is None:
+        import numba
+
+        @numba.njit(nogil=True, cache=True)
+        def _kernel(proba, order, best, margin, level2, index, out):  # pragma: no cover - compiled
+            n, k = proba.shape[0], order.shape[0]
+            base = np.empty(k, np.int64)
+            rem = np.empty(k)
+            log_k = np.log(k) if k > 1 else 1.0
+            for i in range(n):
+                j = index[i]
+                total = 0.0
+                for c in range(k):
+                    total += proba[i, order[c]]
+                if not (np.isfinite(total) and total > 0):
+                    continue  # stays PROBA_NODATA
+                used = 0
+                h = 0.0
+                for c in range(k):
+                    p = proba[i, order[c]]
+                    v = p / total * 100.0
+                    f = np.floor(v)
+                    base[c] = np.int64(f)
+                    rem[c] = v - f
+                    used += base[c]
+                    if p > 0:
+                        h += p * np.log(p)
+                for _ in range(100 - used):  # largest remainders first, ties to the first class
+                    top, at = -1.0, 0
+                    for c in range(k):
+                        if rem[c] > top:
+                            top, at = rem[c], c
+                    base[at] += 1
+                    rem[at] = -2.0
+                for c in range(k):
+                    out[c, j] = base[c]
+                out[k, j] = base[best[i]]
+                entropy = min(max(-h / log_k, 0.0), 1.0) if k > 1 else 0.0
+                for t, v in enumerate((margin[i], entropy, level2[0, i], level2[1, i], level2[2, i])):
+                    if np.isfinite(v):
+                        out[k + 1 + t, j] = np.uint8(np.rint(min(max(v, 0.0), 1.0) * 100.0))
+
+        _layers_kernel = _kernel
+    return _layers_kernel
+
+
+def _proba_layers(
+    levels: Any, classes: np.ndarray, out: np.ndarray, index: np.ndarray, compiled: bool | None = None
+) -> np.ndarray:
+    """Write the percents and uncertainty of ``levels`` into ``out[:, index]``; return the codes ``(2, n)``.
+
+    ``out`` is ``(k + 6, n_pixels)``, :data:`PROBA_NODATA` where not written; the level-1 percents go in
+    the order of ``classes``. Compiled (one pass per pixel) when numba is there, else NumPy
+    (:func:`percent`); the same figures.
+    """
     have = [int(c) for c in np.asarray(levels.classes)]
     if sorted(have) != sorted(int(c) for c in classes):
         raise ModelMismatchError(
             f"The model's level-1 classes {have} differ from the classes recorded with it "
             f"{[int(c) for c in classes]}; re-save the model (lcstack.model.save_model)."
         )
-    proba = np.asarray(levels.proba, dtype=np.float64)[:, [have.index(int(c)) for c in classes]]
-    level1 = _as_codes(levels.level1, "level-1")
-    level2 = _as_codes(levels.level2, "level-2")
-    stack = percent(proba)
+    order = np.array([have.index(int(c)) for c in classes], dtype=np.int64)
+    codes = np.stack([_as_codes(levels.level1, "level-1"), _as_codes(levels.level2, "level-2")])
     lookup = np.zeros(256, dtype=np.int64)
     lookup[np.asarray(classes, dtype=np.int64)] = np.arange(len(classes))
-    confidence = np.take_along_axis(stack, lookup[level1][:, None], axis=1)[:, 0]
-    n = proba.shape[0]
-    missing = np.full(n, np.nan)
+    best = lookup[codes[0]]
+    n = codes.shape[1]
     l2 = [getattr(levels, name, None) for name in ("level2_proba", "level2_margin", "level2_entropy")]
-    uncertainty = np.stack(
-        [
-            confidence,
-            _whole_percent(levels.margin),
-            _whole_percent(normalised_entropy(proba)),
-            *(_whole_percent(missing if v is None else v) for v in l2),
-        ]
-    )
-    return np.stack([level1, level2]), stack.T, uncertainty
+    level2 = np.stack([np.full(n, np.nan) if v is None else np.asarray(v, np.float64) for v in l2])
+    proba = np.ascontiguousarray(levels.proba, dtype=np.float64)
+    margin = np.asarray(levels.margin, dtype=np.float64)
+    if compiled is None:
+        from lcstack.forest import numba_available
+
+        compiled = numba_available()
+    if compiled:
+        _get_layers_kernel()(proba, order, best, margin, level2, np.asarray(index, np.int64), out)
+        return codes
+    from lcstack.model import normalised_entropy
+
+    stack = percent(proba[:, order])
+    k = len(classes)
+    out[:k, index] = stack.T
+    out[k, index] = stack[np.arange(n), best]
+    out[k + 1, index] = _whole_percent(margin)
+    out[k + 2, index] = _whole_percent(normalised_entropy(proba))
+    out[k + 3 :, index] = _whole_percent(level2)
+    return codes
 
 
 def proba_block(
@@ -489,15 +556,13 @@ def _proba_kept(
         data = np.ascontiguousarray(X.reshape(n_features, ny * nx)[:, valid].T, dtype=np.float32)
     if n_valid:
         levels = _estimator_proba(model, data, numba, numba)
-        codes, stack, uncertainty = _proba_layers(levels, classes)
-        if codes.shape != (2, n_valid):
+        if np.shape(levels.level1) != (n_valid,) or np.shape(levels.proba) != (n_valid, k):
             raise ModelMismatchError(
-                f"The model returned {codes.shape[1]} predictions for {n_valid} pixels; "
-                "predict_proba_levels must give one row per pixel."
+                f"The model returned probabilities of shape {np.shape(levels.proba)} for {n_valid} pixels "
+                f"and {k} classes; predict_proba must give one row per pixel and one column per class."
             )
-        out[:, valid] = codes
-        layers[:k, valid] = stack
-        layers[k:, valid] = uncertainty
+        index = valid if numba else np.flatnonzero(valid)
+        out[:, index] = _proba_layers(levels, classes, layers, index)
     return np.concatenate([out, layers]).reshape(-1, ny, nx)
 
 

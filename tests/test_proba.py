@@ -66,6 +66,22 @@ def test_percent_sums_to_exactly_100_within_one_of_the_probability() -> None:
     assert out[0].tolist() == [34, 33, 33, 0, 0, 0, 0]  # ties: the first column
 
 
+def test_compiled_layers_equal_the_numpy_layers(fitted) -> None:
+    from lcstack.classify import _proba_layers
+
+    cube = _nan_cube()
+    flat = cube.values.reshape(cube.sizes["feature"], -1)
+    keep = np.flatnonzero(~np.isnan(flat).all(axis=0) & ~np.isinf(flat).any(axis=0))
+    levels = fitted.predict_proba_levels(flat[:, keep].T)
+    classes = np.array([3, 1, 2])  # any order of the layers
+    out = {}
+    for compiled in (True, False):
+        out[compiled] = np.full((3 + 6, flat.shape[1]), PROBA_NODATA, np.uint8)
+        _proba_layers(levels, classes, out[compiled], keep, compiled=compiled)
+    np.testing.assert_array_equal(out[True], out[False])
+    np.testing.assert_array_equal(out[True][:3, keep].T, percent(levels.proba[:, [2, 0, 1]]))
+
+
 @pytest.mark.parametrize("engine", ["numba", "sklearn"])
 def test_layers_are_sklearn_predict_proba_on_nan_pixels(fitted, engine) -> None:
     cube = _nan_cube()
