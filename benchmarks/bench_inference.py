@@ -20,6 +20,12 @@ Paths:
   :func:`lcstack.classify.classify` over dask with 1 and 2 threads for the first case.
 
 Run: ``.venv/bin/python benchmarks/bench_inference.py`` (``--no-write`` to print only).
+
+``--proba`` measures only probabilities on vs off (issue 17.2), side by side on the same data and forests:
+per chunk ``predict_block`` (class codes) against ``proba_block`` (codes, level-1 probabilities and the six
+uncertainty layers: what ``classify(probabilities=True)`` runs per chunk), and ``classify`` over dask from
+an artefact folder computing every variable, with ``probabilities`` off and on (one thread); section
+``## Probabilities on vs off``.
 """
 
 from __future__ import annotations
@@ -41,7 +47,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import cpu_family, load1, machine_line, wait_for_quiet, write_section  # noqa: E402
 from _common import landcoverpy_window as _landcoverpy_window  # noqa: E402
 
-from lcstack.classify import classify, fast_predict_proba_levels, predict_block  # noqa: E402
+from lcstack.classify import (  # noqa: E402
+    classify,
+    fast_predict_levels,
+    fast_predict_proba_levels,
+    predict_block,
+    proba_block,
+)
 from lcstack.demo.spectra import LC_LABELS  # noqa: E402
 from lcstack.forest import _simd, compile_estimator, engine, kernels  # noqa: E402
 from lcstack.forest import predict as fpredict  # noqa: E402
@@ -242,9 +254,12 @@ def main() -> None:
     parser.add_argument("--max-load", type=float, default=1.5)
     parser.add_argument("--wait", type=float, default=120, help="seconds to wait for load < --max-load")
     parser.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
+    parser.add_argument("--proba", action="store_true", help="only probabilities on vs off (issue 17.2)")
     args = parser.parse_args()
     if args.repeat < 3:
         parser.error("--repeat must be at least 3: every row is the best of >= 3 interleaved rounds")
+    if args.proba:
+        return main_proba(args)
 
     from lcstack.model import DEFAULT_FOREST_PARAMS
 
@@ -345,6 +360,118 @@ def main() -> None:
     print(body)
     if not args.no_write:
         write_section("## Inference", body)
+
+
+def run_proba_case(cube, model, features, window, repeat) -> dict:
+    """Probabilities off vs on, per chunk (CPU s, 1 thread) and through ``classify`` over dask (wall s)."""
+    wins = windows_of(cube, window)
+    classes = [int(c) for c in model.classes_]
+    predict_block(cube[:, :32, :32], model, engine="numba")  # compile, warm numba
+    proba_block(cube[:, :32, :32], model, classes, engine="numba")
+
+    def codes_only() -> np.ndarray:
+        out = np.zeros((2, *cube.shape[1:]), np.uint8)
+        for ys, xs in wins:
+            out[:, ys, xs] = predict_block(cube[:, ys, xs], model, engine="numba")
+        return out
+
+    def with_proba() -> np.ndarray:
+        out = np.zeros((2 + len(classes) + 6, *cube.shape[1:]), np.uint8)
+        for ys, xs in wins:
+            out[:, ys, xs] = proba_block(cube[:, ys, xs], model, classes, engine="numba")
+        return out
+
+    with tempfile.TemporaryDirectory() as td:
+        model_dir = str(Path(td) / "model")
+        save_model(model, model_dir, metadata={"feature_names": features, "lc_labels": LC_LABELS})
+        da = xr.DataArray(cube, dims=("feature", "y", "x"), coords={"feature": features}).chunk(
+            {"feature": -1, "y": window, "x": window}
+        )
+
+        def run_classify(on: bool) -> xr.Dataset:
+            return classify(da, model_dir, probabilities=on).compute()
+
+        flat = cube.reshape(cube.shape[0], -1)
+        columns = np.ascontiguousarray(flat[:, ~np.isnan(flat).all(axis=0)])
+
+        def kernel(proba: bool) -> object:
+            fn = fast_predict_proba_levels if proba else fast_predict_levels
+            return fn(model, columns, feature_major=True, assume_finite=True)
+
+        best = {
+            k: np.inf for k in ("kernel_off", "kernel_on", "block_off", "block_on", "dask_off", "dask_on")
+        }
+        loads = []
+        with dask.config.set(scheduler="threads", num_workers=1):
+            for _ in range(repeat):
+                loads.append(load1())
+                best["kernel_off"] = min(best["kernel_off"], timed(lambda: kernel(False), 1)[1])
+                best["kernel_on"] = min(best["kernel_on"], timed(lambda: kernel(True), 1)[1])
+                _, c, off = timed(codes_only, 1)
+                best["block_off"] = min(best["block_off"], c)
+                _, c, on = timed(with_proba, 1)
+                best["block_on"] = min(best["block_on"], c)
+                assert np.array_equal(on[:2], off), "proba_block's codes differ from predict_block's"
+                w, _, m_off = timed(lambda: run_classify(False), 1)
+                best["dask_off"] = min(best["dask_off"], w)
+                w, _, m_on = timed(lambda: run_classify(True), 1)
+                best["dask_on"] = min(best["dask_on"], w)
+                assert np.array_equal(m_on["level1"].values, m_off["level1"].values)
+    return {**best, "loads": loads, "n_pix": cube.shape[1] * cube.shape[2], "n_classes": len(classes)}
+
+
+def main_proba(args) -> None:
+    """Probabilities on vs off on both data sets and both forests; section ``## Probabilities on vs off``."""
+    from lcstack.model import DEFAULT_FOREST_PARAMS
+
+    forests = [
+        ("LandCoverPy's forest (100 fully grown trees)", {}),
+        (
+            "lcstack default (" + ", ".join(f"{k}={v}" for k, v in DEFAULT_FOREST_PARAMS.items()) + ")",
+            dict(DEFAULT_FOREST_PARAMS),
+        ),
+    ]
+    datasets = both_datasets(args.demo_size, args.size, args.n_train)
+    load_before = wait_for_quiet(args.max_load, args.wait)
+    rows = [
+        "| data | forest | kernel on / off | per chunk, codes only (CPU s) | per chunk, + probabilities and uncertainty "
+        "(CPU s) | on / off | classify over dask, off (wall s) | on (wall s) | on / off | 1-min load per round |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for data_label, X, y, cube, features in datasets:
+        for forest_label, params in forests:
+            _, model = fit_pair(params, X, y, features)
+            r = run_proba_case(cube, model, features, args.window, args.repeat)
+            print(data_label, forest_label, r, file=sys.stderr, flush=True)
+            rows.append(
+                f"| {data_label} | {forest_label} | {r['kernel_on'] / r['kernel_off']:.2f}x | {r['block_off']:.2f} | {r['block_on']:.2f} | "
+                f"**{r['block_on'] / r['block_off']:.2f}x** | {r['dask_off']:.2f} | {r['dask_on']:.2f} | "
+                f"**{r['dask_on'] / r['dask_off']:.2f}x** | {'/'.join(f'{x:.1f}' for x in r['loads'])} |"
+            )
+    body = "\n".join(
+        [
+            f"Command: `.venv/bin/python benchmarks/bench_inference.py --proba --size {args.size} "
+            f"--demo-size {args.demo_size} --window {args.window} --repeat {args.repeat}`",
+            "",
+            machine_line(load_before, load1()),
+            "",
+            f"CPU family: {cpu_family()}.",
+            "",
+            "Same forests and pixels as `## Inference`, numba engine, one thread, every path best of "
+            f"{args.repeat} interleaved rounds. *Kernel*: `fast_predict_proba_levels` over "
+            "`fast_predict_levels` on all the valid pixels at once (the trees alone). *Per chunk*: `predict_block` (level-1 / level-2 codes; the "
+            "class-only engine stops walking a pixel's trees once its vote is settled) against "
+            "`proba_block` (the same codes with the level-1 probabilities of every class in percent and "
+            "the six uncertainty layers, every tree walked: what `classify(probabilities=True)` runs per "
+            f"chunk) over {args.window}-pixel windows. *classify over dask*: from a model artefact folder, "
+            "every variable computed, `probabilities` off and on. Target: on within 1.5x of off.",
+            "",
+            *rows,
+        ]
+    )
+    print(body)
+    if not args.no_write:
+        write_section("## Probabilities on vs off", body)
 
 
 def run_dask(cube, model, features, window, repeat, ref) -> tuple[float, float]:

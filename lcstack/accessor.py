@@ -34,6 +34,21 @@ def _features_of(ds: xr.Dataset) -> xr.DataArray:
     )
 
 
+def _predict_proba(features: xr.DataArray, model: Any, kwargs: dict[str, Any]) -> xr.DataArray:
+    from .classify import classify
+
+    return classify(features, model, probabilities=True, **kwargs)["level1_proba"]
+
+
+def _uncertainty(obj: Any, model_or_proba: Any, kwargs: dict[str, Any]) -> xr.Dataset:
+    from .classify import UNCERTAINTY_LAYERS, classify, proba_uncertainty
+
+    if isinstance(model_or_proba, xr.DataArray) and "class" in model_or_proba.dims:
+        return proba_uncertainty(model_or_proba)
+    features = obj if isinstance(obj, xr.DataArray) else _features_of(obj)
+    return classify(features, model_or_proba, probabilities=True, **kwargs)[list(UNCERTAINTY_LAYERS)]
+
+
 @xr.register_dataset_accessor("landcover")
 class LandcoverAccessor:
     """``ds.landcover``: spectral indices, seasonal composites and classification of a Dataset."""
@@ -94,6 +109,19 @@ class LandcoverAccessor:
 
         return classify(_features_of(self._ds), model, **kwargs)
 
+    def predict_proba(self, model: Any, **kwargs: Any) -> xr.DataArray:
+        """Level-1 class probabilities ``(class, y, x)``, uint8 whole percent (lazy; ``classify``'s layer)."""
+        return _predict_proba(_features_of(self._ds), model, kwargs)
+
+    def uncertainty(self, model_or_proba: Any, **kwargs: Any) -> xr.Dataset:
+        """Uncertainty layers (lazy, uint8 percent) from a model, or from probabilities ``(class, y, x)``.
+
+        With a model (or artefact path): ``classify``'s ``level1_confidence``, ``level1_margin``,
+        ``level1_entropy`` and their level-2 equivalents, from the same prediction. With probabilities:
+        :func:`lcstack.classify.proba_uncertainty` (level 1 only).
+        """
+        return _uncertainty(self._ds, model_or_proba, kwargs)
+
     def plot(self, level: str = "level1", **kwargs: Any) -> Any:
         """Draw the class map ``level`` with names, colours and a legend (:func:`lcstack.plot.plot_map`)."""
         from .plot import plot_map
@@ -130,6 +158,22 @@ class LandcoverArrayAccessor:
         if "feature" not in self._da.dims:
             raise InvalidInputError("classify() needs a DataArray with a `feature` dimension.")
         return classify(self._da, model, **kwargs)
+
+    def predict_proba(self, model: Any, **kwargs: Any) -> xr.DataArray:
+        """Level-1 class probabilities ``(class, y, x)`` of this feature cube (uint8 whole percent, lazy)."""
+        if "feature" not in self._da.dims:
+            raise InvalidInputError("predict_proba() needs a DataArray with a `feature` dimension.")
+        return _predict_proba(self._da, model, kwargs)
+
+    def uncertainty(self, model: Any = None, **kwargs: Any) -> xr.Dataset:
+        """Uncertainty layers of this cube with ``model``, or of these ``(class, y, x)`` probabilities."""
+        if model is None:
+            from .classify import proba_uncertainty
+
+            return proba_uncertainty(self._da)
+        if "feature" not in self._da.dims:
+            raise InvalidInputError("uncertainty(model) needs a DataArray with a `feature` dimension.")
+        return _uncertainty(self._da, model, kwargs)
 
     def plot(self, **kwargs: Any) -> Any:
         """Draw this class map with class names, colours and a legend (:func:`lcstack.plot.plot_map`)."""

@@ -33,6 +33,11 @@ from lcstack.errors import InputFileNotFoundError, InvalidInputError, ModelMisma
 __all__ = [
     "ModelRef",
     "predict_block",
+    "proba_block",
+    "proba_uncertainty",
+    "percent",
+    "UNCERTAINTY_LAYERS",
+    "PROBA_NODATA",
     "feature_seasons",
     "valid_seasons_block",
     "classify",
@@ -48,6 +53,17 @@ NODATA = 0
 UNCLASSIFIED = 1
 METADATA_FILE = "metadata.json"
 _MAX_CACHED_MODELS = 4
+#: Nodata of the probability and uncertainty layers (uint8 percent, 0..100).
+PROBA_NODATA = 255
+#: The uncertainty layers of ``classify(probabilities=True)``, in their band order after the probabilities.
+UNCERTAINTY_LAYERS = (
+    "level1_confidence",
+    "level1_margin",
+    "level1_entropy",
+    "level2_confidence",
+    "level2_margin",
+    "level2_entropy",
+)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -323,6 +339,233 @@ def _predict_kept(X: np.ndarray, model: Any, engine: Engine, keep: np.ndarray) -
     return out.reshape(2, ny, nx)
 
 
+def percent(proba: np.ndarray) -> np.ndarray:
+    """Whole percents of probabilities ``(n, k)`` that sum to exactly 100 on every row (uint8).
+
+    Largest-remainder rounding: every row is first normalised to sum to 1, each value is rounded down
+    to a whole percent, and the percents still missing go to the largest remainders (ties: the first
+    column). Each value is then within 1 of ``100 p``. A row of zeros or with a non-finite value is
+    :data:`PROBA_NODATA` throughout.
+    """
+    p = np.asarray(proba, dtype=np.float64)
+    total = np.zeros((p.shape[0], 1))
+    for c in range(p.shape[1]):  # in column order, as the compiled kernel sums (same float64 total)
+        total[:, 0] += p[:, c]
+    ok = np.isfinite(total[:, 0]) & (total[:, 0] > 0)
+    scaled = np.where(ok[:, None], p / np.where(ok[:, None], total, 1.0), 0.0) * 100.0
+    base = np.floor(scaled)
+    short = np.rint(100.0 - base.sum(axis=1)).astype(np.int64)
+    order = np.argsort(base - scaled, axis=1, kind="stable")  # largest remainder first
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(p.shape[1])[None, :], axis=1)
+    out = (base + (rank < short[:, None])).astype(np.uint8)
+    out[~ok] = PROBA_NODATA
+    return out
+
+
+def _whole_percent(values: np.ndarray) -> np.ndarray:
+    """Nearest whole percent of fractions in [0, 1] (uint8), :data:`PROBA_NODATA` where NaN."""
+    v = np.asarray(values, dtype=np.float64)
+    out = np.full(v.shape, PROBA_NODATA, dtype=np.uint8)
+    ok = np.isfinite(v)
+    out[ok] = np.rint(np.clip(v[ok], 0.0, 1.0) * 100.0).astype(np.uint8)
+    return out
+
+
+def _estimator_proba(model: Any, data: np.ndarray, feature_major: bool, use_numba: bool) -> Any:
+    """:class:`lcstack.model.LevelProbabilities` of ``data`` (pixel rows, or columns if feature-major)."""
+    from lcstack import forest
+    from lcstack.model import HierarchicalClassifier, LevelProbabilities
+
+    if isinstance(model, HierarchicalClassifier) and feature_major:
+        return fast_predict_proba_levels(model, data, n_threads=1, feature_major=True, assume_finite=True)
+    rows = np.ascontiguousarray(data.T) if feature_major else data
+    if hasattr(model, "predict_proba_levels"):
+        return model.predict_proba_levels(rows)
+    if not hasattr(model, "predict_proba"):
+        raise ModelMismatchError(
+            f"{type(model).__name__} has no predict_proba, so classify cannot give class probabilities; "
+            "classify without `probabilities`, or use a classifier with predict_proba."
+        )
+    if use_numba:
+        proba = forest.fast_predict_proba(model, data, n_threads=1, feature_major=feature_major)
+    else:
+        proba = model.predict_proba(rows)
+    proba = np.asarray(proba, dtype=np.float64)
+    classes = np.asarray(model.classes_)
+    best = np.argmax(proba, axis=1)
+    top = np.sort(proba, axis=1)
+    margin = top[:, -1] - top[:, -2] if proba.shape[1] > 1 else top[:, -1]
+    none = np.full(best.shape, np.nan)
+    level2 = np.full(best.shape, UNCLASSIFIED, dtype=np.int64)
+    return LevelProbabilities(classes, proba, classes.take(best), margin, level2, none, none, none)
+
+
+_layers_kernel: Any = None
+
+
+def _get_layers_kernel() -> Any:
+    """Return the compiled layer kernel: :func:`percent` and :func:`_whole_percent` in one pass per pixel."""
+    global _layers_kernel
+    if _layers_kernel is None:
+        import numba
+
+        @numba.njit(nogil=True, cache=True)
+        def _kernel(proba, order, best, margin, level2, index, out):  # pragma: no cover - compiled
+            n, k = proba.shape[0], order.shape[0]
+            base = np.empty(k, np.int64)
+            rem = np.empty(k)
+            log_k = np.log(k) if k > 1 else 1.0
+            for i in range(n):
+                j = index[i]
+                total = 0.0
+                for c in range(k):
+                    total += proba[i, order[c]]
+                if not (np.isfinite(total) and total > 0):
+                    continue  # stays PROBA_NODATA
+                used = 0
+                h = 0.0
+                for c in range(k):
+                    p = proba[i, order[c]]
+                    v = p / total * 100.0
+                    f = np.floor(v)
+                    base[c] = np.int64(f)
+                    rem[c] = v - f
+                    used += base[c]
+                    if p > 0:
+                        h += p * np.log(p)
+                for _ in range(100 - used):  # largest remainders first, ties to the first class
+                    top, at = -1.0, 0
+                    for c in range(k):
+                        if rem[c] > top:
+                            top, at = rem[c], c
+                    base[at] += 1
+                    rem[at] = -2.0
+                for c in range(k):
+                    out[c, j] = base[c]
+                out[k, j] = base[best[i]]
+                entropy = min(max(-h / log_k, 0.0), 1.0) if k > 1 else 0.0
+                for t, v in enumerate((margin[i], entropy, level2[0, i], level2[1, i], level2[2, i])):
+                    if np.isfinite(v):
+                        out[k + 1 + t, j] = np.uint8(np.rint(min(max(v, 0.0), 1.0) * 100.0))
+
+        _layers_kernel = _kernel
+    return _layers_kernel
+
+
+def _proba_layers(
+    levels: Any, classes: np.ndarray, out: np.ndarray, index: np.ndarray, compiled: bool | None = None
+) -> np.ndarray:
+    """Write the percents and uncertainty of ``levels`` into ``out[:, index]``; return the codes ``(2, n)``.
+
+    ``out`` is ``(k + 6, n_pixels)``, :data:`PROBA_NODATA` where not written; the level-1 percents go in
+    the order of ``classes``. Compiled (one pass per pixel) when numba is there, else NumPy
+    (:func:`percent`); the same figures.
+    """
+    have = [int(c) for c in np.asarray(levels.classes)]
+    if sorted(have) != sorted(int(c) for c in classes):
+        raise ModelMismatchError(
+            f"The model's level-1 classes {have} differ from the classes recorded with it "
+            f"{[int(c) for c in classes]}; re-save the model (lcstack.model.save_model)."
+        )
+    order = np.array([have.index(int(c)) for c in classes], dtype=np.int64)
+    codes = np.stack([_as_codes(levels.level1, "level-1"), _as_codes(levels.level2, "level-2")])
+    lookup = np.zeros(256, dtype=np.int64)
+    lookup[np.asarray(classes, dtype=np.int64)] = np.arange(len(classes))
+    best = lookup[codes[0]]
+    n = codes.shape[1]
+    l2 = [getattr(levels, name, None) for name in ("level2_proba", "level2_margin", "level2_entropy")]
+    level2 = np.stack([np.full(n, np.nan) if v is None else np.asarray(v, np.float64) for v in l2])
+    proba = np.ascontiguousarray(levels.proba, dtype=np.float64)
+    margin = np.asarray(levels.margin, dtype=np.float64)
+    if compiled is None:
+        from lcstack.forest import numba_available
+
+        compiled = numba_available()
+    if compiled:
+        _get_layers_kernel()(proba, order, best, margin, level2, np.asarray(index, np.int64), out)
+        return codes
+    from lcstack.model import normalised_entropy
+
+    stack = percent(proba[:, order])
+    k = len(classes)
+    out[:k, index] = stack.T
+    out[k, index] = stack[np.arange(n), best]
+    out[k + 1, index] = _whole_percent(margin)
+    out[k + 2, index] = _whole_percent(normalised_entropy(proba))
+    out[k + 3 :, index] = _whole_percent(level2)
+    return codes
+
+
+def proba_block(
+    X: np.ndarray,
+    model: Any,
+    classes: Sequence[int],
+    *,
+    engine: Engine = "auto",
+    seasons: np.ndarray | None = None,
+) -> np.ndarray:
+    """Codes, level-1 probabilities and uncertainty of one ``(feature, y, x)`` block, in one prediction.
+
+    Parameters
+    ----------
+    X, model, engine, seasons
+        As :func:`predict_block`. The model needs ``predict_proba_levels`` (a
+        :class:`~lcstack.model.HierarchicalClassifier`) or ``predict_proba``; with the numba engine the
+        probabilities come from :func:`fast_predict_proba_levels` (equal to scikit-learn's
+        ``predict_proba``), else from the model's own ``predict_proba``.
+    classes : sequence of int
+        The level-1 class codes, in the order of the probability layers.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8, shape ``(2 + k + 6, ny, nx)`` for ``k`` classes: level-1 and level-2 codes (0 = nodata),
+        the level-1 probability of every class in whole percent (they sum to exactly 100:
+        :func:`percent`), then :data:`UNCERTAINTY_LAYERS` in whole percent: the probability of the chosen
+        class (the layer of ``level1`` among the probabilities), the margin between the best and the
+        second-best class, the normalised entropy (0 = certain, 100 = every class equally likely), and
+        the same for level 2 within the chosen category (subcategory probabilities conditional on
+        ``level1``). :data:`PROBA_NODATA` (255) where the codes are nodata, and in the level-2 layers of a
+        category without a level-2 model. The codes equal :func:`predict_block`'s.
+
+    """
+    X = np.asarray(X)
+    _check_block(X, model)
+    keep = (valid_seasons_block(X, seasons) > 0) & ~np.isinf(X).any(axis=0)
+    return _proba_kept(X, model, engine, keep, np.asarray(classes, dtype=np.int64))
+
+
+def _proba_kept(
+    X: np.ndarray, model: Any, engine: Engine, keep: np.ndarray, classes: np.ndarray
+) -> np.ndarray:
+    """:func:`proba_block` of the pixels in ``keep``; nodata elsewhere."""
+    n_features, ny, nx = X.shape
+    k = len(classes)
+    out = np.zeros((2, ny * nx), dtype=np.uint8)
+    layers = np.full((k + len(UNCERTAINTY_LAYERS), ny * nx), PROBA_NODATA, dtype=np.uint8)
+    numba = _use_numba(engine)
+    if numba:
+        from lcstack.forest import valid_columns
+
+        data, valid = valid_columns(X, keep)
+        n_valid = valid.size
+    else:
+        valid = keep.reshape(-1)
+        n_valid = int(valid.sum())
+        data = np.ascontiguousarray(X.reshape(n_features, ny * nx)[:, valid].T, dtype=np.float32)
+    if n_valid:
+        levels = _estimator_proba(model, data, numba, numba)
+        if np.shape(levels.level1) != (n_valid,) or np.shape(levels.proba) != (n_valid, k):
+            raise ModelMismatchError(
+                f"The model returned probabilities of shape {np.shape(levels.proba)} for {n_valid} pixels "
+                f"and {k} classes; predict_proba must give one row per pixel and one column per class."
+            )
+        index = valid if numba else np.flatnonzero(valid)
+        out[:, index] = _proba_layers(levels, classes, layers, index)
+    return np.concatenate([out, layers]).reshape(-1, ny, nx)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Per-process model cache
 # ----------------------------------------------------------------------------------------------------
@@ -460,16 +703,28 @@ def get_model(ref: ModelRef) -> tuple[Any, dict[str, Any]]:
 
 
 def _predict_chunk(
-    block: np.ndarray, model: Any, engine: Engine = "auto", seasons: np.ndarray | None = None
+    block: np.ndarray,
+    model: Any,
+    engine: Engine = "auto",
+    seasons: np.ndarray | None = None,
+    classes: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Level 1, level 2 and the number of valid seasons, ``(3, ny, nx)`` uint8."""
+    """Level 1, level 2 and the number of valid seasons, ``(3, ny, nx)`` uint8.
+
+    With ``classes``, the level-1 probabilities and the uncertainty layers follow
+    (:func:`proba_block`, ``(3 + k + 6, ny, nx)``), from the same prediction.
+    """
     if isinstance(model, ModelRef):
         model = get_model(model)[0]
     block = np.asarray(block)
     _check_block(block, model)
     count = valid_seasons_block(block, seasons)
-    codes = _predict_kept(block, model, engine, (count > 0) & ~np.isinf(block).any(axis=0))
-    return np.concatenate([codes, count[None]], axis=0)
+    keep = (count > 0) & ~np.isinf(block).any(axis=0)
+    if classes is None:
+        codes = _predict_kept(block, model, engine, keep)
+        return np.concatenate([codes, count[None]], axis=0)
+    layers = _proba_kept(block, model, engine, keep, classes)
+    return np.concatenate([layers[:2], count[None], layers[2:]], axis=0)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -582,6 +837,83 @@ def _normalise_cube(features: xr.DataArray) -> xr.DataArray:
     return features.transpose("feature", "y", "x")
 
 
+def _resolve_model(
+    features: xr.DataArray,
+    model: Any,
+    feature_names: Sequence[str] | None,
+    storage_options: Mapping[str, Any] | None,
+    trusted_types: Sequence[str],
+) -> tuple[xr.DataArray, Any, dict[str, Any], Any]:
+    """Return the cube in the model's feature order, the model as it goes in the graph, metadata, classes."""
+    metadata: dict[str, Any] = {}
+    if isinstance(model, str | os.PathLike):
+        url = os.fspath(model)
+        metadata, token = _read_model_metadata(url, storage_options)
+        meta_features = metadata.get("feature_names", metadata.get("features"))
+        if (
+            feature_names is not None
+            and meta_features is not None
+            and list(feature_names) != list(meta_features)
+        ):
+            raise InvalidInputError(
+                f"`feature_names` disagrees with the features recorded in {url}/{METADATA_FILE}; "
+                "leave `feature_names` out when classifying with a model folder."
+            )
+        expected = feature_names if feature_names is not None else meta_features
+        model_arg: Any = ModelRef(url, token, _options_for(url, storage_options), tuple(trusted_types))
+        n_expected = len(expected) if expected is not None else None
+        source = url
+        if metadata.get("selected_from") and expected is not None:
+            features = _selected_features(features, expected)
+        classes = metadata.get("classes")
+    else:
+        if not (hasattr(model, "predict_levels") or hasattr(model, "predict")):
+            raise InvalidInputError(
+                f"`model` must be a model folder path/URL or a fitted estimator, got {type(model).__name__}."
+            )
+        expected = feature_names
+        if expected is None and getattr(model, "feature_names_in_", None) is not None:
+            expected = [str(f) for f in model.feature_names_in_]
+        n_expected = getattr(model, "n_features_in_", None)
+        # One graph key holding the estimator; every block depends on it instead of embedding a copy.
+        model_arg = dask.delayed(model, pure=True)
+        source = type(model).__name__
+        classes = getattr(model, "classes_", None)
+    features = _check_features(features, expected, n_expected, source)
+    return features, model_arg, metadata, classes
+
+
+def _proba_arrays(
+    out: da.Array, coords: Mapping[str, Any], classes: np.ndarray, lc_labels: Mapping[str, int]
+) -> dict[str, xr.DataArray]:
+    """Return the probability and uncertainty variables of :func:`classify` from its chunk output."""
+    names = {int(v): str(k) for k, v in lc_labels.items()}
+    k = len(classes)
+    common = {"units": "percent", "nodata": PROBA_NODATA, "_FillValue": np.uint8(PROBA_NODATA)}
+    if "spatial_ref" in coords:
+        common["grid_mapping"] = "spatial_ref"
+    proba_coords = {
+        **coords,
+        "class": ("class", np.asarray(classes, dtype=np.int64)),
+        "class_name": ("class", [names.get(int(c), f"class_{int(c)}") for c in classes]),
+    }
+    proba = xr.DataArray(out[3 : 3 + k], dims=("class", "y", "x"), coords=proba_coords, name="level1_proba")
+    proba.attrs.update(long_name="level-1 class probability", **common)
+    result = {"level1_proba": proba}
+    meaning = {
+        "confidence": "probability of the chosen {what}",
+        "margin": "best minus second-best {what} probability",
+        "entropy": "normalised entropy of the {what} probabilities (0 certain, 100 uniform)",
+    }
+    for i, name in enumerate(UNCERTAINTY_LAYERS):
+        level, kind = name.split("_")
+        what = "category (level 1)" if level == "level1" else "subcategory (level 2) within its category"
+        layer = xr.DataArray(out[3 + k + i], dims=("y", "x"), coords=coords, name=name)
+        layer.attrs.update(long_name=meaning[kind].format(what=what), **common)
+        result[name] = layer
+    return result
+
+
 def classify(
     features: xr.DataArray,
     model: Any,
@@ -592,6 +924,7 @@ def classify(
     storage_options: Mapping[str, Any] | None = None,
     engine: Engine = "auto",
     trusted_types: Sequence[str] = (),
+    probabilities: bool = False,
 ) -> xr.Dataset:
     """Classify a feature cube into lazy level-1 and level-2 class maps.
 
@@ -621,68 +954,48 @@ def classify(
     trusted_types : sequence of str, optional
         Types beyond :data:`lcstack.model.MODEL_TYPES` to trust when loading a model folder (a classifier
         of your own, ``model: {trusted_types: [...]}``).
+    probabilities : bool, default False
+        Also give the level-1 class probabilities and the uncertainty layers (:func:`proba_block`), from
+        the same prediction tasks as the maps: each pixel is predicted once, by ``predict_proba``
+        (the numba engine's equals scikit-learn's), and its codes are the argmax, which equal the
+        class-only prediction.
 
     Returns
     -------
     xarray.Dataset
         ``level1``, ``level2`` (uint8, dims ``(y, x)``, same y/x chunks as ``features``, 0 = nodata,
         level 2 1 = unclassified) and ``valid_seasons`` (uint8, seasons with a valid observation), with
-        the cube's ``x``, ``y`` and ``spatial_ref`` coordinates. Nothing is computed. All variables come
-        from the same prediction tasks, so compute or write them together.
+        the cube's ``x``, ``y`` and ``spatial_ref`` coordinates. With ``probabilities``, also
+        ``level1_proba`` (uint8 whole percent summing to 100 over dim ``class``, whose coordinate holds the
+        class codes and ``class_name`` their names) and the uint8 percent layers
+        :data:`UNCERTAINTY_LAYERS` (``level1_confidence``, ``level1_margin``, ``level1_entropy`` and
+        their level-2 equivalents conditional on the chosen category), all 255 (:data:`PROBA_NODATA`)
+        where the maps are nodata. Nothing is computed. All variables come from the same prediction
+        tasks, so compute or write them together.
 
     Raises
     ------
     ModelMismatchError
-        If the cube lacks features the model needs, or has features the model was not trained on.
-
-    Notes
-    -----
-    Long because the model resolution (artefact or estimator) and the map assembly are being extended
-    at the same time (probability layers, classify with a model); split once those land.
+        If the cube lacks features the model needs, or has features the model was not trained on; with
+        ``probabilities``, if the model has no ``predict_proba``.
 
     """
     features = _normalise_cube(features)
     if engine not in ("auto", "sklearn", "numba"):
         raise InvalidInputError(f"`engine` must be 'auto', 'sklearn' or 'numba', not {engine!r}.")
-    metadata: dict[str, Any] = {}
-    if isinstance(model, str | os.PathLike):
-        url = os.fspath(model)
-        metadata, token = _read_model_metadata(url, storage_options)
-        meta_features = metadata.get("feature_names", metadata.get("features"))
-        if (
-            feature_names is not None
-            and meta_features is not None
-            and list(feature_names) != list(meta_features)
-        ):
-            raise InvalidInputError(
-                f"`feature_names` disagrees with the features recorded in {url}/{METADATA_FILE}; "
-                "leave `feature_names` out when classifying with a model folder."
-            )
-        expected = feature_names if feature_names is not None else meta_features
-        model_arg: Any = ModelRef(url, token, _options_for(url, storage_options), tuple(trusted_types))
-        n_expected = len(expected) if expected is not None else None
-        source = url
-        if metadata.get("selected_from") and expected is not None:
-            features = _selected_features(features, expected)
-    else:
-        if not (hasattr(model, "predict_levels") or hasattr(model, "predict")):
-            raise InvalidInputError(
-                f"`model` must be a model folder path/URL or a fitted estimator, got {type(model).__name__}."
-            )
-        expected = feature_names
-        if expected is None and getattr(model, "feature_names_in_", None) is not None:
-            expected = [str(f) for f in model.feature_names_in_]
-        n_expected = getattr(model, "n_features_in_", None)
-        # One graph key holding the estimator; every block depends on it instead of embedding a copy.
-        model_arg = dask.delayed(model, pure=True)
-        source = type(model).__name__
-
-    features = _check_features(features, expected, n_expected, source)
+    features, model_arg, metadata, classes = _resolve_model(
+        features, model, feature_names, storage_options, trusted_types
+    )
     lc_labels = lc_labels if lc_labels is not None else metadata.get("lc_labels")
     sl_labels = sl_labels if sl_labels is not None else metadata.get("sl_labels")
     if lc_labels is None:
-        classes = metadata.get("classes", getattr(model, "classes_", None))
         lc_labels = {f"class_{int(c)}": int(c) for c in classes} if classes is not None else {}
+    if probabilities and classes is None:
+        raise InvalidInputError(
+            "classify(probabilities=True) needs the model's level-1 classes: the estimator has no "
+            "`classes_` (or the model folder's metadata.json no `classes`)."
+        )
+    proba_classes = np.asarray(classes, dtype=np.int64) if probabilities else None
 
     if features.chunks is None:
         features = features.chunk({"feature": -1, "y": -1, "x": -1})
@@ -691,16 +1004,19 @@ def classify(
     data = features.data
     names = [str(f) for f in features["feature"].values] if "feature" in features.coords else None
     seasons = feature_seasons(names) if names is not None else None
+    n_out = 3 if proba_classes is None else 3 + len(proba_classes) + len(UNCERTAINTY_LAYERS)
+    token = dask.base.tokenize(data, model_arg, *(() if proba_classes is None else ("proba", proba_classes)))
     out = da.map_blocks(
         _predict_chunk,
         data,
         model_arg,
         engine,
         seasons,
-        chunks=((3,), *data.chunks[1:]),
+        *(() if proba_classes is None else (proba_classes,)),
+        chunks=((n_out,), *data.chunks[1:]),
         dtype=np.uint8,
         meta=np.empty((0, 0, 0), dtype=np.uint8),
-        name=f"lcstack-classify-{dask.base.tokenize(data, model_arg)}",
+        name=f"lcstack-classify-{token}",
     )
 
     coords = {k: v for k, v in features.coords.items() if "feature" not in v.dims}
@@ -719,7 +1035,73 @@ def classify(
     if "spatial_ref" in coords:
         level1.attrs["grid_mapping"] = level2.attrs["grid_mapping"] = "spatial_ref"
         valid_seasons.attrs["grid_mapping"] = "spatial_ref"
-    return xr.Dataset({"level1": level1, "level2": level2, "valid_seasons": valid_seasons})
+    layers = {"level1": level1, "level2": level2, "valid_seasons": valid_seasons}
+    if proba_classes is not None:
+        layers.update(_proba_arrays(out, coords, proba_classes, lc_labels))
+    return xr.Dataset(layers)
+
+
+def _uncertainty_block(block: np.ndarray, *, nodata: int | None) -> np.ndarray:
+    from lcstack.model import normalised_entropy
+
+    p = block.astype(np.float64)
+    bad = ~np.isfinite(p).all(axis=0)
+    if nodata is not None and np.issubdtype(block.dtype, np.integer):
+        bad |= (block == nodata).any(axis=0)
+    p[:, bad] = 0.0
+    total = p.sum(axis=0)
+    bad |= total <= 0
+    p /= np.where(bad, 1.0, total)
+    rows = np.moveaxis(p, 0, -1)
+    ordered = np.sort(rows, axis=-1)
+    top = ordered[..., -1]
+    margin = top - ordered[..., -2] if rows.shape[-1] > 1 else top
+    layers = np.stack([top, margin, normalised_entropy(rows)])
+    layers[:, bad] = np.nan
+    return _whole_percent(layers)
+
+
+def proba_uncertainty(proba: xr.DataArray) -> xr.Dataset:
+    """Level-1 uncertainty layers from class probabilities ``(class, y, x)``, lazily, chunk by chunk.
+
+    ``level1_confidence`` (the best probability), ``level1_margin`` (best minus second best) and
+    ``level1_entropy`` (normalised entropy), uint8 whole percent, :data:`PROBA_NODATA` (255) at nodata.
+    ``proba`` is fractions (NaN = nodata) or whole percent, such as ``level1_proba`` of
+    :func:`classify` (its ``nodata`` attribute, 255, marks nodata); each pixel is normalised to sum to 1.
+    From a stored ``level1_proba`` the layers can differ by a percent or so from those :func:`classify`
+    gives, which come from the unrounded probabilities (the confidence there is the stored percent of
+    ``level1``, equal to the best one unless two round to the same).
+    """
+    if not isinstance(proba, xr.DataArray) or set(proba.dims) != {"class", "y", "x"}:
+        raise InvalidInputError(
+            f"proba_uncertainty: `proba` must be a DataArray with dims (class, y, x), got "
+            f"{getattr(proba, 'dims', type(proba).__name__)}."
+        )
+    proba = proba.transpose("class", "y", "x")
+    data = proba.data if proba.chunks is not None else da.from_array(proba.values, chunks=-1)
+    data = data.rechunk({0: -1})
+    nodata = proba.attrs.get("nodata")
+    out = data.map_blocks(
+        _uncertainty_block,
+        nodata=None if nodata is None else int(nodata),
+        chunks=((3,), *data.chunks[1:]),
+        dtype=np.uint8,
+        meta=np.empty((0, 0, 0), dtype=np.uint8),
+    )
+    coords = {k: v for k, v in proba.coords.items() if "class" not in v.dims}
+    common = {"units": "percent", "nodata": PROBA_NODATA, "_FillValue": np.uint8(PROBA_NODATA)}
+    names = {
+        "level1_confidence": "probability of the most probable category (level 1)",
+        "level1_margin": "best minus second-best category (level 1) probability",
+        "level1_entropy": (
+            "normalised entropy of the category (level 1) probabilities (0 certain, 100 uniform)"
+        ),
+    }
+    layers = {}
+    for i, (name, long_name) in enumerate(names.items()):
+        layers[name] = xr.DataArray(out[i], dims=("y", "x"), coords=coords, name=name)
+        layers[name].attrs.update(long_name=long_name, **common)
+    return xr.Dataset(layers)
 
 
 def write_maps_zarr(

@@ -1,5 +1,8 @@
 """Write uint8 class maps as Cloud-Optimized GeoTIFFs with a colour table, class names and overviews.
 
+:func:`write_layer_cog` writes continuous uint8 layers (probabilities and uncertainty in whole percent,
+one band or one band per class) the same way, without a colour table and with averaged overviews.
+
 The map is written block by block (one dask chunk at a time, a bounded number in flight) into a temporary
 tiled GeoTIFF, turned into a COG by :func:`rio_cogeo.cogeo.cog_translate`, and only then stored by
 :meth:`lcstack.store.Storage.open_output` (a rename within the target folder for a local path, a single
@@ -22,7 +25,7 @@ import xarray as xr
 
 from lcstack.errors import InvalidInputError
 
-__all__ = ["write_cog", "default_colors", "RGBA"]
+__all__ = ["write_cog", "write_layer_cog", "default_colors", "RGBA"]
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +177,162 @@ def _write_blocks(dst: Any, data: Any, *, max_blocks_in_flight: int) -> None:
             dst.write(block.astype(np.uint8, copy=False), 1, window=Window(x0, y0, w, h))
 
 
+def _write_band_blocks(dst: Any, data: Any, *, max_blocks_in_flight: int) -> None:
+    """Write a ``(band, y, x)`` NumPy or dask array into bands 1..n of ``dst``, chunk by chunk."""
+    from rasterio.windows import Window
+
+    n = data.shape[0]
+    indexes = list(range(1, n + 1))
+    if not hasattr(data, "dask"):
+        arr = np.asarray(data)
+        step = 2048
+        for y0 in range(0, arr.shape[1], step):
+            h = min(step, arr.shape[1] - y0)
+            dst.write(arr[:, y0 : y0 + step], indexes, window=Window(0, y0, arr.shape[2], h))
+        return
+
+    import dask
+
+    data = data.rechunk({0: -1})  # one task per spatial chunk gives every band of it
+    blocks = data.to_delayed(optimize_graph=True)
+    windows = list(_block_windows(data.chunks[1:]))
+    for start in range(0, len(windows), max_blocks_in_flight):
+        batch = windows[start : start + max_blocks_in_flight]
+        results = dask.compute(*[blocks[0, i, j] for i, j, *_ in batch])
+        for (_, _, y0, x0, h, w), block in zip(batch, results, strict=True):
+            block = np.asarray(block)
+            if block.shape != (n, h, w):
+                raise InvalidInputError(f"A dask block has shape {block.shape}, expected {(n, h, w)}.")
+            dst.write(block.astype(np.uint8, copy=False), indexes, window=Window(x0, y0, w, h))
+
+
+def write_layer_cog(
+    da: xr.DataArray,
+    url_or_path: str | os.PathLike,
+    *,
+    nodata: int = 255,
+    descriptions: list[str] | None = None,
+    tags: Mapping[str, str] | None = None,
+    band_tags: list[Mapping[str, str]] | None = None,
+    overview_resampling: Literal["nearest", "average"] = "average",
+    blocksize: int = 512,
+    storage_options: Mapping[str, Any] | None = None,
+    storage: Any = None,
+    max_blocks_in_flight: int | None = None,
+) -> str:
+    """Write continuous uint8 layers as a Cloud-Optimized GeoTIFF: one band, or one per ``band`` entry.
+
+    Probabilities and uncertainty (:func:`lcstack.classify.classify` with ``probabilities=True``) in
+    whole percent: no colour table, nodata ``nodata`` (255), overviews averaged over the valid pixels.
+
+    Parameters
+    ----------
+    da : xarray.DataArray
+        uint8, dims ``(y, x)`` or ``(band, y, x)`` with any name for the leading dim (``class`` for
+        class probabilities), on a grid described by its ``spatial_ref`` coordinate; NumPy- or
+        dask-backed (computed chunk by chunk, every band of a chunk at once).
+    url_or_path : str or os.PathLike
+        Local path or fsspec URL.
+    nodata : int, default 255
+        Nodata value of every band.
+    descriptions : list of str, optional
+        Band descriptions (class names for probabilities); ``da.attrs["long_name"]`` or ``da.name`` for
+        a single band by default.
+    tags : mapping, optional
+        Dataset tags (GDAL metadata); ``LCSTACK_LABELS`` is refused (it marks class maps).
+    band_tags : list of mapping, optional
+        Tags of every band.
+    overview_resampling : {"average", "nearest"}, default "average"
+        Resampling of the internal overviews.
+    blocksize, storage_options, storage, max_blocks_in_flight
+        As :func:`write_cog`.
+
+    Returns
+    -------
+    str
+        The written path or URL.
+
+    """
+    from lcstack.store import Storage
+
+    arr, gbox = _check_layers(da, nodata)
+    n = arr.shape[0]
+    if descriptions is None:
+        descriptions = [str(da.attrs.get("long_name") or da.name or "layer")] if n == 1 else None
+    if any(v is not None and len(v) != n for v in (descriptions, band_tags)):
+        raise InvalidInputError(
+            f"write_layer_cog: give one description and one set of band tags per band ({n})."
+        )
+    if tags and "LCSTACK_LABELS" in tags:
+        raise InvalidInputError(
+            "write_layer_cog: the LCSTACK_LABELS tag marks class maps; write those with write_cog."
+        )
+    target = os.fspath(url_or_path)
+    store = (
+        storage
+        if storage_options is None and storage is not None
+        else Storage.for_url(target, storage_options)
+    )
+    in_flight = max_blocks_in_flight or max(4, 2 * (os.cpu_count() or 2))
+    meta = {"descriptions": descriptions, "band_tags": band_tags, "tags": tags}
+    with store.open_output(target, suffix=".tif") as cog_path:
+        tmp_tif = os.path.join(os.path.dirname(cog_path), "blocks.tif")
+        _write_tiled(
+            arr,
+            gbox,
+            tmp_tif,
+            nodata=nodata,
+            blocksize=blocksize,
+            max_blocks_in_flight=in_flight,
+            layers=meta,
+        )
+        _translate(
+            tmp_tif,
+            cog_path,
+            table=None,
+            nodata=nodata,
+            blocksize=blocksize,
+            overview_levels=None,
+            overview_resampling=overview_resampling,
+        )
+    logger.info("Wrote COG %s (%d x %d, %d band%s)", target, gbox.shape.x, gbox.shape.y, n, "s" * (n > 1))
+    return target
+
+
+def _check_layers(da: Any, nodata: int) -> tuple[xr.DataArray, Any]:
+    """``da`` as ``(band, y, x)`` and its GeoBox, after checking it is a georeferenced uint8 array."""
+    if not isinstance(da, xr.DataArray) or da.ndim not in (2, 3) or not {"y", "x"} <= set(da.dims):
+        raise InvalidInputError(
+            "write_layer_cog expects an xarray.DataArray with dims (y, x) or (band, y, x), got "
+            f"{getattr(da, 'dims', type(da).__name__)} (argument `da`)."
+        )
+    if da.ndim == 2:
+        da = da.expand_dims("band")
+    band = next(d for d in da.dims if d not in ("y", "x"))
+    _, gbox = _check_class_map(da.isel({band: 0}, drop=True), nodata)  # dtype, nodata and grid checks
+    return da.transpose(band, "y", "x"), gbox
+
+
+def _tiled_profile(gbox: Any, nodata: int, blocksize: int, *, count: int = 1) -> dict[str, Any]:
+    ny, nx = gbox.shape
+    return {
+        "driver": "GTiff",
+        "width": nx,
+        "height": ny,
+        "count": count,
+        "dtype": "uint8",
+        "crs": _rasterio_crs(gbox.crs),
+        "transform": gbox.affine,
+        "nodata": nodata,
+        "tiled": True,
+        "blockxsize": blocksize,
+        "blockysize": blocksize,
+        # Uncompressed: window writes that straddle tiles are updated in place instead of re-appended.
+        "compress": None,
+        "BIGTIFF": "IF_SAFER",
+    }
+
+
 def _rasterio_crs(crs: Any) -> Any:
     from rasterio.crs import CRS
 
@@ -320,30 +479,32 @@ def _write_tiled(
     nodata: int,
     blocksize: int,
     max_blocks_in_flight: int,
-    table: Mapping[int, RGBA],
-    labels: Mapping[str, int],
-    description: str,
+    table: Mapping[int, RGBA] | None = None,
+    labels: Mapping[str, int] | None = None,
+    description: str | None = None,
+    layers: Mapping[str, Any] | None = None,
 ) -> None:
-    """Write ``da`` block by block into an uncompressed tiled GeoTIFF at the scratch ``path``."""
+    """Write ``da`` block by block into an uncompressed tiled GeoTIFF at the scratch ``path``.
+
+    A class map (``(y, x)``, with ``table``, ``labels`` and ``description``), or with ``layers``
+    (``descriptions``, ``band_tags``, ``tags``) a ``(band, y, x)`` array of continuous layers.
+    """
     import rasterio
 
-    ny, nx = gbox.shape
-    profile = {
-        "driver": "GTiff",
-        "width": nx,
-        "height": ny,
-        "count": 1,
-        "dtype": "uint8",
-        "crs": _rasterio_crs(gbox.crs),
-        "transform": gbox.affine,
-        "nodata": nodata,
-        "tiled": True,
-        "blockxsize": blocksize,
-        "blockysize": blocksize,
-        # Uncompressed: window writes that straddle tiles are updated in place instead of re-appended.
-        "compress": None,
-        "BIGTIFF": "IF_SAFER",
-    }
+    if layers is not None:
+        profile = _tiled_profile(gbox, nodata, blocksize, count=da.shape[0])
+        with rasterio.open(path, "w", **profile) as dst:
+            _write_band_blocks(dst, da.data, max_blocks_in_flight=max_blocks_in_flight)
+            for i in range(da.shape[0]):
+                if layers.get("descriptions") is not None:
+                    dst.set_band_description(i + 1, layers["descriptions"][i])
+                if layers.get("band_tags") is not None:
+                    dst.update_tags(i + 1, **dict(layers["band_tags"][i]))
+            if layers.get("tags"):
+                dst.update_tags(**dict(layers["tags"]))
+        return
+    profile = _tiled_profile(gbox, nodata, blocksize)
+    labels = labels or {}
     names_by_code = {v: k for k, v in labels.items()}
     band_tags = {
         "flag_values": " ".join(str(c) for c in sorted(names_by_code)),
@@ -362,7 +523,7 @@ def _translate(
     src: str,
     dst: str,
     *,
-    table: Mapping[int, RGBA],
+    table: Mapping[int, RGBA] | None,
     nodata: int,
     blocksize: int,
     overview_levels: int | None,
@@ -381,7 +542,7 @@ def _translate(
         nodata=nodata,
         overview_level=overview_levels,
         overview_resampling=overview_resampling,
-        colormap=dict(table),
+        colormap=dict(table) if table is not None else None,
         forward_band_tags=True,
         in_memory=False,
         quiet=True,

@@ -36,6 +36,7 @@ from .signing import StacSource, stac_source
 __all__ = [
     "AoiBox",
     "CVConfig",
+    "ClassifyConfig",
     "ContextConfig",
     "DaskConfig",
     "FeaturesConfig",
@@ -84,6 +85,18 @@ class SmoothingConfig(_Strict):
     window_m: float | None = Field(None, gt=0)
     smoothness: float = Field(20.0, gt=0)
     min_mapping_unit_m2: float | None = Field(None, gt=0)
+
+
+class ClassifyConfig(_Strict):
+    """What the classify step writes besides the class maps (``classify:``).
+
+    ``probabilities: true`` adds the level-1 class probabilities (``level1_proba``, one band per class)
+    and the uncertainty layers (``level1_confidence``, ``level1_margin``, ``level1_entropy`` and their
+    level-2 equivalents within the chosen category) to each unit's ``maps.zarr`` and as COGs, in whole
+    percent (uint8, 255 = nodata); see :func:`lcstack.classify.classify`. Off by default.
+    """
+
+    probabilities: bool = False
 
 
 class EstimatorClass(_Strict):
@@ -296,6 +309,8 @@ class RunConfig(_Strict):
     dask: DaskConfig = Field(default_factory=DaskConfig)
     #: optional smoothing of the level-1 map after classification (``level1`` becomes the smoothed map)
     smoothing: SmoothingConfig | None = None
+    #: optional layers of the classify step (``classify: {probabilities: true}``)
+    classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
     source: Path | None = None
     #: ``stac:`` given as a mapping {url, headers, modifier} (lcstack.signing); ``stac`` holds its URL.
     stac_source: StacSource | None = None

@@ -50,6 +50,7 @@ __all__ = [
     "LevelProbabilities",
     "predict_levels",
     "predict_proba_levels",
+    "normalised_entropy",
     "save_model",
     "load_model",
     "check_features",
@@ -523,6 +524,12 @@ class LevelProbabilities:
     level2_proba : ndarray of float64, shape (n_samples,)
         Probability of ``level2`` given ``level1`` (the level-2 estimator's best ``predict_proba``); 1 for
         a category with a single subcategory, NaN for a category without level 2 (``level2`` = 1).
+    level2_margin : ndarray of float64, shape (n_samples,)
+        Best minus second-best level-2 probability given ``level1`` (1 for a single subcategory, NaN
+        without level 2); ``None`` when not computed.
+    level2_entropy : ndarray of float64, shape (n_samples,)
+        :func:`normalised_entropy` of the level-2 probabilities given ``level1`` (0 for a single
+        subcategory, NaN without level 2); ``None`` when not computed.
 
     """
 
@@ -532,6 +539,23 @@ class LevelProbabilities:
     margin: np.ndarray
     level2: np.ndarray
     level2_proba: np.ndarray
+    level2_margin: np.ndarray | None = None
+    level2_entropy: np.ndarray | None = None
+
+
+def normalised_entropy(proba: np.ndarray) -> np.ndarray:
+    """Shannon entropy of each row of ``proba`` over the log of its number of columns, in [0, 1].
+
+    0 where one class has all the probability, 1 where every class is equally likely; 0 for a single
+    column. Zero probabilities add nothing (``0 log 0 = 0``).
+    """
+    proba = np.asarray(proba, dtype=np.float64)
+    n = proba.shape[-1]
+    if n < 2:
+        return np.zeros(proba.shape[:-1])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(proba > 0, proba * np.log(proba), 0.0)
+    return np.clip(-terms.sum(axis=-1) / np.log(n), 0.0, 1.0)
 
 
 def _best(classes: np.ndarray, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -559,17 +583,24 @@ def predict_proba_levels(
     proba = np.asarray(predict_proba(est, subset(None)), dtype=np.float64)
     level1, _, margin = _best(np.asarray(est.classes_), proba)
     level2 = np.full(n_samples, UNCLASSIFIED, dtype=np.int64)
-    level2_proba = np.full(n_samples, np.nan)
+    level2_proba, level2_margin = np.full(n_samples, np.nan), np.full(n_samples, np.nan)
+    level2_entropy = np.full(n_samples, np.nan)
     for category, code in model.constant_level2_.items():
-        level2[level1 == category] = code
-        level2_proba[level1 == category] = 1.0
+        rows = level1 == category
+        level2[rows] = code
+        level2_proba[rows] = level2_margin[rows] = 1.0
+        level2_entropy[rows] = 0.0
     for category, sub in model.estimators_level2_.items():
         rows = level1 == category
         if rows.any():
-            codes, top, _ = _best(np.asarray(sub.classes_), predict_proba(sub, subset(rows)))
+            sub_proba = np.asarray(predict_proba(sub, subset(rows)), dtype=np.float64)
+            codes, top, gap = _best(np.asarray(sub.classes_), sub_proba)
             level2[rows] = codes
-            level2_proba[rows] = top
-    return LevelProbabilities(np.asarray(est.classes_), proba, level1, margin, level2, level2_proba)
+            level2_proba[rows], level2_margin[rows] = top, gap
+            level2_entropy[rows] = normalised_entropy(sub_proba)
+    return LevelProbabilities(
+        np.asarray(est.classes_), proba, level1, margin, level2, level2_proba, level2_margin, level2_entropy
+    )
 
 
 # -- estimators that need help ------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from .errors import (
 from .grid import aoi_geobox, aoi_geometry, points_bbox
 from .inputs import Season
 from .load import AssetProblem, asset_error, check_assets
-from .plan import PlannedOutput, Unit, points_of_units, s2_units, unit_owns, user_units
+from .plan import PROBA_FILES, PlannedOutput, Unit, points_of_units, s2_units, unit_owns, user_units
 from .plan import digest as _digest
 from .plan import grid_token as _grid_token
 from .progress import progress_enabled, progress_iter
@@ -903,7 +903,8 @@ class Workflow:
         from .plan import plan_maps
 
         smoothing = self.config.smoothing.model_dump() if self.config.smoothing else None
-        return plan_maps(self.composite_plan(), model_key, self.storage, smoothing=smoothing)
+        layers = self.config.classify.model_dump(exclude_defaults=True)
+        return plan_maps(self.composite_plan(), model_key, self.storage, smoothing=smoothing, classify=layers)
 
     def _write_maps(
         self,
@@ -950,22 +951,28 @@ class Workflow:
                 model_url,
                 storage_options=self.storage.storage_options,
                 trusted_types=self.config.model.trusted_types,
+                probabilities=self.config.classify.probabilities,
             )
         else:
             maps = self._smoothed_maps(tile_id, cube, model_url)
         maps = self._owned_only(tile_id, maps)
         write_maps_zarr(maps, urls["zarr"], storage=self.storage, progress=progress)
         stored = self.storage.open_zarr(urls["zarr"])
-        cogs = [(stored["level1"], urls["level1"], labels[0])]
+        cogs: list[tuple[xr.DataArray, str, Any]] = [(stored["level1"], urls["level1"], labels[0])]
         if "level2" in stored:
             cogs.append((stored["level2"], urls["level2"], labels[1]))
         if "valid_seasons" in stored:  # seasons with a valid observation: where a class rests on fewer
             cogs.append((stored["valid_seasons"], urls["valid_seasons"], None))
-        # On a cluster the two COGs (block reads, overviews, deflate: GDAL releases the GIL) are built
+        layers = [(stored[k], u, "layer") for k, u in urls.items() if k in PROBA_FILES and k in stored]
+        # On a cluster the COGs (block reads, overviews, deflate: GDAL releases the GIL) are built
         # side by side.
         self._run_jobs(
-            cogs,
-            lambda c: write_cog(c[0], c[1], labels=c[2], storage=self.storage),
+            cogs + layers,
+            lambda c: (
+                _write_layer(c[0], c[1], self.storage)
+                if c[2] == "layer"
+                else write_cog(c[0], c[1], labels=c[2], storage=self.storage)
+            ),
             desc="COGs",
             progress=False,
         )
@@ -977,20 +984,28 @@ class Workflow:
         maps join without seams; smoothing comes before ``_owned_only``, so the windows also see the
         neighbouring Sentinel-2 tile's overlap.
         """
+        from .classify import UNCERTAINTY_LAYERS
         from .classify import classify as classify_cube
         from .smooth import smooth_halo, smooth_maps
 
         res = abs(float(self.units[unit_id].geobox.resolution.x))
         halo = smooth_halo(self.config.smoothing, res)
         padded = self._with_halo(unit_id, cube, halo)
+        # bayes and gaussian smooth the level-1 probabilities, from the same tasks as the maps
+        wanted = self.config.classify.probabilities
+        needed = wanted or self.config.smoothing.method != "majority"
         maps = classify_cube(
             padded,
             model_url,
             storage_options=self.storage.storage_options,
             trusted_types=self.config.model.trusted_types,
+            probabilities=needed,
         )
-        # bayes/gaussian need the level-1 probabilities: smooth_maps(..., proba=(class, y, x), classes=codes)
-        maps = smooth_maps(maps, self.config.smoothing, resolution=res)
+        proba = maps["level1_proba"] if needed else None
+        classes = proba["class"].values if proba is not None else None
+        maps = smooth_maps(maps, self.config.smoothing, proba=proba, classes=classes, resolution=res)
+        if needed and not wanted:
+            maps = maps.drop_vars(["level1_proba", *UNCERTAINTY_LAYERS, "class", "class_name"])
         if padded is not cube:
             maps = maps.isel(y=slice(halo, -halo), x=slice(halo, -halo))
             maps = maps.chunk({"y": cube.chunks[1], "x": cube.chunks[2]}) if cube.chunks else maps
@@ -1049,7 +1064,8 @@ class Workflow:
         owned = xr.DataArray(mask if chunks is not None else mask.compute(), dims=first.dims)
         out = maps.copy()
         for name, var in maps.data_vars.items():
-            out[name] = var.where(owned, 0).astype(var.dtype)
+            # probability and uncertainty layers have their own nodata (255)
+            out[name] = var.where(owned, var.attrs.get("nodata", 0)).astype(var.dtype)
             out[name].attrs = var.attrs
             out[name].encoding = var.encoding
         return out
@@ -1293,6 +1309,30 @@ class Workflow:
                         os.rmdir(path)
             if os.path.isdir(root) and not os.listdir(root) and self._inside(kind, os.path.join(root, "x")):
                 os.rmdir(root)
+
+
+def _write_layer(layer: xr.DataArray, url: str, storage: Storage) -> str:
+    """Write a probability or uncertainty layer of ``maps.zarr`` as a COG (``cog.write_layer_cog``).
+
+    ``level1_proba`` gets a band per class: description = class name, band tag ``class_code``, dataset
+    tag ``LCSTACK_CLASSES`` (JSON name -> code); every band has ``units = percent``.
+    """
+    from .cog import write_layer_cog
+
+    tags = {"LCSTACK_LAYER": str(layer.name), "units": "percent"}
+    if "class" not in layer.dims:
+        return write_layer_cog(layer, url, band_tags=[{"units": "percent"}], tags=tags, storage=storage)
+    codes = [int(c) for c in layer["class"].values]
+    names = [str(n) for n in layer["class_name"].values] if "class_name" in layer.coords else None
+    names = names or [f"class_{c}" for c in codes]
+    return write_layer_cog(
+        layer,
+        url,
+        descriptions=names,
+        band_tags=[{"class_code": str(c), "units": "percent"} for c in codes],
+        tags={**tags, "LCSTACK_CLASSES": json.dumps(dict(zip(names, codes, strict=True)))},
+        storage=storage,
+    )
 
 
 def _season_layers(features: Any) -> int:

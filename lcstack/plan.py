@@ -40,6 +40,8 @@ __all__ = [
     "composite_selection",
     "plan_composites",
     "plan_maps",
+    "MAP_FILES",
+    "PROBA_FILES",
     "digest",
     "grid_token",
 ]
@@ -50,6 +52,17 @@ MAP_FILES = {
     "level1": "level1.tif",
     "level2": "level2.tif",
     "valid_seasons": "valid_seasons.tif",
+}
+
+#: The further files of a unit's maps with ``classify: {probabilities: true}`` (one COG per layer).
+PROBA_FILES = {
+    "level1_proba": "level1_proba.tif",
+    "level1_confidence": "level1_confidence.tif",
+    "level1_margin": "level1_margin.tif",
+    "level1_entropy": "level1_entropy.tif",
+    "level2_confidence": "level2_confidence.tif",
+    "level2_margin": "level2_margin.tif",
+    "level2_entropy": "level2_entropy.tif",
 }
 
 
@@ -288,6 +301,7 @@ def plan_maps(
     storage: Any,
     *,
     smoothing: Mapping[str, Any] | None = None,
+    classify: Mapping[str, Any] | None = None,
 ) -> list[PlannedOutput]:
     """Plan the maps of every unit that has composites, in plan order.
 
@@ -295,20 +309,28 @@ def plan_maps(
     pixels its tile owns, so its key also names the tiles of the run. Smoothed maps
     (``smoothing``: the :class:`lcstack.config.SmoothingConfig` as a dict) are other outputs than the
     classifier's own: their key covers the smoothing and they live in a ``smoothed_<hash>`` folder.
+    So are maps with further layers (``classify``: the settings of
+    :class:`lcstack.config.ClassifyConfig` that differ from its defaults, e.g. ``{"probabilities":
+    True}``): their key covers them, they live in a ``classify_<hash>`` folder and list
+    :data:`PROBA_FILES` too. Without either, keys and paths are those of the plain maps.
     A map's folder is ``<unit>_<first 8 digits of its key>``, as a composite's file is
     ``<season>_<key>.zarr``: the same model over another area never writes into these maps' folder.
     """
     s2_tiles = sorted({p.s2_tile for p in composites if p.s2_tile})
+    extra = dict(classify or {})
+    names = {**MAP_FILES, **(PROBA_FILES if extra.get("probabilities") else {})}
     out = []
     for unit_id in dict.fromkeys(p.unit for p in composites):
         mine = [p for p in composites if p.unit == unit_id]
         comp = sorted(p.key for p in mine)
         ident = {"model": model_key, "composites": comp} | ({"owned_among": s2_tiles} if s2_tiles else {})
-        key = digest(ident | {"smoothing": dict(smoothing)}) if smoothing else digest(ident)
+        ident |= {"smoothing": dict(smoothing)} if smoothing else {}
+        key = digest(ident | {"classify": extra}) if extra else digest(ident)
         sub = [f"smoothed_{digest(dict(smoothing), 8)}"] if smoothing else []
+        sub += [f"classify_{digest(extra, 8)}"] if extra else []
         # the folder names the map's key too: one model over another area (or year) with a unit of the
         # same id makes other maps, which must never overwrite these
         base = storage.url("classification-maps", f"model_{model_key}", *sub, f"{unit_id}_{key[:8]}")
-        files = {k: storage.join(base, v) for k, v in MAP_FILES.items()}
+        files = {k: storage.join(base, v) for k, v in names.items()}
         out.append(PlannedOutput("maps", key, base, unit_id, None, tuple(comp), mine[0].s2_tile, files))
     return out

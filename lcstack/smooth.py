@@ -128,6 +128,10 @@ def _proba_array(proba: xr.DataArray) -> xr.DataArray:
             f"smoothing: `proba` must be a DataArray with dims (class, y, x), got {dims}."
         )
     proba = proba.transpose("class", "y", "x")
+    nodata = proba.attrs.get("nodata")
+    if np.issubdtype(proba.dtype, np.integer) and nodata is not None and int(nodata) != 0:
+        # a stored layer (lcstack.classify, uint8 percent, 255 = nodata): nodata becomes all-zero
+        proba = proba.where(proba != int(nodata), 0).astype(proba.dtype)
     if proba.chunks is None:
         return proba.chunk({"class": -1, "y": -1, "x": -1})
     return proba.chunk({"class": -1})
@@ -201,7 +205,9 @@ def bayes_smooth(
     ----------
     proba : xarray.DataArray
         Class probabilities, dims ``(class, y, x)``, as fractions or percent (each pixel is normalised to
-        sum to 1); a pixel with a NaN or with all probabilities 0 is nodata. Dask-backed arrays keep their
+        sum to 1); a pixel with a NaN or with all probabilities 0 is nodata, and so is, in an integer
+        array, the value of its ``nodata`` attribute (255 in ``level1_proba`` of
+        :func:`lcstack.classify.classify`). Dask-backed arrays keep their
         y/x chunks; the class axis becomes one chunk.
     window_m : float, default 70
         Side of the square window in metres (:func:`window_pixels`: 7 pixels at 10 m).
@@ -542,8 +548,9 @@ def smooth_maps(
     config : lcstack.config.SmoothingConfig
         The run's ``smoothing:``.
     proba : xarray.DataArray, optional
-        Level-1 class probabilities ``(class, y, x)``; needed by ``bayes`` and ``gaussian``. ``majority``
-        filters ``level1`` itself.
+        Level-1 class probabilities ``(class, y, x)``; needed by ``bayes`` and ``gaussian``
+        (``maps["level1_proba"]`` by default, the layer of ``classify(probabilities=True)``).
+        ``majority`` filters ``level1`` itself.
     classes : sequence of int, optional
         Class code of every probability layer (default: the ``class`` coordinate of ``proba``).
     resolution : float, optional
@@ -557,18 +564,21 @@ def smooth_maps(
     Raises
     ------
     InvalidInputError
-        ``bayes`` or ``gaussian`` without ``proba``.
+        ``bayes`` or ``gaussian`` without probabilities.
 
     """
     raw = maps["level1"]
     res = resolution if resolution is not None else _resolution(raw, None)
+    if proba is None and "level1_proba" in maps:  # lcstack.classify.classify(probabilities=True)
+        proba = maps["level1_proba"]
     if config.method == "majority":
         window = config.window_m or DEFAULT_WINDOW_M["majority"]
         new = _mmu(majority_filter(raw, window_m=window, resolution=res), config, res)
     elif proba is None:
         raise InvalidInputError(
-            f"smoothing: method {config.method!r} works on class probabilities, which this classification "
-            "did not produce; use `smoothing: {method: majority}` or classify with probabilities."
+            f"smoothing: method {config.method!r} works on class probabilities, and `maps` has no "
+            "`level1_proba`: classify with `probabilities=True`, pass `proba=`, or use "
+            "`smoothing: {method: majority}`."
         )
     else:
         new = smooth_classes(proba, classes, config=config, resolution=res)

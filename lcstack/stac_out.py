@@ -55,8 +55,9 @@ class TileOutputs:
     tile
         Tile id (becomes the item id).
     maps
-        Asset key -> COG URL: ``level1``, ``level2`` (class maps) and, when present, ``probability``,
-        ``uncertainty`` or any other single-band layer.
+        Asset key -> COG URL: ``level1``, ``level2`` (class maps) and, when present, ``valid_seasons``,
+        the probability / uncertainty layers (``level1_proba``, one band per class, ``level1_confidence``,
+        ...: described with STAC 1.1 ``bands``) or any other layer.
     maps_zarr
         URL of the tile's maps Zarr store, if any.
     composites
@@ -118,7 +119,11 @@ def _raster_info(storage: Storage, url: str) -> dict[str, Any]:
         except ValueError:
             colormap = None
         labels = json.loads(src.tags().get("LCSTACK_LABELS") or "{}")
+        layer = src.tags().get("LCSTACK_LAYER")
+        bands = [{"description": src.descriptions[i], **src.tags(i + 1)} for i in range(src.count)]
         return {
+            "layer": layer,
+            "bands": bands,
             "crs": src.crs,
             "shape": [src.height, src.width],
             "transform": list(src.transform)[:6],
@@ -179,7 +184,30 @@ def _cog_asset(storage: Storage, key: str, url: str, info: Mapping[str, Any]) ->
     proj.code, proj.shape, proj.transform = _proj_code(info["crs"]), info["shape"], info["transform"]
     if class_map:
         ClassificationExtension.ext(asset).classes = _classes(info, f"{url} (asset {key!r})")
+    elif info.get("layer"):
+        asset.extra_fields["bands"] = _layer_bands(info)
     return asset
+
+
+def _layer_bands(info: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """STAC 1.1 ``bands`` of a probability / uncertainty COG (``lcstack.cog.write_layer_cog``).
+
+    One entry per band with ``nodata``, ``data_type`` and ``unit``; the bands of class probabilities are
+    named after their class and carry its code (``lcstack:class``).
+    """
+    out = []
+    for i, band in enumerate(info["bands"]):
+        entry: dict[str, Any] = {"name": _NAME_SAFE.sub("_", band.get("description") or "") or f"b{i + 1}"}
+        if "class_code" in band:
+            entry["description"] = f"probability of {band.get('description')} (level 1)"
+            entry["lcstack:class"] = int(band["class_code"])
+        elif band.get("description"):
+            entry["description"] = band["description"]
+        entry.update(nodata=info["nodata"], data_type=info["dtype"])
+        if band.get("units"):
+            entry["unit"] = band["units"]
+        out.append(entry)
+    return out
 
 
 def _proj_code(crs: Any) -> str:
