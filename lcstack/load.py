@@ -393,8 +393,13 @@ def _load_odc(
 
 # -- native-aligned reads: a windowed rasterio read per asset, no warping ------------------------------------
 
-#: open datasets kept per thread (a season's every asset, a few times over)
+#: open datasets kept per thread (a season's every asset, a few times over), fewer under a low file limit
 _CACHE_SIZE = 256
+#: GDAL's block cache per process once native reads keep datasets open (unless GDAL_CACHEMAX is set):
+#: their decoded blocks stay cached, so GDAL's default (5 % of the machine's memory per process) would
+#: add up over the workers of a machine
+GDAL_CACHE_BYTES = 256 * 2**20
+_limits: dict[int, int] = {}  # pid -> datasets per thread
 _caches_lock = threading.Lock()
 _local = threading.local()
 
@@ -418,6 +423,21 @@ def clear_dataset_cache() -> None:
             while cache:
                 _, src = cache.popitem(last=False)
                 src.close()
+
+
+def _cache_limit() -> int:
+    """Datasets kept open per thread; bounds GDAL's block cache, once per process (see GDAL_CACHE_BYTES)."""
+    pid = os.getpid()
+    if pid not in _limits:
+        import resource
+
+        from rasterio.env import set_gdal_config
+
+        if "GDAL_CACHEMAX" not in os.environ:
+            set_gdal_config("GDAL_CACHEMAX", GDAL_CACHE_BYTES)
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        _limits[pid] = _CACHE_SIZE if soft == resource.RLIM_INFINITY else max(8, min(_CACHE_SIZE, soft // 16))
+    return _limits[pid]
 
 
 def _thread_cache() -> _Cache:
@@ -448,7 +468,7 @@ def _open_dataset(href: str) -> Any:
     src = rasterio.open(href)
     with _caches_lock:
         cache[key] = src
-        while len(cache) > _CACHE_SIZE:
+        while len(cache) > _cache_limit():
             _, old = cache.popitem(last=False)
             old.close()
     return src
