@@ -110,6 +110,7 @@ def _get_dn_kernel() -> Any:
             # odd-even transposition sort of the time axis (min/max, vectorised) and the middle values
             nb = len(dn)
             t, ny, nx = dn[0].shape
+            last = out.shape[0] - 1
             ok = np.empty((t, nx), np.bool_)
             count = np.empty(nx, np.int64)
             buf = np.empty((t, nx), np.float32)
@@ -127,7 +128,7 @@ def _get_dn_kernel() -> Any:
                     for x in range(nx):
                         count[x] += ok[i, x]
                 for x in range(nx):
-                    out[nb, y, x] = min(count[x], 255)
+                    out[last, y, x] = min(count[x], 255)
                 for b in range(nb):
                     for i in range(t):
                         s, o = scale[b, i], offset[b, i]
@@ -155,7 +156,11 @@ def _get_dn_kernel() -> Any:
 
 
 def masked_median_dn(
-    dn: Sequence[np.ndarray], invalid: np.ndarray | None, scale: np.ndarray, offset: np.ndarray
+    dn: Sequence[np.ndarray],
+    invalid: np.ndarray | None,
+    scale: np.ndarray,
+    offset: np.ndarray,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Median reflectance of every band over the valid observations, from the on-disk integers, in one pass.
 
@@ -171,12 +176,15 @@ def masked_median_dn(
         ``(time, y, x)`` bool, True = masked (cloud mask); None: nothing masked.
     scale, offset : numpy.ndarray
         ``(band, time)`` float32.
+    out : numpy.ndarray, optional
+        float32 ``(layers, y, x)`` with ``layers > band`` to write into (C-contiguous): the medians go to
+        its first layers, the count to its last; the layers between are left as they are.
 
     Returns
     -------
     numpy.ndarray
-        ``(band + 1, y, x)`` float32: the median of each band (NaN without a valid observation), then the
-        number of valid observations (saturating at 255).
+        ``(band + 1, y, x)`` float32 (or ``out``): the median of each band (NaN without a valid
+        observation), then the number of valid observations (saturating at 255).
 
     """
     arrays = tuple(np.ascontiguousarray(a) for a in dn)
@@ -185,7 +193,10 @@ def masked_median_dn(
         raise ValueError("masked_median_dn: the bands differ in shape or type")
     if invalid is None:
         invalid = np.zeros((t, ny, nx), dtype=bool)
-    out = np.empty((len(arrays) + 1, ny, nx), dtype=np.float32)
+    if out is None:
+        out = np.empty((len(arrays) + 1, ny, nx), dtype=np.float32)
+    if out.shape[1:] != (ny, nx) or out.shape[0] < len(arrays) + 1 or out.dtype != np.float32:
+        raise ValueError(f"masked_median_dn: out must be float32 (>= {len(arrays) + 1}, {ny}, {nx})")
     _get_dn_kernel()(
         arrays,
         invalid.astype(bool, copy=False),

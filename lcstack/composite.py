@@ -602,11 +602,13 @@ def _median_chunk(
         invalid = np.asarray(mask.data)
     scale = np.stack([ds[f"scale_{b}"].values for b in refl_bands])
     offset = np.stack([ds[f"offset_{b}"].values for b in refl_bands])
-    med = masked_median_dn([np.asarray(ds[b].data) for b in refl_bands], invalid, scale, offset)
     names = _index_names(indices, refl_bands, log=False)
-    idx = index_arrays(dict(zip(refl_bands, med, strict=False)), names)
     n = len(refl_bands)
-    return np.concatenate([med[:n], np.stack([idx[k] for k in names]) if names else med[:0], med[n:]])
+    out = np.empty((n + len(names) + 1, *geobox.shape.yx), dtype=np.float32)  # bands, indices, count
+    masked_median_dn([np.asarray(ds[b].data) for b in refl_bands], invalid, scale, offset, out=out)
+    for i, layer in enumerate(index_arrays(dict(zip(refl_bands, out, strict=False)), names).values()):
+        out[n + i] = layer
+    return out
 
 
 def no_clear_pixel_error(

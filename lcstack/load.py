@@ -481,6 +481,18 @@ def _drop_dataset(href: str) -> None:
             cache.pop(key).close()
 
 
+_SAME_CRS: dict[tuple[str, str], bool] = {}
+
+
+def _same_crs(src: Any, geobox: GeoBox) -> bool:
+    """``geobox.crs == src.crs``, remembered by their WKT (a pyproj comparison per read adds up)."""
+    key = (src.crs.to_wkt(), geobox.crs.wkt)
+    same = _SAME_CRS.get(key)
+    if same is None:
+        same = _SAME_CRS[key] = bool(geobox.crs == src.crs)
+    return same
+
+
 def _native_offsets(src: Any, geobox: GeoBox, dtype: str, resampling: str) -> tuple[int, int, int]:
     """Return ``(factor, row0, col0)`` placing ``geobox`` on ``src``'s lattice, or raise NotNativeError.
 
@@ -488,7 +500,7 @@ def _native_offsets(src: Any, geobox: GeoBox, dtype: str, resampling: str) -> tu
     of ``src``'s lattice refined ``factor`` times.
     """
     a, g = src.transform, geobox.affine
-    if src.crs is None or a.b or a.d or g.b or g.d or not geobox.crs == src.crs:
+    if src.crs is None or a.b or a.d or g.b or g.d or not _same_crs(src, geobox):
         raise NotNativeError(f"{src.name}: another CRS or rotated axes")
     kx, ky = a.a / g.a, a.e / g.e
     k = round(kx)

@@ -69,6 +69,10 @@ def test_masked_median_dn_is_the_median_of_the_reflectance_bit_for_bit(t: int) -
         assert got[b].tobytes() == want.tobytes()
     np.testing.assert_array_equal(got[nb], valid.sum(axis=0))
     assert np.isnan(got[:nb, 0, 0]).all() and got[nb, 0, 0] == 0
+    wide = np.full((nb + 3, ny, nx), 5.0, dtype=np.float32)  # room for two more layers (the indices)
+    assert masked_median_dn(list(dn), invalid, scale, offset, out=wide) is wide
+    assert wide[:nb].tobytes() == got[:nb].tobytes() and (wide[nb : nb + 2] == 5).all()
+    np.testing.assert_array_equal(wide[-1], got[nb])
     no_mask = masked_median_dn(list(dn), None, scale, offset)
     np.testing.assert_array_equal(no_mask[nb], (dn != 0).all(axis=0).sum(axis=0))
 
