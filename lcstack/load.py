@@ -575,9 +575,13 @@ def _load_native(
     """Return what ``_load_odc(..., chunks=None)`` does, through native reads; None if they do not apply."""
     from odc.geo.xr import xr_coords
 
+    from odc.loader import RioDriver
+
     hrefs = {b: [_href(it.assets[m[b]]) for it, m in zip(items, mappings, strict=True)] for b in bands}
+    driver = RioDriver()  # the GDAL settings and session odc-stac would read with (odc.stac.configure_rio)
     try:
-        arrays = _read_native_bands(hrefs, geobox, resampling)
+        with driver.restore_env(driver.capture_env(), driver.new_load(geobox)):
+            arrays = _read_native_bands(hrefs, geobox, resampling)
     except NotNativeError as why:
         logger.debug("not a native read (%s): odc-stac reads instead", why)
         return None
