@@ -574,7 +574,6 @@ def _load_native(
 ) -> xr.Dataset | None:
     """Return what ``_load_odc(..., chunks=None)`` does, through native reads; None if they do not apply."""
     from odc.geo.xr import xr_coords
-
     from odc.loader import RioDriver
 
     hrefs = {b: [_href(it.assets[m[b]]) for it, m in zip(items, mappings, strict=True)] for b in bands}
