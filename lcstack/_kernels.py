@@ -14,13 +14,15 @@ JIT compilation, so it is the default; the numba kernel is kept as
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["nanmedian_time", "horn_slope_aspect"]
+__all__ = ["nanmedian_time", "horn_slope_aspect", "masked_median_dn"]
 
 _numba_kernel: Any = None
+_dn_kernel: Any = None
 
 
 def _get_numba_kernel() -> Any:
@@ -95,6 +97,114 @@ def nanmedian_time(
             warnings.simplefilter("ignore", RuntimeWarning)
             return np.asarray(np.nanmedian(a, axis=0), dtype=a.dtype)
     raise ValueError(f"method must be 'bottleneck', 'numba' or 'numpy', not {method!r}")
+
+
+def _get_dn_kernel() -> Any:
+    global _dn_kernel
+    if _dn_kernel is None:
+        import numba
+
+        @numba.njit(nogil=True, cache=True)
+        def _kernel(dn, invalid, scale, offset, out):  # type: ignore[no-untyped-def]  # pragma: no cover
+            # row by row, every loop over x: the valid mask, the reflectance (+inf where not valid), an
+            # odd-even transposition sort of the time axis (min/max, vectorised) and the middle values
+            nb = len(dn)
+            t, ny, nx = dn[0].shape
+            last = out.shape[0] - 1
+            ok = np.empty((t, nx), np.bool_)
+            count = np.empty(nx, np.int64)
+            buf = np.empty((t, nx), np.float32)
+            inf = np.float32(np.inf)
+            two = np.float32(2)
+            for y in range(ny):
+                count[:] = 0
+                for i in range(t):
+                    for x in range(nx):
+                        ok[i, x] = not invalid[i, y, x]
+                    for b in range(nb):
+                        row = dn[b][i, y]
+                        for x in range(nx):
+                            ok[i, x] = ok[i, x] and row[x] != 0
+                    for x in range(nx):
+                        count[x] += ok[i, x]
+                for x in range(nx):
+                    out[last, y, x] = min(count[x], 255)
+                for b in range(nb):
+                    for i in range(t):
+                        s, o = scale[b, i], offset[b, i]
+                        row = dn[b][i, y]
+                        for x in range(nx):
+                            # float32 multiply, then float32 add: what NumPy does (no fused multiply-add)
+                            v = np.float32(row[x]) * s + o
+                            buf[i, x] = v if ok[i, x] else inf
+                    for r in range(t):
+                        for i in range(r % 2, t - 1, 2):
+                            for x in range(nx):
+                                lo, hi = buf[i, x], buf[i + 1, x]
+                                buf[i, x] = lo if lo < hi else hi
+                                buf[i + 1, x] = hi if lo < hi else lo
+                    for x in range(nx):
+                        k = count[x]
+                        if k == 0:
+                            out[b, y, x] = np.nan
+                        else:
+                            # odd k: (m + m) / 2 == m exactly; even k: NumPy's mean of the middle two
+                            out[b, y, x] = (buf[(k - 1) // 2, x] + buf[k // 2, x]) / two
+
+        _dn_kernel = _kernel
+    return _dn_kernel
+
+
+def masked_median_dn(
+    dn: Sequence[np.ndarray],
+    invalid: np.ndarray | None,
+    scale: np.ndarray,
+    offset: np.ndarray,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Median reflectance of every band over the valid observations, from the on-disk integers, in one pass.
+
+    The values of ``median_composite(to_reflectance(...), invalid)``, bit for bit: an observation is valid
+    where ``invalid`` is False and no band is 0 (nodata); reflectance is ``float32(DN) * scale + offset``
+    in float32; the median of an even count averages the two middle values in float32.
+
+    Parameters
+    ----------
+    dn : sequence of numpy.ndarray
+        One ``(time, y, x)`` array per band, all of one integer type and shape, 0 = nodata.
+    invalid : numpy.ndarray, optional
+        ``(time, y, x)`` bool, True = masked (cloud mask); None: nothing masked.
+    scale, offset : numpy.ndarray
+        ``(band, time)`` float32.
+    out : numpy.ndarray, optional
+        float32 ``(layers, y, x)`` with ``layers > band`` to write into (C-contiguous): the medians go to
+        its first layers, the count to its last; the layers between are left as they are.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(band + 1, y, x)`` float32 (or ``out``): the median of each band (NaN without a valid
+        observation), then the number of valid observations (saturating at 255).
+
+    """
+    arrays = tuple(np.ascontiguousarray(a) for a in dn)
+    t, ny, nx = arrays[0].shape
+    if any(a.shape != arrays[0].shape or a.dtype != arrays[0].dtype for a in arrays):
+        raise ValueError("masked_median_dn: the bands differ in shape or type")
+    if invalid is None:
+        invalid = np.zeros((t, ny, nx), dtype=bool)
+    if out is None:
+        out = np.empty((len(arrays) + 1, ny, nx), dtype=np.float32)
+    if out.shape[1:] != (ny, nx) or out.shape[0] < len(arrays) + 1 or out.dtype != np.float32:
+        raise ValueError(f"masked_median_dn: out must be float32 (>= {len(arrays) + 1}, {ny}, {nx})")
+    _get_dn_kernel()(
+        arrays,
+        invalid.astype(bool, copy=False),
+        np.ascontiguousarray(scale, dtype=np.float32),
+        np.ascontiguousarray(offset, dtype=np.float32),
+        out,
+    )
+    return out
 
 
 #: Aspect of flat ground (no downhill direction).

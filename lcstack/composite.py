@@ -23,13 +23,13 @@ from dask.base import tokenize
 from odc.geo.geobox import GeoBox
 from scipy import ndimage
 
-from lcstack._kernels import nanmedian_time
+from lcstack._kernels import masked_median_dn, nanmedian_time
 from lcstack._version import __version__
 from lcstack.errors import InvalidInputError, LcstackError, NoCloudMaskWarning, NoScenesFoundError
 from lcstack.features import add_context, feature_spec
 from lcstack.features import time_features as _time_features
 from lcstack.harmonize import SCL_CLOUD_CLASSES, band_assets
-from lcstack.indices import DEFAULT_INDICES, compute_indices
+from lcstack.indices import DEFAULT_INDICES, INDICES, _resolve_names, compute_indices, index_arrays
 from lcstack.load import (
     DEFAULT_CHUNK,
     asset_error,
@@ -94,7 +94,12 @@ def cloud_mask(
     if dilation_m < 0:
         raise InvalidInputError(f"dilation_m must be >= 0, got {dilation_m}")
     codes = [int(c) for c in classes]
-    invalid = scl.isin(codes) | (scl == 0)
+    if isinstance(scl.data, np.ndarray) and scl.dtype == np.uint8:
+        lut = np.zeros(256, dtype=bool)  # a lookup: what isin gives, faster
+        lut[[0, *[c for c in codes if 0 <= c < 256]]] = True
+        invalid = scl.copy(data=lut[scl.data])
+    else:
+        invalid = scl.isin(codes) | (scl == 0)
     invalid.name = "invalid"
     invalid.attrs = {"long_name": "invalid observation", "mask_classes": codes}
     if dilation_m == 0:
@@ -281,6 +286,7 @@ def seasonal_composite(
     fuse_chunks: bool = False,
     eager: bool = False,
     features: Any = None,
+    fast: bool = True,
 ) -> xr.Dataset:
     """Lazy cloud-masked median composite of one season on one tile, with spectral indices.
 
@@ -317,6 +323,12 @@ def seasonal_composite(
         Compute now, in this thread, with NumPy (``chunks`` ignored): what each fused task does.
     features : FeaturesConfig, optional
         Features besides the median (see :func:`composite_season`); default the ``landcoverpy`` set.
+    fast : bool, default True
+        With ``fuse_chunks`` or ``eager``: read assets that lie on ``geobox``'s lattice with plain
+        windowed rasterio reads (``load_scenes(native=True)``; others through odc-stac), and, for the
+        ``landcoverpy`` features, mask, scale and take the median of every band in one pass over the
+        integers (:func:`lcstack._kernels.masked_median_dn`) and the indices with NumPy. The same values,
+        bit for bit, as ``fast=False`` (odc-stac and xarray throughout), which is what it is tested against.
 
     Returns
     -------
@@ -340,6 +352,7 @@ def seasonal_composite(
             loader=loader,
             resampling=resampling,
             features=feature_spec(features),
+            fast=fast,
         )
     items = list(items)
     if not items:
@@ -354,6 +367,7 @@ def seasonal_composite(
         loader=loader,
         resampling=resampling,
         eager=eager,
+        native=fast,
     )
     refl = to_reflectance(ds)
     invalid = None
@@ -365,7 +379,21 @@ def seasonal_composite(
     part = composite_season(refl, invalid, season=season, indices=indices, features=features)
     composite, valid_count = part["composite"], part["valid_count"]
     names = [str(b) for b in composite["band"].values]
-    attrs = {
+    attrs = _composite_attrs(items, season, mask_classes, has_scl, dilation_m, resampling)
+    out = xr.Dataset({"composite": composite, "valid_count": valid_count}, attrs=attrs)
+    logger.debug("season %s: composite of %d items, bands %s", season, len(items), names)
+    return out
+
+
+def _composite_attrs(
+    items: Sequence[pystac.Item],
+    season: str,
+    mask_classes: Sequence[int],
+    has_scl: bool,
+    dilation_m: float,
+    resampling: str,
+) -> dict[str, Any]:
+    return {
         "season": season,
         "items": json.dumps(sorted(it.id for it in items)),
         "lcstack_version": __version__,
@@ -374,9 +402,56 @@ def seasonal_composite(
         "resampling": resampling,
         "cloud_mask": "scl" if has_scl else "none",
     }
-    out = xr.Dataset({"composite": composite, "valid_count": valid_count}, attrs=attrs)
-    logger.debug("season %s: composite of %d items, bands %s", season, len(items), names)
-    return out
+
+
+def _index_names(indices: Sequence[str] | None, bands: Sequence[str], *, log: bool = True) -> list[str]:
+    """Return the indices ``composite_season`` computes from ``bands`` (those lacking a band: skipped)."""
+    names = []
+    for name in _resolve_names(indices):
+        missing = [b for b in INDICES[name].bands if b not in bands]
+        if missing and log:
+            logger.warning("skipping index %r: band(s) %s not in the dataset", name, missing)
+        if not missing:
+            names.append(name)
+    return names
+
+
+def _median_template(
+    items: list[pystac.Item],
+    geobox: GeoBox,
+    *,
+    season: str,
+    bands: Sequence[str] | None = None,
+    mask_classes: Sequence[int] = DEFAULT_MASK_CLASSES,
+    dilation_m: float = 0.0,
+    indices: Sequence[str] = DEFAULT_INDICES,
+    resampling: str = "nearest",
+    **_: object,
+) -> xr.Dataset:
+    """Return ``seasonal_composite``'s result for the ``landcoverpy`` features, empty, built directly."""
+    from odc.geo.xr import xr_coords
+
+    if not items:
+        raise InvalidInputError(f"season {season!r}: no items to composite; discover scenes first")
+    refl_bands, has_scl = _bands_of(items, bands, season)
+    names = refl_bands + _index_names(indices, refl_bands)
+    coords = xr_coords(geobox, dims=("y", "x"))
+    seasons = np.array([season], dtype=str)
+    ny, nx = geobox.shape.yx
+    composite = xr.DataArray(
+        dsa.empty((1, len(names), ny, nx), dtype=np.float32, chunks=-1),
+        dims=("season", "band", "y", "x"),
+        coords={"season": seasons, "band": np.array(names, dtype=str), **coords},
+        attrs={"long_name": "median composite", "units": "1"},
+    )
+    valid_count = xr.DataArray(
+        dsa.empty((1, ny, nx), dtype=np.uint8, chunks=-1),
+        dims=("season", "y", "x"),
+        coords={"season": seasons, **coords},
+        attrs={"long_name": "number of valid observations in the median"},
+    )
+    attrs = _composite_attrs(items, season, mask_classes, has_scl, dilation_m, resampling)
+    return xr.Dataset({"composite": composite, "valid_count": valid_count}, attrs=attrs)
 
 
 def _bands_of(items: list[pystac.Item], bands: Sequence[str] | None, season: str) -> tuple[list[str], bool]:
@@ -408,10 +483,13 @@ def _fused_composite(
     items = list(items)
     ych = dsa.core.normalize_chunks((chunks or {}).get("y", DEFAULT_CHUNK), (geobox.shape[0],))[0]
     xch = dsa.core.normalize_chunks((chunks or {}).get("x", DEFAULT_CHUNK), (geobox.shape[1],))[0]
-    # The fine-grained lazy composite of the whole tile is the template: coordinates, band names and
-    # attributes (and its warnings, raised once here rather than once per chunk).
-    template = seasonal_composite(items, geobox, chunks={"y": ych[0], "x": xch[0]}, **kw)  # type: ignore[arg-type]
     spec = kw.get("features")
+    if spec is None and kw.get("fast"):
+        # coordinates, band names and attributes (and the warnings, raised once here, not once per chunk)
+        template = _median_template(items, geobox, **kw)  # type: ignore[arg-type]
+    else:
+        # the fine-grained lazy composite of the whole tile is the template
+        template = seasonal_composite(items, geobox, chunks={"y": ych[0], "x": xch[0]}, **kw)  # type: ignore[arg-type]
     context = spec["context"] if spec else None  # type: ignore[index]
     if context:
         # the window statistics need the neighbours' medians: added over the fused chunks, not in them
@@ -466,6 +544,9 @@ def _composite_chunk(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NoCloudMaskWarning)
+            if kw.get("fast") and kw.get("features") is None:
+                out = _median_chunk(items, sub, **kw)  # type: ignore[arg-type]
+                return out[None, :, y0 - py0 : y1 - py0, x0 - px0 : x1 - px0]
             ds = seasonal_composite(items, sub, eager=True, **kw)  # type: ignore[arg-type]
     except LcstackError:
         raise
@@ -482,6 +563,52 @@ def _composite_chunk(
     comp, count = np.asarray(ds["composite"].data), np.asarray(ds["valid_count"].data)
     out = np.concatenate([comp, count[:, None].astype(np.float32)], axis=1)
     return out[:, :, y0 - py0 : y1 - py0, x0 - px0 : x1 - px0]
+
+
+def _median_chunk(
+    items: list[pystac.Item],
+    geobox: GeoBox,
+    *,
+    season: str,
+    bands: Sequence[str] | None = None,
+    mask_classes: Sequence[int] = DEFAULT_MASK_CLASSES,
+    dilation_m: float = 0.0,
+    indices: Sequence[str] = DEFAULT_INDICES,
+    loader: Literal["odc", "stackstac"] = "odc",
+    resampling: str = "nearest",
+    **_: object,
+) -> np.ndarray:
+    """Return the ``landcoverpy`` composite of ``geobox``, ``(band + valid_count, y, x)``, with NumPy.
+
+    ``seasonal_composite(eager=True)``'s values, bit for bit: native reads where they apply
+    (``load_scenes(native=True)``), the mask of :func:`cloud_mask`, then one pass over the integers for
+    the reflectance and the median of every band (:func:`masked_median_dn`) and the indices.
+    """
+    refl_bands, has_scl = _bands_of(items, bands, season)
+    ds = load_scenes(
+        items,
+        geobox,
+        bands=refl_bands + (["scl"] if has_scl else []),
+        loader=loader,
+        resampling=resampling,
+        eager=True,
+        native=True,
+    )
+    invalid = None
+    if has_scl:
+        mask = cloud_mask(
+            ds["scl"], classes=mask_classes, dilation_m=dilation_m, resolution=abs(geobox.resolution.x)
+        )
+        invalid = np.asarray(mask.data)
+    scale = np.stack([ds[f"scale_{b}"].values for b in refl_bands])
+    offset = np.stack([ds[f"offset_{b}"].values for b in refl_bands])
+    names = _index_names(indices, refl_bands, log=False)
+    n = len(refl_bands)
+    out = np.empty((n + len(names) + 1, *geobox.shape.yx), dtype=np.float32)  # bands, indices, count
+    masked_median_dn([np.asarray(ds[b].data) for b in refl_bands], invalid, scale, offset, out=out)
+    for i, layer in enumerate(index_arrays(dict(zip(refl_bands, out, strict=False)), names).values()):
+        out[n + i] = layer
+    return out
 
 
 def no_clear_pixel_error(

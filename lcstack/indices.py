@@ -31,7 +31,7 @@ opposite sign ``(B02 - B03) / (B02 + B03)``. ``ndre`` uses B8A and B05 (both
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +39,14 @@ import xarray as xr
 
 from lcstack.errors import InvalidInputError
 
-__all__ = ["IndexSpec", "INDICES", "DEFAULT_INDICES", "compute_indices", "compute_indices_array"]
+__all__ = [
+    "IndexSpec",
+    "INDICES",
+    "DEFAULT_INDICES",
+    "compute_indices",
+    "compute_indices_array",
+    "index_arrays",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +177,15 @@ def compute_indices(ds: xr.Dataset, names: Sequence[str] | None = None) -> xr.Da
         da.attrs = {"long_name": name, "formula": spec.formula}
         out[name] = da.rename(name)
     return xr.Dataset(out, attrs=dict(ds.attrs))
+
+
+def index_arrays(bands: Mapping[str, np.ndarray], names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Compute the indices ``names`` from NumPy band arrays: name -> float32 array.
+
+    The formulas and the NaN-for-non-finite rule of :func:`compute_indices`, without xarray; every index
+    must have its bands in ``bands``.
+    """
+    return {n: _finite_float32(INDICES[n].func)(*(bands[b] for b in INDICES[n].bands)) for n in names}
 
 
 def compute_indices_array(

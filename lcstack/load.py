@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -36,6 +39,7 @@ __all__ = [
     "DEFAULT_CHUNK",
     "asset_error",
     "check_assets",
+    "clear_dataset_cache",
     "common_bands",
     "find_unreadable_asset",
     "load_scenes",
@@ -290,6 +294,7 @@ def load_scenes(
     loader: Literal["odc", "stackstac"] = "odc",
     resampling: str = "nearest",
     eager: bool = False,
+    native: bool = False,
 ) -> xr.Dataset:
     """Load scenes lazily onto ``geobox``, keeping the on-disk integers.
 
@@ -311,6 +316,12 @@ def load_scenes(
     eager : bool, default False
         Read into NumPy arrays now, in this thread, instead of building a dask graph (``chunks`` is then
         ignored). For one chunk inside a dask task, as ``seasonal_composite(fuse_chunks=True)`` does.
+    native : bool, default False
+        With ``eager`` and ``loader="odc"``: when every asset lies on ``geobox``'s lattice (same CRS and
+        axes, a pixel size an integer multiple of ``geobox``'s, pixel edges on ``geobox``'s edges, the
+        declared integer type, nodata 0 or none) read it with a plain windowed rasterio read, coarser
+        assets repeated onto the grid (what nearest resampling gives there), datasets kept open per thread
+        (:func:`clear_dataset_cache`); the same values as odc-stac's. Otherwise odc-stac reads as usual.
 
     Returns
     -------
@@ -336,14 +347,18 @@ def load_scenes(
         raise InvalidInputError(f"loader={loader!r}; use 'odc' or 'stackstac'")
     bands, mappings = _resolve_bands(items, bands)
     ch = _normalise_chunks(chunks)
-    copies = [_canonical_copy(it, m, bands) for it, m in zip(items, mappings, strict=True)]
 
-    if loader == "odc":
-        ds = _load_odc(copies, geobox, bands, None if eager else ch, resampling)
-    else:
-        ds = _load_stackstac(copies, geobox, bands, ch, resampling)
-        if eager:
-            ds = ds.compute(scheduler="sync")
+    ds = None
+    if native and eager and loader == "odc":
+        ds = _load_native(items, mappings, geobox, bands, resampling)
+    if ds is None:
+        copies = [_canonical_copy(it, m, bands) for it, m in zip(items, mappings, strict=True)]
+        if loader == "odc":
+            ds = _load_odc(copies, geobox, bands, None if eager else ch, resampling)
+        else:
+            ds = _load_stackstac(copies, geobox, bands, ch, resampling)
+            if eager:
+                ds = ds.compute(scheduler="sync")
 
     coords: dict[str, Any] = {"id": ("time", [it.id for it in items])}
     for band in bands:
@@ -384,6 +399,213 @@ def _load_odc(
         if ds[band].dtype != np.dtype(_dtype(band)):
             ds[band] = ds[band].astype(_dtype(band))
     return ds
+
+
+# -- native-aligned reads: a windowed rasterio read per asset, no warping ------------------------------------
+
+#: open datasets kept per thread (a season's every asset, a few times over), fewer under a low file limit
+_CACHE_SIZE = 256
+#: GDAL's block cache per process once native reads keep datasets open (unless GDAL_CACHEMAX is set):
+#: their decoded blocks stay cached, so GDAL's default (5 % of the machine's memory per process) would
+#: add up over the workers of a machine
+GDAL_CACHE_BYTES = 256 * 2**20
+_limits: dict[int, int] = {}  # pid -> datasets per thread
+_caches_lock = threading.Lock()
+_local = threading.local()
+
+
+class _Cache(OrderedDict):  # type: ignore[type-arg]
+    """One thread's open datasets, oldest first (a class of its own: weakly referenced)."""
+
+
+#: every live thread's cache, for clear_dataset_cache (a cache goes with its thread)
+_caches: weakref.WeakValueDictionary[int, _Cache] = weakref.WeakValueDictionary()
+
+
+class NotNativeError(Exception):
+    """An asset is not on the requested grid's lattice (or not plain integers with nodata 0)."""
+
+
+def clear_dataset_cache() -> None:
+    """Close the datasets that native reads keep open (every thread's)."""
+    with _caches_lock:
+        for cache in list(_caches.values()):
+            while cache:
+                _, src = cache.popitem(last=False)
+                src.close()
+
+
+def _cache_limit() -> int:
+    """Datasets kept open per thread; bounds GDAL's block cache, once per process (see GDAL_CACHE_BYTES)."""
+    pid = os.getpid()
+    if pid not in _limits:
+        import resource
+
+        from rasterio.env import set_gdal_config
+
+        if "GDAL_CACHEMAX" not in os.environ:
+            set_gdal_config("GDAL_CACHEMAX", GDAL_CACHE_BYTES)
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        _limits[pid] = _CACHE_SIZE if soft == resource.RLIM_INFINITY else max(8, min(_CACHE_SIZE, soft // 16))
+    return _limits[pid]
+
+
+def _thread_cache() -> _Cache:
+    cache = getattr(_local, "cache", None)
+    if cache is None or getattr(_local, "pid", None) != os.getpid():  # a forked child opens its own
+        cache = _local.cache = _Cache()
+        _local.pid = os.getpid()
+        with _caches_lock:
+            _caches[id(cache)] = cache
+    return cache
+
+
+def _open_dataset(href: str) -> Any:
+    """``rasterio.open(href)``, kept open in this thread (a local file: while its size and mtime hold)."""
+    import rasterio
+
+    path = _local_path(href)
+    key: tuple[Any, ...] = (href,)
+    if path is not None:
+        st = os.stat(path)
+        key = (href, st.st_size, st.st_mtime_ns)
+    cache = _thread_cache()
+    with _caches_lock:
+        src = cache.get(key)
+        if src is not None:
+            cache.move_to_end(key)
+            return src
+    src = rasterio.open(href)
+    with _caches_lock:
+        cache[key] = src
+        while len(cache) > _cache_limit():
+            _, old = cache.popitem(last=False)
+            old.close()
+    return src
+
+
+def _drop_dataset(href: str) -> None:
+    cache = _thread_cache()
+    with _caches_lock:
+        for key in [k for k in cache if k[0] == href]:
+            cache.pop(key).close()
+
+
+_SAME_CRS: dict[tuple[str, str], bool] = {}
+
+
+def _same_crs(src: Any, geobox: GeoBox) -> bool:
+    """``geobox.crs == src.crs``, remembered by their WKT (a pyproj comparison per read adds up)."""
+    key = (src.crs.to_wkt(), geobox.crs.wkt)
+    same = _SAME_CRS.get(key)
+    if same is None:
+        same = _SAME_CRS[key] = bool(geobox.crs == src.crs)
+    return same
+
+
+def _native_offsets(src: Any, geobox: GeoBox, dtype: str, resampling: str) -> tuple[int, int, int]:
+    """Return ``(factor, row0, col0)`` placing ``geobox`` on ``src``'s lattice, or raise NotNativeError.
+
+    ``src``'s pixel is ``factor`` times ``geobox``'s, and ``geobox``'s origin is pixel ``(row0, col0)``
+    of ``src``'s lattice refined ``factor`` times.
+    """
+    a, g = src.transform, geobox.affine
+    if src.crs is None or a.b or a.d or g.b or g.d or not _same_crs(src, geobox):
+        raise NotNativeError(f"{src.name}: another CRS or rotated axes")
+    kx, ky = a.a / g.a, a.e / g.e
+    k = round(kx)
+    if k < 1 or abs(kx - k) > 1e-9 * k or abs(ky - k) > 1e-9 * k:
+        raise NotNativeError(f"{src.name}: pixel size {a.a, a.e} is not a multiple of {g.a, g.e}")
+    if k > 1 and resampling != "nearest":
+        raise NotNativeError(f"{src.name}: {resampling} resampling")
+    col, row = (g.c - a.c) / g.a, (g.f - a.f) / g.e
+    if abs(col - round(col)) > 1e-6 or abs(row - round(row)) > 1e-6:
+        raise NotNativeError(f"{src.name}: pixel edges off the grid's")
+    if src.dtypes[0] != dtype or src.nodata not in (None, 0):
+        raise NotNativeError(f"{src.name}: {src.dtypes[0]}, nodata {src.nodata}")
+    return k, round(row), round(col)
+
+
+def _read_native(href: str, geobox: GeoBox, dtype: str, resampling: str, out: np.ndarray) -> None:
+    """Read the asset at ``href`` onto ``geobox`` into ``out`` (``geobox.shape``), 0 outside the asset."""
+    from rasterio.windows import Window
+
+    src = _open_dataset(href)
+    k, row0, col0 = _native_offsets(src, geobox, dtype, resampling)
+    ny, nx = geobox.shape.yx
+    r0, r1 = row0 // k, (row0 + ny - 1) // k + 1  # the asset's rows and columns under the grid
+    c0, c1 = col0 // k, (col0 + nx - 1) // k + 1
+    rr0, rr1, cc0, cc1 = max(r0, 0), min(r1, src.height), max(c0, 0), min(c1, src.width)
+    try:
+        if rr0 >= rr1 or cc0 >= cc1:
+            coarse = np.zeros((r1 - r0, c1 - c0), dtype)
+        else:
+            part = src.read(1, window=Window(cc0, rr0, cc1 - cc0, rr1 - rr0))
+            if (rr0, rr1, cc0, cc1) == (r0, r1, c0, c1):
+                coarse = part
+            else:
+                coarse = np.zeros((r1 - r0, c1 - c0), dtype)
+                coarse[rr0 - r0 : rr1 - r0, cc0 - c0 : cc1 - c0] = part
+    except Exception:
+        _drop_dataset(href)  # opened afresh by whoever looks into the failure
+        raise
+    if k == 1:
+        out[...] = coarse
+        return
+    full = np.repeat(np.repeat(coarse, k, axis=0), k, axis=1)
+    dy, dx = row0 - r0 * k, col0 - c0 * k
+    out[...] = full[dy : dy + ny, dx : dx + nx]
+
+
+def _read_native_bands(
+    hrefs: Mapping[str, Sequence[str]], geobox: GeoBox, resampling: str
+) -> dict[str, np.ndarray]:
+    """Read every band's assets (``hrefs``: band -> one href per time step) onto ``geobox``.
+
+    Returns band -> ``(time, y, x)``; raises NotNativeError when an asset is not on ``geobox``'s lattice
+    (see ``load_scenes(native=)``).
+    """
+    out = {}
+    for band, paths in hrefs.items():
+        dtype = _dtype(band)
+        arr = np.empty((len(paths), *geobox.shape.yx), dtype=dtype)
+        for i, href in enumerate(paths):
+            _read_native(href, geobox, dtype, resampling, arr[i])
+        out[band] = arr
+    return out
+
+
+def _load_native(
+    items: list[pystac.Item],
+    mappings: list[dict[str, str]],
+    geobox: GeoBox,
+    bands: Sequence[str],
+    resampling: str,
+) -> xr.Dataset | None:
+    """Return what ``_load_odc(..., chunks=None)`` does, through native reads; None if they do not apply."""
+    from odc.geo.xr import xr_coords
+    from odc.loader import RioDriver
+
+    hrefs = {b: [_href(it.assets[m[b]]) for it, m in zip(items, mappings, strict=True)] for b in bands}
+    driver = RioDriver()  # the GDAL settings and session odc-stac would read with (odc.stac.configure_rio)
+    try:
+        with driver.restore_env(driver.capture_env(), driver.new_load(geobox)):
+            arrays = _read_native_bands(hrefs, geobox, resampling)
+    except NotNativeError as why:
+        logger.debug("not a native read (%s): odc-stac reads instead", why)
+        return None
+    times = np.array([np.datetime64(_utc_naive(it), "us") for it in items])
+    coords = {"time": times, **xr_coords(geobox, dims=("y", "x"))}
+    return xr.Dataset({b: (("time", "y", "x"), a) for b, a in arrays.items()}, coords=coords)
+
+
+def _utc_naive(item: pystac.Item) -> Any:
+    import datetime as dt
+
+    when = item.datetime or item.common_metadata.start_datetime
+    if when is not None and when.tzinfo is not None:
+        when = when.astimezone(dt.UTC).replace(tzinfo=None)
+    return when
 
 
 def _load_stackstac(
