@@ -117,3 +117,9 @@ def landcoverpy_window(
     for class_, value in lc_mapping.items():
         encoded_predictions = np.where(predictions == class_, value, encoded_predictions)
     return encoded_predictions[0]
+
+
+def windows_of(cube: np.ndarray, step: int) -> list[tuple[slice, slice]]:
+    """The ``(y, x)`` slices of ``step``-pixel windows over a ``(feature, y, x)`` cube, row by row."""
+    ny, nx = cube.shape[1:]
+    return [(slice(y, y + step), slice(x, x + step)) for y in range(0, ny, step) for x in range(0, nx, step)]

@@ -44,7 +44,14 @@ import pandas as pd
 import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import cpu_family, load1, machine_line, wait_for_quiet, write_section  # noqa: E402
+from _common import (  # noqa: E402
+    cpu_family,
+    load1,
+    machine_line,
+    wait_for_quiet,
+    windows_of,  # noqa: E402
+    write_section,
+)
 from _common import landcoverpy_window as _landcoverpy_window  # noqa: E402
 
 from lcstack.classify import (  # noqa: E402
@@ -89,11 +96,6 @@ def make_data(seed: int, n_train: int, size: int) -> tuple[np.ndarray, np.ndarra
     cube = draw(cls.ravel()).T.reshape(n_features, size, size)
     cube[:, rng.random((size, size)) < 0.05] = np.nan
     return X, y, np.ascontiguousarray(cube)
-
-
-def windows_of(cube: np.ndarray, step: int) -> list[tuple[slice, slice]]:
-    ny, nx = cube.shape[1:]
-    return [(slice(y, y + step), slice(x, x + step)) for y in range(0, ny, step) for x in range(0, nx, step)]
 
 
 def timed(fn, repeat: int) -> tuple[float, float, object]:

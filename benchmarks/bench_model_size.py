@@ -42,8 +42,7 @@ import pandas as pd
 import xarray as xr
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, cpu_model, landcoverpy_window, load1  # noqa: E402
-from bench_inference import windows_of  # noqa: E402
+from _common import RESULTS, cpu_model, landcoverpy_window, load1, windows_of  # noqa: E402
 
 
 def timed(fn, repeat: int) -> tuple[float, float, object]:

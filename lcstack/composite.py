@@ -27,6 +27,7 @@ from lcstack._kernels import masked_median_dn, nanmedian_time
 from lcstack._version import __version__
 from lcstack.errors import InvalidInputError, LcstackError, NoCloudMaskWarning, NoScenesFoundError
 from lcstack.features import add_context, feature_spec
+from lcstack.features import float_bands as _float_bands
 from lcstack.features import time_features as _time_features
 from lcstack.harmonize import SCL_CLOUD_CLASSES, band_assets
 from lcstack.indices import DEFAULT_INDICES, INDICES, _resolve_names, compute_indices, index_arrays
@@ -147,15 +148,6 @@ def _median_over_time(da: xr.DataArray) -> xr.DataArray:
         out = nanmedian_time(np.asarray(data))
     coords = {k: v for k, v in da.coords.items() if "time" not in v.dims}
     return xr.DataArray(out, dims=da.dims[1:], coords=coords, name=da.name, attrs=dict(da.attrs))
-
-
-def _float_bands(refl: xr.Dataset) -> list[str]:
-    """Return the float reflectance bands with a ``time`` dim of ``refl`` (``scl`` left out)."""
-    return [
-        name
-        for name, da in refl.data_vars.items()
-        if name != "scl" and "time" in da.dims and np.issubdtype(da.dtype, np.floating)
-    ]
 
 
 def _valid_observations(refl: xr.Dataset, bands: Sequence[str], invalid: xr.DataArray | None) -> xr.DataArray:

@@ -19,6 +19,15 @@ from .store import Storage, _is_local
 __all__ = ["stack_features", "feature_names", "open_feature_cube"]
 
 
+def float_bands(refl: xr.Dataset) -> list[str]:
+    """Return the float reflectance bands with a ``time`` dim of ``refl`` (``scl`` left out)."""
+    return [
+        name
+        for name, da in refl.data_vars.items()
+        if name != "scl" and "time" in da.dims and np.issubdtype(da.dtype, np.floating)
+    ]
+
+
 def stack_features(composites: Mapping[str, xr.Dataset], terrain: xr.Dataset | None = None) -> xr.DataArray:
     """Stack per-season composites (and terrain) into one ``(feature, y, x)`` float32 cube.
 
@@ -285,10 +294,9 @@ def time_features(
     (``count``) and the individual scenes (``<name>_scene1``, ... in time order), per band of ``refl``
     and per index of ``indices`` computed observation by observation.
     """
-    from .composite import _float_bands
     from .indices import compute_indices
 
-    bands = _float_bands(refl)
+    bands = float_bands(refl)
     masked = xr.Dataset({b: refl[b].astype(np.float32).where(valid) for b in bands})
     if indices and (spec["percentiles"] or spec["std"] or spec["scenes"]):
         masked = masked.merge(compute_indices(masked, indices), compat="override", join="exact")
