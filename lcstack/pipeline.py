@@ -863,6 +863,20 @@ class Workflow:
             out.append(_model_summary(rec["key"], urls[0], meta))
         return sorted(out, key=lambda m: str(m["created_at"]), reverse=True)
 
+    def maps(self) -> list[dict[str, Any]]:
+        """Return the complete ``maps`` records of this config's own plan, in plan order.
+
+        Other runs sharing the storage (another area, other smoothing or layers) may have written maps
+        with the same model; only those of this config's map jobs are returned. Pass a record to
+        :meth:`map_urls` for its files.
+        """
+        out = []
+        for p in self._map_jobs(self.model_key()):
+            rec = self.registry.get("maps", p.key)
+            if rec is not None and self._is_complete("maps", p.key, p.files["level2"]):
+                out.append(rec)
+        return out
+
     # ------------------------------------------------------------------------------------ classify
     def classify(self) -> list[StepResult]:
         """Classify every tile with the run's model; write level-1/level-2 maps as Zarr and COG.

@@ -162,8 +162,13 @@ def test_cli_mosaic_of_the_demo_run_equals_its_tile_map(demo_run, tmp_path):
 
     from lcstack.cli import app
 
+    from lcstack.pipeline import Workflow
+
     area, cfg, _ = demo_run
-    with rasterio.open(next(Path(cfg.storage).glob("classification-maps/model_*/*/level1.tif"))) as tile:
+    with Workflow(cfg, progress=False) as wf:  # this config's own map: the storage is shared with other areas
+        (rec,) = wf.maps()
+        tile_url = wf.map_urls(rec)["level1"]
+    with rasterio.open(tile_url) as tile:
         crs, res, values = tile.crs, tile.transform.a, tile.read(1)
         bounds = tile.bounds
     result = CliRunner().invoke(

@@ -125,7 +125,7 @@ def test_map_equals_in_memory_predict(demo_run: Any) -> None:
         tile = next(iter(wf.tiles))
         cube = wf.features(tile).compute()
         model, meta = load_model(wf.model_url())
-        rec = wf.registry.find("maps", model=wf.model_key())[0]
+        rec = wf.maps()[0]
         stored = xr.open_zarr(wf.map_urls(rec)["zarr"]).compute()
     X = cube.transpose("y", "x", "feature").values.reshape(-1, cube.sizes["feature"])
     from lcstack.classify import feature_seasons, valid_seasons_block
@@ -150,7 +150,7 @@ def test_accessor_classify_is_lazy_and_matches(demo_run: Any) -> None:
     with Workflow(cfg, progress=False) as wf:
         cube = wf.features(next(iter(wf.tiles)))
         maps = cube.landcover.classify(wf.model_url())
-        rec = wf.registry.find("maps", model=wf.model_key())[0]
+        rec = wf.maps()[0]
     assert dask.is_dask_collection(maps["level1"])
     stored = xr.open_zarr(wf.map_urls(rec)["zarr"])
     window = {"x": slice(20, 90), "y": slice(40, 120)}
@@ -211,7 +211,7 @@ def test_l1c_catalog_without_dem_or_scl(tmp_path: Path) -> None:
         with Workflow(cfg, progress=False) as wf:
             wf.run()
             _, meta = load_model(wf.model_url())
-            rec = wf.registry.find("maps", model=wf.model_key())[0]
+            rec = wf.maps()[0]
     assert any(issubclass(w.category, NoCloudMaskWarning) for w in caught)
     assert "spring_cirrus" in meta["features"] and "elevation" not in meta["features"]
     got, truth = _on_truth_grid(wf.map_urls(rec)["level1"], area.truth)
