@@ -249,7 +249,7 @@ def test_classify_another_area_with_a_registry_model(demo_run, other_area):
         tiles = {r["tile"] for r in recs}
         assert tiles and all(Path(wf.map_urls(r)["level1"]).is_file() for r in recs)
         theirs = {r["key"] for r in wf.maps()}
-    with Workflow(cfg, progress=False) as wf:  # each config lists its own maps only, though the model is shared
+    with Workflow(cfg, progress=False) as wf:  # each config lists its own maps, though the model is shared
         mine = {r["key"] for r in wf.maps()}
     assert mine and theirs and not mine & theirs and mine | theirs == {r["key"] for r in recs}
 
