@@ -161,7 +161,6 @@ def test_cli_mosaic_of_the_demo_run_equals_its_tile_map(demo_run, tmp_path):
     from typer.testing import CliRunner
 
     from lcstack.cli import app
-
     from lcstack.pipeline import Workflow
 
     area, cfg, _ = demo_run
