@@ -140,7 +140,7 @@ class Workflow:
         self._storage_id = redact(
             self.storage.root if "://" in self.storage.root else os.path.abspath(self.storage.root)
         )
-        #: tile id (``"*"``: every unit of a user grid) -> season -> the chosen scenes
+        #: Sentinel-2 tile id -> season -> the chosen scenes
         self._scenes: dict[str, dict[str, list[Any]]] | None = None
         self._geobox: GeoBox | None = None
         self._units: dict[str, Unit] | None = None
@@ -262,10 +262,11 @@ class Workflow:
     def discover(self) -> dict[str, dict[str, list[Any]]]:
         """Find the scenes of every tile and season and record them; tile -> season -> scenes.
 
-        On the Sentinel-2 grid each tile gets its own best scenes (``lcstack.discover.discover_tile_scenes``);
-        on a user grid the scenes are chosen over the whole AOI, under the tile ``"*"``.
+        Each Sentinel-2 tile under the AOI gets its own best scenes
+        (:func:`lcstack.discover.discover_tile_scenes`), on a user grid too: a user-grid unit reads the
+        chosen scenes of every tile over it.
         """
-        from .discover import discover_scenes, discover_tile_scenes
+        from .discover import discover_tile_scenes
 
         if self._scenes is not None:
             return self._scenes
@@ -276,15 +277,13 @@ class Workflow:
             "max_scenes": cfg.max_scenes_per_season,
             "min_valid_fraction": cfg.min_valid_fraction,
         }
+        tiles, scenes = discover_tile_scenes(
+            source, cfg.collection, self.aoi, self.seasons, tile_size=cfg.tile_size,
+            on_missing=cfg.on_missing, **limits,
+        )  # fmt: skip
         if self.user_grid is None:
-            tiles, scenes = discover_tile_scenes(
-                source, cfg.collection, self.aoi, self.seasons, tile_size=cfg.tile_size,
-                on_missing=cfg.on_missing, **limits,
-            )  # fmt: skip
             self._s2_footprints = {t: s2tile.geobox for t, s2tile in tiles.items()}
             self._units = s2_units(tiles, cfg.tile_size)
-        else:
-            scenes = {"*": discover_scenes(source, cfg.collection, self.bbox_lonlat, self.seasons, **limits)}
         self._record_scenes(scenes)
         self._scenes = scenes
         return scenes
@@ -302,7 +301,7 @@ class Workflow:
                             "cloud_cover": info.cloud_cover,
                             "valid_fraction": info.valid_fraction,
                             "season": season,
-                            "tile": None if tile == "*" else tile,
+                            "tile": tile,
                             "stac": redact(self.config.stac),
                             "status": "complete",
                         },

@@ -214,14 +214,26 @@ def composite_selection(
 ) -> list[tuple[Unit, str, list[Any]]]:
     """Return ``(unit, season or "terrain", items)`` of every composite, in unit then season order.
 
-    A Sentinel-2 unit reads its own tile's scenes only (``scenes[tile]``), a user-grid unit the scenes
-    over it (``scenes["*"]``); a season without items has no composite. ``dem`` (None: no terrain) gives
-    every unit a terrain composite.
+    ``scenes`` holds the chosen scenes per Sentinel-2 tile and season. A Sentinel-2 unit reads its own
+    tile's scenes only (``scenes[tile]``); a user-grid unit reads the chosen scenes of every tile that lie
+    over it, so each part of it has its own tile's best scenes. A season without items has no composite.
+    ``dem`` (None: no terrain) gives every unit a terrain composite.
     """
+    from .discover import _sort_key
+
+    seasons = list(dict.fromkeys(season for per_tile in scenes.values() for season in per_tile))
     out = []
     for unit in units.values():
-        for season, infos in scenes[unit.tile or "*"].items():
-            items = [i.item for i in infos] if unit.tile else items_over(infos, unit.geobox)
+        for season in seasons:
+            if unit.tile:
+                items = [i.item for i in scenes.get(unit.tile, {}).get(season, [])]
+            else:
+                over = [
+                    i
+                    for per_tile in scenes.values()
+                    for i in items_over(per_tile.get(season, []), unit.geobox)
+                ]
+                items = sorted({i.id: i for i in over}.values(), key=_sort_key)
             if items:
                 out.append((unit, season, items))
         if dem is not None:

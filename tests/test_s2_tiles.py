@@ -226,7 +226,7 @@ def test_user_grid(demo_area: Any, tmp_path: Path) -> None:
         assert {g.crs.epsg for g in wf.tiles.values()} == {3035}
         assert {g.resolution.x for g in wf.tiles.values()} == {20}
         scenes = wf.discover()
-        assert list(scenes) == ["*"]
+        assert list(scenes) == ["30SUF"], "the scenes are chosen per Sentinel-2 tile"
         plan = wf.composite_plan()
         assert {p.unit for p in plan} == set(units)
     with Workflow(load_config(demo_area.config, crs="EPSG:32630", storage=storage), progress=False) as wf:
@@ -238,3 +238,26 @@ def test_user_grid(demo_area: Any, tmp_path: Path) -> None:
             pytest.raises(InvalidInputError, match=match),
         ):
             _ = wf.units
+
+
+def test_user_grid_takes_the_best_scenes_of_every_sentinel2_tile(tiles3: Path, tmp_path: Path) -> None:
+    """On a user grid too, each Sentinel-2 tile under the AOI gets its own best scenes of every season.
+
+    With one scene a season, an AOI-wide choice would give the whole AOI the scenes of one tile and leave
+    the other tiles' pixels without data.
+    """
+    grid = {"crs": "EPSG:3035", "resolution": 20}
+    overrides = {"grid": grid, "max_scenes_per_season": 1, "storage": str(tmp_path / "out")}
+    with _workflow(tiles3, **overrides) as wf:
+        scenes = wf.discover()
+        plan = wf.composite_plan()
+        recorded = wf.registry.find("scenes")
+    assert sorted(scenes) == TILES
+    assert all(len(picked) == 1 for seasons in scenes.values() for picked in seasons.values())
+    seasons = {p.season for p in plan} - {"terrain"}
+    for season in seasons:
+        read = {tile_id(i) for p in plan if p.season == season for i in p.items}
+        assert read == set(TILES), f"{season}: the units read the scenes of {sorted(read)} only"
+    picked = {s.item.id for seasons_of in scenes.values() for chosen in seasons_of.values() for s in chosen}
+    assert all(i.id in picked for p in plan if p.season != "terrain" for i in p.items), "only chosen scenes"
+    assert {r["tile"] for r in recorded} >= set(TILES), "the registry lists the scenes per tile"
