@@ -120,8 +120,13 @@ class S3Endpoint:
 
 
 @contextlib.contextmanager
-def s3_endpoint() -> Iterator[S3Endpoint]:
-    """The endpoint named by ``LCSTACK_TEST_S3_ENDPOINT``, or a moto server for the duration."""
+def s3_endpoint(*, process: bool = False) -> Iterator[S3Endpoint]:
+    """The endpoint named by ``LCSTACK_TEST_S3_ENDPOINT``, or a moto server for the duration.
+
+    ``process=True`` runs moto in a process of its own (``moto_server``) instead of a thread of this one:
+    needed where GDAL reads from it while holding the GIL (a VRT on S3 opens its sources that way), which
+    would otherwise wait forever on a server thread that cannot run.
+    """
     external = os.environ.get(ENV_ENDPOINT)
     if external:
         endpoint = S3Endpoint(
@@ -134,6 +139,12 @@ def s3_endpoint() -> Iterator[S3Endpoint]:
             yield endpoint
         finally:
             endpoint.cleanup()
+        return
+    if process:
+        with _moto_process() as url:
+            yield S3Endpoint(
+                url, key=f"moto-key-{uuid.uuid4().hex}", secret=f"moto-secret-{uuid.uuid4().hex}"
+            )
         return
     from moto.server import ThreadedMotoServer
 
@@ -313,3 +324,32 @@ class FlakyProxy(_Server):
             self.failed = 0
             self.requests = 0
             self.log = []
+
+
+@contextlib.contextmanager
+def _moto_process() -> Iterator[str]:
+    """``moto_server`` on a free port of 127.0.0.1 in a child process; its URL until it is stopped."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    port = closed_port()
+    exe = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen(
+        [str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto_server did not start on port {port}") from None
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
