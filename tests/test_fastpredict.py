@@ -214,6 +214,46 @@ def test_valid_columns_reads_any_strides(view: Any) -> None:
     np.testing.assert_array_equal(columns, flat[:, keep])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
+@pytest.mark.parametrize(
+    "view",
+    [lambda a: a, lambda a: a[:, ::-1, 2:-1], lambda a: a.transpose(0, 2, 1), lambda a: a[::2, 1:, :]],
+)
+def test_kept_pixels_is_numpys_observed_and_not_infinite(dtype: Any, view: Any) -> None:
+    from lcstack.classify import feature_seasons, predict_block
+
+    rng = np.random.default_rng(3)
+    big = (rng.normal(size=(6, 30, 20)) * 100).astype(dtype)
+    if np.issubdtype(dtype, np.floating):
+        big[:4, 2, :] = np.nan  # every seasonal feature missing: not observed
+        big[:2, 5, 3:9] = np.nan  # one season missing: still observed
+        big[4:, 6, :] = np.nan  # terrain missing only: observed
+        big[:4, 8, 4] = np.nan
+        big[5, 8, 4] = 7.0  # observed by terrain alone does not count
+        big[1, 12, 6] = np.inf
+        big[5, 13, 7] = -np.inf  # an infinite terrain feature drops the pixel
+        big[2, 14, :] = np.nan
+        big[3, 14, :] = np.inf
+    window = view(big)
+    seasonal = np.array([True, True, True, True, False, False])[: window.shape[0]]
+    X = window.astype(np.float64)
+    expected = (~np.isnan(X[seasonal])).any(axis=0) & ~np.isinf(X).any(axis=0)
+    np.testing.assert_array_equal(fpredict.kept_pixels(window, seasonal), expected)
+    np.testing.assert_array_equal(
+        fpredict.kept_pixels(window), (~np.isnan(X)).any(axis=0) & ~np.isinf(X).any(axis=0)
+    )
+    names = ["spring_red", "spring_nir", "summer_red", "summer_nir", "elevation", "slope"][: window.shape[0]]
+    seasons = feature_seasons(names)
+    np.testing.assert_array_equal(seasons >= 0, seasonal)
+    # predict_block keeps the same pixels on both engines
+    Xtr = rng.normal(size=(200, window.shape[0])) * 100
+    forest = RandomForestClassifier(n_estimators=3, random_state=0).fit(Xtr, rng.integers(1, 4, 200))
+    codes = {e: predict_block(window, forest, engine=e, seasons=seasons) for e in ("numba", "sklearn")}
+    np.testing.assert_array_equal(codes["numba"], codes["sklearn"])
+    with pytest.raises(InvalidInputError, match="season flags"):
+        fpredict.kept_pixels(window, seasonal[:-1])
+
+
 def test_valid_columns_of_a_valid_contiguous_float32_block_is_the_block_itself() -> None:
     block = np.random.default_rng(2).normal(size=(4, 8, 9)).astype(np.float32)
     columns, index = fpredict.valid_columns(block)

@@ -48,7 +48,13 @@ release the GIL and share no mutable state.
 from lcstack.forest.checks import check_estimator, check_tree
 from lcstack.forest.engine import FastForest, calibrated_width, simd_width
 from lcstack.forest.kernels import numba_available
-from lcstack.forest.predict import compile_estimator, fast_predict, fast_predict_proba, valid_columns
+from lcstack.forest.predict import (
+    compile_estimator,
+    fast_predict,
+    fast_predict_proba,
+    kept_pixels,
+    valid_columns,
+)
 
 __all__ = [
     "FastForest",
@@ -58,6 +64,7 @@ __all__ = [
     "compile_estimator",
     "fast_predict",
     "fast_predict_proba",
+    "kept_pixels",
     "numba_available",
     "simd_width",
     "valid_columns",

@@ -362,6 +362,26 @@ if numba is not None:
         return valid
 
     @_simd.jit(nogil=True)
+    def _kept_mask(buf, n_features, ny, nx, sf, sy, seasonal):  # pragma: no cover - compiled
+        """Per pixel: some ``seasonal`` feature is not NaN, and no feature is infinite (one pass).
+
+        The block is read as in :func:`_valid_mask`; ``seasonal[f]`` is 1 where feature ``f`` counts as an
+        observation (a feature of a season), 0 elsewhere (terrain).
+        """
+        seen = np.zeros((ny, nx), dtype=np.bool_)
+        bad = np.zeros((ny, nx), dtype=np.bool_)
+        for f in range(np.uint64(n_features)):
+            counts = seasonal[f] != 0
+            for y in range(np.uint64(ny)):
+                row = np.uint64(f * sf + y * sy)
+                for x in range(np.uint64(nx)):
+                    v = buf[row + x]
+                    number = v == v
+                    seen[y, x] |= counts & number
+                    bad[y, x] |= number & ((v - v) != 0)  # inf - inf is NaN; vectorises, isinf does not
+        return seen & ~bad
+
+    @_simd.jit(nogil=True)
     def _gather_runs(buf, n_features, ny, nx, sf, sy, valid):  # pragma: no cover - compiled
         """Copy the valid pixels into float32 ``(n_features, n_valid)`` columns, run by run along x."""
         one = np.uint64(1)
@@ -468,6 +488,7 @@ def _kernels() -> dict[str, Any]:
         "parallel": _predict_parallel,
         "transpose": _transpose,
         "valid_mask": _valid_mask,
+        "kept_mask": _kept_mask,
         "gather_runs": _gather_runs,
     }
 

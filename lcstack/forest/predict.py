@@ -63,27 +63,67 @@ def valid_columns(X: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.nda
     if X.ndim != 3:
         raise InvalidInputError(f"valid_columns expects a (feature, y, x) block, got shape {X.shape}.")
     n_features, ny, nx = X.shape
-    if X.dtype not in (np.float32, np.float64):
-        X = X.astype(np.float32)  # what scikit-learn's predict does to any other dtype
     if X.size == 0:
         return np.empty((n_features, 0), dtype=np.float32), np.empty(0, dtype=np.int64)
+    X, buf, sf, sy = _flat_view(X)
+    kernels = _kernels()
+    if mask is None:
+        valid = kernels["valid_mask"](buf, n_features, ny, nx, sf, sy)
+    else:
+        valid = np.ascontiguousarray(mask, dtype=np.bool_).reshape(ny, nx)
+    if X.dtype == np.float32 and X.flags.c_contiguous and valid.all():
+        return X.reshape(n_features, ny * nx), np.arange(ny * nx, dtype=np.int64)
+    return kernels["gather_runs"](buf, n_features, ny, nx, sf, sy, valid)
+
+
+def _flat_view(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """``(X, buf, sf, sy)``: ``X`` as float32/64 with unit stride along x, and a 1-D view of its memory.
+
+    ``buf[f * sf + y * sy + x]`` is ``X[f, y, x]``: the kernels index it with unit stride along x, whatever
+    the window's row and plane strides, so their loops vectorise for a window of a larger array too.
+    """
+    n_features, ny, nx = X.shape
+    if X.dtype not in (np.float32, np.float64):
+        X = X.astype(np.float32)  # what scikit-learn's predict does to any other dtype
     item = X.itemsize
     sf, sy, sx = X.strides
     if sx != item or sf % item or sy % item or sf < 0 or sy < 0:
         X = np.ascontiguousarray(X)
         sf, sy, sx = X.strides
-    # A 1-D contiguous view from the first element to the last: the kernels index it with unit stride
-    # along x, whatever the window's row and plane strides.
     span = (n_features - 1) * (sf // item) + (ny - 1) * (sy // item) + nx
     buf = np.lib.stride_tricks.as_strided(X, shape=(span,), strides=(item,), writeable=False)
-    kernels = _kernels()
-    if mask is None:
-        valid = kernels["valid_mask"](buf, n_features, ny, nx, sf // item, sy // item)
-    else:
-        valid = np.ascontiguousarray(mask, dtype=np.bool_).reshape(ny, nx)
-    if X.dtype == np.float32 and X.flags.c_contiguous and valid.all():
-        return X.reshape(n_features, ny * nx), np.arange(ny * nx, dtype=np.int64)
-    return kernels["gather_runs"](buf, n_features, ny, nx, sf // item, sy // item, valid)
+    return X, buf, sf // item, sy // item
+
+
+def kept_pixels(X: np.ndarray, seasonal: np.ndarray | None = None) -> np.ndarray:
+    """Pixels of a ``(feature, y, x)`` block to classify: observed in some season, no feature infinite.
+
+    One compiled pass over the block, the same as ``(~np.isnan(X[seasonal])).any(axis=0) &
+    ~np.isinf(X).any(axis=0)`` (NaN features of a kept pixel are routed as scikit-learn routes them).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_features, ny, nx)
+        Any real dtype and memory layout.
+    seasonal : ndarray of bool, shape (n_features,), optional
+        The features that count as an observation (all when omitted).
+
+    Returns
+    -------
+    ndarray of bool, shape (ny, nx)
+
+    """
+    X = np.asarray(X)
+    if X.ndim != 3:
+        raise InvalidInputError(f"kept_pixels expects a (feature, y, x) block, got shape {X.shape}.")
+    n_features, ny, nx = X.shape
+    counts = np.ones(n_features, np.uint8) if seasonal is None else np.asarray(seasonal, dtype=np.uint8)
+    if counts.shape != (n_features,):
+        raise InvalidInputError(f"kept_pixels: {counts.size} season flags for {n_features} features.")
+    if X.size == 0:
+        return np.zeros((ny, nx), dtype=np.bool_)
+    X, buf, sf, sy = _flat_view(X)
+    return _kernels()["kept_mask"](buf, n_features, ny, nx, sf, sy, counts)
 
 
 def compile_estimator(est: Any) -> FastForest | None:
