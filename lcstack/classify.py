@@ -261,15 +261,22 @@ def valid_seasons_block(X: np.ndarray, seasons: np.ndarray | None = None) -> np.
     return count
 
 
-def _kept(X: np.ndarray, seasons: np.ndarray | None, engine: Engine) -> np.ndarray:
-    """Return the pixels to classify: seen in a season (:func:`valid_seasons_block` > 0), none infinite."""
+def _kept(
+    X: np.ndarray, seasons: np.ndarray | None, engine: Engine
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    """Return the pixels to classify (seen in a season, none infinite) and, on numba, their columns.
+
+    The numba engine finds and gathers them in one compiled pass (:func:`lcstack.forest.kept_columns`)
+    instead of NumPy's three passes and a gather; the mask is :func:`valid_seasons_block` > 0 either way.
+    """
     if _use_numba(engine):
-        from lcstack.forest import kept_pixels
+        from lcstack.forest import kept_columns
 
         groups = None if seasons is None else np.asarray(seasons)
         seasonal = None if groups is None or not (groups >= 0).any() else groups >= 0
-        return kept_pixels(X, seasonal)  # one compiled pass instead of NumPy's three
-    return (valid_seasons_block(X, seasons) > 0) & ~np.isinf(X).any(axis=0)
+        columns, index, keep = kept_columns(X, seasonal)
+        return keep, (columns, index)
+    return (valid_seasons_block(X, seasons) > 0) & ~np.isinf(X).any(axis=0), None
 
 
 def _check_block(X: np.ndarray, model: Any) -> None:
@@ -316,19 +323,28 @@ def predict_block(
     """
     X = np.asarray(X)
     _check_block(X, model)
-    keep = _kept(X, seasons, engine)
-    return _predict_kept(X, model, engine, keep)
+    keep, gathered = _kept(X, seasons, engine)
+    return _predict_kept(X, model, engine, keep, gathered)
 
 
-def _predict_kept(X: np.ndarray, model: Any, engine: Engine, keep: np.ndarray) -> np.ndarray:
-    """Codes ``(2, ny, nx)`` of the pixels in ``keep`` (NaN features included), 0 elsewhere."""
+def _predict_kept(
+    X: np.ndarray,
+    model: Any,
+    engine: Engine,
+    keep: np.ndarray,
+    gathered: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Codes ``(2, ny, nx)`` of the pixels in ``keep`` (NaN features included), 0 elsewhere.
+
+    ``gathered``: those pixels' feature-major columns and flat indices, when already gathered.
+    """
     n_features, ny, nx = X.shape
     out = np.zeros((2, ny * nx), dtype=np.uint8)
     if _use_numba(engine):
         from lcstack.forest import valid_columns
 
         # One fused pass: the kept pixels as feature-major float32 columns, the kernel's layout.
-        columns, valid = valid_columns(X, keep)
+        columns, valid = gathered if gathered is not None else valid_columns(X, keep)
         n_valid = valid.size
         if n_valid:
             level1, level2 = _predict_columns(model, columns)
@@ -543,14 +559,22 @@ def proba_block(
     """
     X = np.asarray(X)
     _check_block(X, model)
-    keep = _kept(X, seasons, engine)
-    return _proba_kept(X, model, engine, keep, np.asarray(classes, dtype=np.int64))
+    keep, gathered = _kept(X, seasons, engine)
+    return _proba_kept(X, model, engine, keep, np.asarray(classes, dtype=np.int64), gathered)
 
 
 def _proba_kept(
-    X: np.ndarray, model: Any, engine: Engine, keep: np.ndarray, classes: np.ndarray
+    X: np.ndarray,
+    model: Any,
+    engine: Engine,
+    keep: np.ndarray,
+    classes: np.ndarray,
+    gathered: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """:func:`proba_block` of the pixels in ``keep``; nodata elsewhere."""
+    """:func:`proba_block` of the pixels in ``keep``; nodata elsewhere.
+
+    ``gathered``: those pixels' feature-major columns and flat indices, when already gathered.
+    """
     n_features, ny, nx = X.shape
     k = len(classes)
     out = np.zeros((2, ny * nx), dtype=np.uint8)
@@ -559,7 +583,7 @@ def _proba_kept(
     if numba:
         from lcstack.forest import valid_columns
 
-        data, valid = valid_columns(X, keep)
+        data, valid = gathered if gathered is not None else valid_columns(X, keep)
         n_valid = valid.size
     else:
         valid = keep.reshape(-1)

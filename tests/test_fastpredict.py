@@ -245,6 +245,14 @@ def test_kept_pixels_is_numpys_observed_and_not_infinite(dtype: Any, view: Any) 
     names = ["spring_red", "spring_nir", "summer_red", "summer_nir", "elevation", "slope"][: window.shape[0]]
     seasons = feature_seasons(names)
     np.testing.assert_array_equal(seasons >= 0, seasonal)
+    # gathered in one pass (a window) or masked in place (a C-contiguous float32 block): as valid_columns
+    for block in (window, np.ascontiguousarray(window, dtype=np.float32)):
+        columns, index, keep = fpredict.kept_columns(block, seasonal)
+        want_columns, want_index = fpredict.valid_columns(block, expected)
+        np.testing.assert_array_equal(keep, expected)
+        np.testing.assert_array_equal(index, want_index)
+        np.testing.assert_array_equal(columns, want_columns)
+        assert columns.dtype == np.float32 and columns.flags.c_contiguous
     # predict_block keeps the same pixels on both engines
     Xtr = rng.normal(size=(200, window.shape[0])) * 100
     forest = RandomForestClassifier(n_estimators=3, random_state=0).fit(Xtr, rng.integers(1, 4, 200))

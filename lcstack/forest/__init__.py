@@ -52,6 +52,7 @@ from lcstack.forest.predict import (
     compile_estimator,
     fast_predict,
     fast_predict_proba,
+    kept_columns,
     kept_pixels,
     valid_columns,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "compile_estimator",
     "fast_predict",
     "fast_predict_proba",
+    "kept_columns",
     "kept_pixels",
     "numba_available",
     "simd_width",

@@ -382,6 +382,25 @@ if numba is not None:
         return seen & ~bad
 
     @_simd.jit(nogil=True)
+    def _copy_kept(buf, n_features, ny, nx, sf, sy, seasonal):  # pragma: no cover - compiled
+        """Every pixel as float32 ``(n_features, ny * nx)`` columns and :func:`_kept_mask`, in one pass."""
+        columns = np.empty((np.uint64(n_features), np.uint64(ny * nx)), dtype=np.float32)
+        seen = np.zeros(ny * nx, dtype=np.bool_)
+        bad = np.zeros(ny * nx, dtype=np.bool_)
+        for f in range(np.uint64(n_features)):
+            counts = seasonal[f] != 0
+            for y in range(np.uint64(ny)):
+                row = np.uint64(f * sf + y * sy)
+                out = np.uint64(y * nx)
+                for x in range(np.uint64(nx)):
+                    v = buf[row + x]
+                    columns[f, out + x] = v
+                    number = v == v
+                    seen[out + x] |= counts & number
+                    bad[out + x] |= number & ((v - v) != 0)
+        return columns, seen & ~bad
+
+    @_simd.jit(nogil=True)
     def _gather_runs(buf, n_features, ny, nx, sf, sy, valid):  # pragma: no cover - compiled
         """Copy the valid pixels into float32 ``(n_features, n_valid)`` columns, run by run along x."""
         one = np.uint64(1)
@@ -489,6 +508,7 @@ def _kernels() -> dict[str, Any]:
         "transpose": _transpose,
         "valid_mask": _valid_mask,
         "kept_mask": _kept_mask,
+        "copy_kept": _copy_kept,
         "gather_runs": _gather_runs,
     }
 

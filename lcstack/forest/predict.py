@@ -95,6 +95,38 @@ def _flat_view(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
     return X, buf, sf // item, sy // item
 
 
+def kept_columns(
+    X: np.ndarray, seasonal: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Gather the :func:`kept_pixels` of a block as :func:`valid_columns` gathers pixels.
+
+    Returns ``(columns, index, keep)``. A C-contiguous float32 block is read once for the mask and
+    not copied when every pixel is kept; any other layout (a window of a larger array) is copied to
+    columns while the mask is computed, in one pass, and compacted only when some pixel is dropped.
+    """
+    X = np.asarray(X)
+
+    if X.ndim == 3 and X.size and not (X.dtype == np.float32 and X.flags.c_contiguous):
+        n_features, ny, nx = X.shape
+        counts = _season_flags(seasonal, n_features)
+        X, buf, sf, sy = _flat_view(X)
+        columns, flat_keep = _kernels()["copy_kept"](buf, n_features, ny, nx, sf, sy, counts)
+        keep = flat_keep.reshape(ny, nx)
+        if flat_keep.all():
+            return columns, np.arange(ny * nx, dtype=np.int64), keep
+        index = np.flatnonzero(flat_keep)
+        return np.ascontiguousarray(columns[:, index]), index, keep
+    keep = kept_pixels(X, seasonal)
+    return (*valid_columns(X, keep), keep)
+
+
+def _season_flags(seasonal: np.ndarray | None, n_features: int) -> np.ndarray:
+    counts = np.ones(n_features, np.uint8) if seasonal is None else np.asarray(seasonal, dtype=np.uint8)
+    if counts.shape != (n_features,):
+        raise InvalidInputError(f"kept_pixels: {counts.size} season flags for {n_features} features.")
+    return counts
+
+
 def kept_pixels(X: np.ndarray, seasonal: np.ndarray | None = None) -> np.ndarray:
     """Pixels of a ``(feature, y, x)`` block to classify: observed in some season, no feature infinite.
 
@@ -117,9 +149,7 @@ def kept_pixels(X: np.ndarray, seasonal: np.ndarray | None = None) -> np.ndarray
     if X.ndim != 3:
         raise InvalidInputError(f"kept_pixels expects a (feature, y, x) block, got shape {X.shape}.")
     n_features, ny, nx = X.shape
-    counts = np.ones(n_features, np.uint8) if seasonal is None else np.asarray(seasonal, dtype=np.uint8)
-    if counts.shape != (n_features,):
-        raise InvalidInputError(f"kept_pixels: {counts.size} season flags for {n_features} features.")
+    counts = _season_flags(seasonal, n_features)
     if X.size == 0:
         return np.zeros((ny, nx), dtype=np.bool_)
     X, buf, sf, sy = _flat_view(X)
